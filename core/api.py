@@ -1,0 +1,108 @@
+"""The Python surface: list, look up, build, measure and check, by id.
+
+Importing this module is cheap; torch is imported by the functions that build.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from papers.checks import Check, check_spec
+from papers.graph import FlatGraph, expand
+from papers.measure import Measurement, measure_graph
+from papers.registry import get_registry
+from papers.spec import Spec
+
+if TYPE_CHECKING:
+    import torch
+
+
+def list_papers(topic: str | None = None) -> list[Spec]:
+    """Every paper's spec, oldest first; ``topic`` filters by topic or compression kind."""
+    return [entry.spec for entry in get_registry().list(topic)]
+
+
+def get_spec(identifier: str) -> Spec:
+    """The spec of a paper, by the paper's id or one of its variants' ids."""
+    return get_registry().paper(identifier).spec
+
+
+def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
+    """The expanded graph of a variant, with graph parameters overridden by ``options``."""
+    registry = get_registry()
+    entry, variant = registry.variant(variant_id)
+    try:
+        return expand(entry.spec, variant.graph, {**variant.args, **options}, registry.catalogue)
+    except Exception as error:
+        from papers.errors import PapersError
+
+        if isinstance(error, PapersError):
+            raise error.located(file=entry.file) from None
+        raise
+
+
+def build_model(variant_id: str, *, features: Sequence[str] | None = None, device: Any = "cpu",
+                **options: Any) -> torch.nn.Module:
+    """Build a variant as a ``torch.fx.GraphModule`` with initialised weights.
+
+    ``options`` override the graph's parameters (``num_classes=10``). ``features`` cuts the graph
+    at those feature stages (or node names) and makes the model return a dict of their outputs.
+    ``device="meta"`` builds without allocating weights.
+    """
+    from papers.build import assemble, materialise, trace
+    from papers.errors import PapersError
+
+    registry = get_registry()
+    entry, _ = registry.variant(variant_id)
+    flat = expand_variant(variant_id, **options)
+    try:
+        if features is not None:
+            flat = flat.cut(list(features))
+        traced = trace(flat, registry.catalogue)
+        model = assemble(flat, traced, registry.catalogue, class_name=_class_name(variant_id),
+                         as_dict=features is not None)
+        if str(device) != "meta":
+            materialise(model, flat, device)
+    except PapersError as error:
+        raise error.located(file=entry.file) from None
+    return model
+
+
+def measure(variant_id: str, **options: Any) -> Measurement:
+    """Parameters, multiply-adds and shapes of a variant, computed on the meta device."""
+    registry = get_registry()
+    entry, _ = registry.variant(variant_id)
+    flat = expand_variant(variant_id, **options)
+    from papers.errors import PapersError
+
+    try:
+        return measure_graph(variant_id, flat, registry.catalogue)
+    except PapersError as error:
+        raise error.located(file=entry.file) from None
+
+
+def check(identifier: str, *, variant: str | None = None) -> list[Check]:
+    """Every reported result of a paper against our measurement (one variant's, if narrowed).
+
+    A variant id stands for its paper narrowed to itself; a paper id wins over a variant id.
+    """
+    registry = get_registry()
+    entry = registry.paper(identifier)
+    if identifier not in registry.papers and variant is None:
+        variant = identifier
+    if variant is not None:
+        registry.variant(variant)
+    cache: dict[str, tuple[FlatGraph, Measurement]] = {}
+
+    def measured(variant_id: str) -> tuple[FlatGraph, Measurement]:
+        if variant_id not in cache:
+            cache[variant_id] = (expand_variant(variant_id), measure(variant_id))
+        return cache[variant_id]
+
+    return check_spec(entry.spec, measured, variant)
+
+
+def _class_name(variant_id: str) -> str:
+    return re.sub(r"\W|^(?=\d)", "_", variant_id)

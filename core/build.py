@@ -1,0 +1,234 @@
+"""The builder: an expanded graph becomes a ``torch.fx.GraphModule``.
+
+Modules are first made on the meta device and run on meta tensors, node by node: that infers the
+arguments a spec leaves out (input channels), checks every shape, and counts multiply-adds without
+allocating a weight. The same modules are then placed in a GraphModule whose ``forward`` is
+straight-line generated code, and only when weights are wanted are they materialised and initialised.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from papers.errors import GraphError
+from papers.graph import FlatGraph, FlatNode
+from papers.ops import Catalogue
+
+MAX_PARAMS = 2_000_000_000
+
+
+@dataclass
+class Traced:
+    """What a meta-device pass learned: modules, per-node output shapes and multiply-adds."""
+
+    modules: dict[str, nn.Module]
+    shapes: dict[str, tuple[int, ...]]
+    macs: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+
+
+def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) -> Traced:
+    """Make every module on the meta device and run it on meta tensors of batch size 1."""
+    values: dict[str, torch.Tensor] = {
+        name: torch.empty((1, *shape), device="meta") for name, shape in flat.inputs.items()
+    }
+    traced = Traced(modules={}, shapes={name: tuple(v.shape) for name, v in values.items()})
+    total_params = 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())  # no autograd bookkeeping, no grad hooks in the counter
+        stack.enter_context(_dynamo_import_deferred())
+        counter = None
+        if count_macs:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = stack.enter_context(FlopCounterMode(display=False))
+        for node in flat.nodes:
+            before = counter.get_total_flops() if counter is not None else 0
+            output = _run_node(node, catalogue, values, traced)
+            if not isinstance(output, torch.Tensor):
+                raise GraphError(f"node {node.name!r} does not give one tensor", field=node.where)
+            values[node.name] = output
+            traced.shapes[node.name] = tuple(output.shape)
+            module = traced.modules.get(node.name)
+            count = sum(p.numel() for p in module.parameters()) if module is not None else 0
+            traced.params[node.name] = count
+            total_params += count
+            if total_params > MAX_PARAMS:
+                raise GraphError(f"model has more than {MAX_PARAMS:,} parameters", field=node.where)
+            if counter is not None:
+                traced.macs[node.name] = (counter.get_total_flops() - before) // 2
+    return traced
+
+
+@contextlib.contextmanager
+def _dynamo_import_deferred() -> Iterator[None]:
+    """Run meta-device code without importing ``torch._dynamo`` (about 2 s here).
+
+    torch wraps some functions (every dispatch mode's ``__torch_dispatch__``, the Python references
+    that meta kernels such as ``addmm`` decompose into) in ``torch._disable_dynamo``, which on first
+    call imports dynamo only to ask ``dynamo.disable(fn)`` and caches the answer on ``fn``. Nothing
+    here runs under ``torch.compile``, so for the duration of the pass a stand-in answers "fn itself";
+    afterwards the stand-in and every cached answer are removed, leaving torch as it was.
+    """
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    answered: list[Any] = []
+
+    def disable(fn: Any, recursive: bool = True, wrapping: bool = True) -> Any:
+        answered.append(fn)
+        return fn
+
+    stand_in = types.ModuleType("torch._dynamo")
+    stand_in.disable = disable  # type: ignore[attr-defined]
+    sys.modules["torch._dynamo"] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+        if torch.__dict__.get("_dynamo") is stand_in:
+            delattr(torch, "_dynamo")
+        for fn in answered:
+            fn.__dict__.pop("__dynamo_disable", None)
+
+
+def _run_node(node: FlatNode, catalogue: Catalogue, values: Mapping[str, torch.Tensor],
+              traced: Traced) -> Any:
+    op = catalogue[node.op]
+    inputs = [values[name] for name in node.inputs]
+    try:
+        if op.kind == "module":
+            shapes = [tuple(tensor.shape) for tensor in inputs]
+            kwargs = {key: infer(shapes) for key, infer in op.inferred.items() if key not in node.args}
+            with torch.device("meta"):
+                module = op.resolve()(**kwargs, **node.args)
+            traced.modules[node.name] = module
+            return module(*inputs)
+        return _call_function(op, inputs, node.args)
+    except GraphError:
+        raise
+    except Exception as exc:  # anything torch raises on bad arguments or shapes
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join(str(list(tensor.shape)) for tensor in inputs)
+        raise GraphError(f"node {node.name!r} ({node.op}) fails on input {shapes}: {detail}",
+                         field=node.where) from None
+
+
+def _call_function(op: Any, inputs: list[Any], args: Mapping[str, Any]) -> Any:
+    function = op.resolve()
+    if op.list_input:
+        return function(inputs, **args)
+    if op.arity is None:
+        result = inputs[0]
+        for other in inputs[1:]:
+            result = function(result, other, **args)
+        return result
+    return function(*inputs, **args)
+
+
+def assemble(flat: FlatGraph, traced: Traced, catalogue: Catalogue, *, class_name: str = "Model",
+             as_dict: bool = False) -> fx.GraphModule:
+    """Place the traced modules in a GraphModule with a generated, straight-line ``forward``."""
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {name: graph.placeholder(name) for name in flat.inputs}
+    for node in flat.nodes:
+        op = catalogue[node.op]
+        inputs = [env[name] for name in node.inputs]
+        if op.kind == "module":
+            env[node.name] = graph.call_module(node.name, tuple(inputs))
+        elif op.list_input:
+            env[node.name] = graph.call_function(op.resolve(), (inputs,), dict(node.args))
+        elif op.arity is None:
+            result = inputs[0]
+            for other in inputs[1:]:
+                result = graph.call_function(op.resolve(), (result, other), dict(node.args))
+            env[node.name] = result
+        else:
+            env[node.name] = graph.call_function(op.resolve(), tuple(inputs), dict(node.args))
+    names = list(flat.outputs)
+    if as_dict:
+        graph.output({name: env[flat.outputs[name]] for name in names})
+    elif len(names) == 1:
+        graph.output(env[flat.outputs[names[0]]])
+    else:
+        tuple_type = _output_tuple(class_name, tuple(names))
+        graph.output(graph.call_function(tuple_type, tuple(env[flat.outputs[n]] for n in names)))
+    root = nn.Module()
+    for name, module in traced.modules.items():
+        _place(root, name, module)
+    return fx.GraphModule(root, graph, class_name=class_name)
+
+
+_OUTPUT_TUPLES: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def _output_tuple(class_name: str, names: tuple[str, ...]) -> type:
+    key = (class_name, names)
+    if key not in _OUTPUT_TUPLES:
+        tuple_type = collections.namedtuple(f"{class_name}Outputs", names)  # noqa: PYI024
+        tuple_type.__module__ = __name__
+        _OUTPUT_TUPLES[key] = tuple_type
+        globals()[tuple_type.__name__] = tuple_type
+    return _OUTPUT_TUPLES[key]
+
+
+def _place(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    *parents, leaf = dotted.split(".")
+    owner = root
+    for part in parents:
+        child = owner._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            owner.add_module(part, child)
+        owner = child
+    owner.add_module(leaf, module)
+
+
+def materialise(model: nn.Module, flat: FlatGraph, device: str | torch.device = "cpu") -> nn.Module:
+    """Allocate the weights on ``device`` and initialise them: PyTorch's defaults, then the spec's rules."""
+    model.to_empty(device=device)
+    by_op: dict[str, list[nn.Module]] = {}
+    for node in flat.nodes:
+        module = _get(model, node.name)
+        if module is None:
+            continue
+        by_op.setdefault(node.op, []).append(module)
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise GraphError(f"module {node.name!r} ({node.op}) has no reset_parameters()", field=node.where)
+    with torch.no_grad():
+        for rule in flat.init:
+            function = getattr(nn.init, _INIT_FUNCTIONS[rule.fn])
+            for module in by_op.get(rule.op, []):
+                tensor = getattr(module, rule.param, None)
+                if isinstance(tensor, torch.Tensor):
+                    function(tensor, **rule.args)
+    return model
+
+
+_INIT_FUNCTIONS = {
+    "normal": "normal_", "uniform": "uniform_", "constant": "constant_", "zeros": "zeros_",
+    "ones": "ones_", "kaiming_normal": "kaiming_normal_", "kaiming_uniform": "kaiming_uniform_",
+    "xavier_normal": "xavier_normal_", "xavier_uniform": "xavier_uniform_", "trunc_normal": "trunc_normal_",
+}
+
+
+def _get(model: nn.Module, dotted: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(dotted)
+    except AttributeError:
+        return None
+
+
+__all__ = ["Traced", "assemble", "materialise", "trace"]

@@ -1,0 +1,294 @@
+"""The ``papers`` command line.
+
+click parses arguments (small, composable, testable with its runner; typer would add import time and
+build the same thing on top of it) and rich prints tables. Every error from bad input is one line
+on stderr and exit status 2; ``papers check`` exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from papers.errors import PapersError, SpecError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PapersError as error:
+            click.echo(f"papers: error: {error}", err=True)
+            ctx.exit(2)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _table(*columns: str, title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        justify = "right" if column in ("params", "MACs", "reported", "measured", "Δ", "year") else "left"
+        table.add_column(column, justify=justify, overflow="fold")
+    return table
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-o key=value`` pairs, values read as YAML scalars (``10``, ``true``, ``[1, 2]``)."""
+    from papers.load import read_yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PapersError(f"option {pair!r} is not KEY=VALUE", field="--option")
+        try:
+            options[key.strip()] = read_yaml(value)
+        except SpecError as error:
+            raise PapersError(f"option {key}: {error.message}", field="--option") from None
+    return options
+
+
+def _count(value: int) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return str(value)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="papers")
+def cli() -> None:
+    """The classic deep-learning papers as specs, runnable PyTorch models and checked numbers."""
+
+
+@cli.command("list")
+@click.option("--topic", help="classification, detection, segmentation, compression, or a compression kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(topic: str | None, as_json: bool) -> None:
+    """List the papers in the registry."""
+    from papers.registry import get_registry
+
+    entries = get_registry().list(topic)
+    rows = [
+        {
+            "id": e.spec.id, "name": e.spec.name, "title": e.spec.citation.title,
+            "year": e.spec.citation.year, "venue": e.spec.citation.venue, "topic": e.spec.topics[0],
+            "topics": list(e.spec.topics), "kind": e.spec.kind,
+            "variants": [v.id for v in e.spec.variants], "plugin": e.plugin,
+        }
+        for e in entries
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = _table("id", "title", "year", "venue", "topic", "variants")
+    for row in rows:
+        table.add_row(row["id"], row["title"], str(row["year"]), row["venue"], ", ".join(row["topics"]),
+                      ", ".join(row["variants"]))
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("identifier")
+@click.option("--json", "as_json", is_flag=True, help="Print the spec as JSON.")
+def show(identifier: str, as_json: bool) -> None:
+    """Show a paper: citation, recipe, variants, reported results."""
+    from papers.registry import get_registry
+
+    entry = get_registry().paper(identifier)
+    spec = entry.spec
+    if as_json:
+        _print_json(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return
+    console = _console()
+    c = spec.citation
+    console.print(f"[bold]{c.title}[/bold]")
+    console.print(f"{', '.join(c.authors)}. {c.venue} {c.year}.")
+    links = [f"arXiv:{c.arxiv}" if c.arxiv else "", f"doi:{c.doi}" if c.doi else "", c.url or ""]
+    console.print("  ".join(link for link in links if link))
+    console.print(f"\nid: {spec.id}   topics: {', '.join(spec.topics)}   spec: {entry.file}\n")
+    console.print(spec.summary + "\n")
+    if spec.hyperparameters is not None:
+        table = _table("hyperparameter", "value", title="Training recipe")
+        for key, value in spec.hyperparameters.model_dump(exclude_none=True).items():
+            table.add_row(key, _plain(value))
+        console.print(table)
+    if spec.variants:
+        table = _table("variant", "name", "origin", "reference", title="Variants")
+        for v in spec.variants:
+            table.add_row(v.id, v.name, v.origin, v.reference or "")
+        console.print(table)
+    if spec.results:
+        table = _table("variant", "metric", "reported", "unit", "data", "protocol", "conditions", "source",
+                       title="Reported results")
+        for r in spec.results:
+            data = " ".join(part for part in (r.dataset, r.split) if part)
+            table.add_row(r.variant, r.metric, _plain(r.value), r.unit, data, r.protocol or "",
+                          _plain(r.conditions) if r.conditions else "", r.source)
+        console.print(table)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
+
+
+@cli.command()
+@click.argument("variant")
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="Override a graph parameter (num_classes=10, image_size=32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write initialised weights (.safetensors).")
+def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) -> None:
+    """Build a variant and summarise it (computed on the meta device)."""
+    from papers.api import build_model, measure
+
+    if out is not None and not out.endswith(".safetensors"):
+        raise PapersError("weights are written as .safetensors", field="--out")
+    options = _options(pairs)
+    measurement = measure(variant, **options)
+    if out is not None:
+        _save(build_model(variant, **options), out)
+    if as_json:
+        _print_json(measurement.as_dict())
+        return
+    table = _table("layer", "op", "output shape", "params", "MACs", title=f"{variant}")
+    for layer in measurement.layers:
+        table.add_row(layer.name, layer.op, str(layer.output_shape), f"{layer.params:,}" if layer.params else "",
+                      _count(layer.macs) if layer.macs else "")
+    console = _console()
+    console.print(table)
+    console.print(f"input:  {measurement.input_shapes}")
+    console.print(f"output: {measurement.output_shape}")
+    console.print(f"params: {measurement.params:,} ({_count(measurement.params)})")
+    console.print(f"MACs:   {measurement.macs:,} ({_count(measurement.macs)} multiply-adds, batch 1)")
+    if out is not None:
+        console.print(f"weights: {out}")
+
+
+def _save(model: Any, out: str) -> None:
+    from safetensors.torch import save_file
+
+    temporary = f"{out}.tmp-{os.getpid()}"
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, temporary)
+        os.replace(temporary, out)
+    except OSError as error:
+        raise PapersError(f"cannot write weights: {error.strerror or error}", file=out) from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+_SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
+
+
+@cli.command()
+@click.argument("identifier", required=False)
+@click.option("--all", "check_all", is_flag=True, help="Check every paper.")
+@click.option("--variant", help="Narrow the check to one variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list the results that cannot be measured here.")
+@click.pass_context
+def check(ctx: click.Context, identifier: str | None, check_all: bool, variant: str | None, as_json: bool,
+          verbose: bool) -> None:
+    """Check reported results against measurements; exit 1 if one fails."""
+    from papers.api import check as run_check
+    from papers.registry import get_registry
+
+    if check_all == (identifier is not None):
+        raise click.UsageError("name a paper or variant, or pass --all")
+    ids = [e.spec.id for e in get_registry().list()] if check_all else [identifier]
+    checks = [c for paper in ids for c in run_check(paper, variant=variant)]  # type: ignore[arg-type]
+    if as_json:
+        _print_json([c.as_dict() for c in checks])
+    else:
+        shown = [c for c in checks if verbose or c.status != "not_measurable"]
+        table = _table("paper", "variant", "metric", "scope", "reported", "measured", "Δ", "", "source")
+        for c in shown:
+            delta = f"{c.difference:+.2%}" if c.difference is not None else ""
+            measured = "–" if c.measured is None else _plain(c.measured)
+            table.add_row(c.paper, c.variant, c.metric, c.scope, f"{_plain(c.reported)} {c.unit}",
+                          measured, delta, _SYMBOL[c.status], c.source)
+        console = _console()
+        console.print(table)
+        counts = {status: sum(c.status == status for c in checks) for status in _SYMBOL}
+        console.print(f"{counts['pass']} passed, {counts['fail']} failed, "
+                      f"{counts['not_measurable']} not measurable here (need trained weights and data)")
+    if any(c.status == "fail" for c in checks):
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Validate a spec file and build each variant's graph on the meta device."""
+    from papers.build import trace
+    from papers.graph import expand
+    from papers.load import load_spec_file
+    from papers.registry import get_registry
+
+    spec = load_spec_file(file)
+    catalogue = get_registry().catalogue
+    for index, variant in enumerate(spec.variants):
+        try:
+            trace(expand(spec, variant.graph, variant.args, catalogue), catalogue)
+        except PapersError as error:
+            raise error.located(file=file, field=None if error.field else f"variants[{index}]") from None
+    click.echo(f"{file}: ok ({spec.id}: {len(spec.variants)} variants, {len(spec.results)} results)")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of a spec file."""
+    from papers.spec import Spec
+
+    _print_json(Spec.model_json_schema(by_alias=True))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins, what they contribute, and those that failed."""
+    from papers.registry import get_registry
+
+    infos = list(get_registry().manager.plugins.values())
+    if as_json:
+        _print_json([info.as_dict() for info in infos])
+        return
+    table = _table("plugin", "distribution", "version", "hooks", "contributes", "problems")
+    for info in infos:
+        contributes = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.contributes.items())
+        problems = "; ".join(([info.error] if info.error else []) + info.refused)
+        table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks), contributes, problems)
+    _console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="papers")
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

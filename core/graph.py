@@ -1,0 +1,403 @@
+"""The graph language: expand a spec's graph into a flat, ordered list of named operations.
+
+Expansion is pure Python (no torch): it binds parameters, evaluates ``${...}`` expressions and
+``when`` conditions, unrolls ``repeat``, instantiates ``block`` definitions, numbers the unnamed
+children of a ``group`` by position (``features.0``, ``features.1``, ...), resolves references by
+name, orders the nodes topologically and drops what no output needs. The builder turns the result
+into modules; the site draws it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from papers.errors import ExpressionError, GraphError
+from papers.expr import evaluate, substitute
+from papers.ops import Catalogue
+from papers.spec import BlockNode, GroupNode, InitRule, OpNode, RepeatNode, Spec
+
+MAX_NODES = 100_000
+MAX_REPEAT = 10_000
+MAX_DIM = 1 << 16
+MAX_INPUT_ELEMENTS = 1 << 31
+
+
+@dataclass(frozen=True)
+class FlatNode:
+    """One operation of an expanded graph."""
+
+    name: str
+    """Dotted path: the module's name in the model and the prefix of its ``state_dict`` keys."""
+    op: str
+    args: Mapping[str, Any]
+    inputs: tuple[str, ...]
+    where: str
+    """Field path of the spec node it came from (for error messages)."""
+    block: str | None = None
+    """The block instance it belongs to (``layer1.0``), if any."""
+
+
+@dataclass(frozen=True)
+class FlatGraph:
+    """An expanded graph: inputs, nodes in topological order, named outputs and feature stages."""
+
+    inputs: Mapping[str, tuple[int, ...]]
+    nodes: tuple[FlatNode, ...]
+    outputs: Mapping[str, str]
+    features: Mapping[str, str]
+    classifier: tuple[str, ...] = ()
+    init: tuple[InitRule, ...] = ()
+    blocks: Mapping[str, str] = field(default_factory=dict)
+    """Block instance name to the block definition it instantiates."""
+
+    def node(self, name: str) -> FlatNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def cut(self, outputs: Sequence[str]) -> FlatGraph:
+        """The subgraph that computes ``outputs`` (feature stage names or node names)."""
+        targets: dict[str, str] = {}
+        names = {node.name for node in self.nodes}
+        for wanted in outputs:
+            if wanted in self.features:
+                targets[wanted] = self.features[wanted]
+            elif wanted in names:
+                targets[wanted] = wanted
+            else:
+                known = ", ".join(self.features) or "none"
+                raise GraphError(f"no feature stage or node {wanted!r} (feature stages: {known})",
+                                 field="features")
+        return _prune(self, targets)
+
+
+class _Ref:
+    """A name to resolve in a scope once the whole graph is expanded (forward references)."""
+
+    __slots__ = ("name", "scope", "where")
+
+    def __init__(self, name: str, scope: _Scope, where: str):
+        self.name, self.scope, self.where = name, scope, where
+
+
+@dataclass
+class _Scope:
+    env: dict[str, Any]
+    prefix: str
+    names: dict[str, str | _Ref] = field(default_factory=dict)
+    auto: dict[str, int] = field(default_factory=dict)
+    block_stack: tuple[str, ...] = ()
+    instance: str | None = None
+
+
+@dataclass
+class _Pending:
+    name: str
+    op: str
+    args: dict[str, Any]
+    inputs: list[str | _Ref]
+    where: str
+    block: str | None
+
+
+def bind_params(declared: Mapping[str, Any], given: Mapping[str, Any], *, what: str, where: str) -> dict:
+    """Defaults overridden by ``given``; an unknown name is an error listing the known ones."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        known = ", ".join(sorted(declared)) or "none"
+        raise GraphError(f"{what} has no parameter {unknown[0]!r} (parameters: {known})", field=where)
+    return {**declared, **given}
+
+
+def expand(spec: Spec, graph_name: str, params: Mapping[str, Any], catalogue: Catalogue) -> FlatGraph:
+    """Expand ``spec.graphs[graph_name]`` with ``params`` bound (on top of the graph's defaults)."""
+    graph = spec.graphs[graph_name]
+    where = f"graphs.{graph_name}"
+    env = bind_params(graph.params, params, what=f"graph {graph_name!r}", where=f"{where}.params")
+    expander = _Expander(spec, catalogue)
+    inputs = {name: _input_shape(shape, env, f"{where}.inputs.{name}") for name, shape in graph.inputs.items()}
+    scope = _Scope(env=env, prefix="", names={name: name for name in inputs})
+    last = expander.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=next(iter(inputs)))
+    if graph.outputs is None:
+        wanted = {"output": last}
+    else:
+        wanted = {}
+        for index, output in enumerate(graph.outputs):
+            if _condition(output.when, env, f"{where}.outputs[{index}].when"):
+                wanted[output.name] = _Ref(output.node, scope, f"{where}.outputs[{index}].node")
+        if not wanted:
+            raise GraphError("no output is enabled", field=f"{where}.outputs")
+    nodes = expander.resolve()
+    outputs = {name: expander.lookup(ref) if isinstance(ref, _Ref) else ref for name, ref in wanted.items()}
+    features = {name: expander.lookup(ref) for name, ref in expander.features.items()}
+    flat = FlatGraph(
+        inputs=inputs,
+        nodes=_topological(nodes, inputs),
+        outputs=outputs,
+        features=features,
+        classifier=tuple(graph.classifier),
+        init=tuple(graph.init),
+        blocks=expander.instances,
+    )
+    return _prune(flat, outputs)
+
+
+def _input_shape(shape: Sequence[Any], env: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    dims = tuple(_evaluate_value(dim, env, where) for dim in shape)
+    if not all(isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= MAX_DIM for dim in dims):
+        raise GraphError(f"input dimensions must be integers from 1 to {MAX_DIM}, got {list(dims)}", field=where)
+    elements = 1
+    for dim in dims:
+        elements *= dim
+    if elements > MAX_INPUT_ELEMENTS:
+        raise GraphError(f"input has {elements} elements, more than {MAX_INPUT_ELEMENTS}", field=where)
+    return dims
+
+
+def _evaluate_value(value: Any, env: Mapping[str, Any], where: str) -> Any:
+    try:
+        return substitute(value, env)
+    except ExpressionError as exc:
+        raise exc.located(field=where) from None
+
+
+def _condition(when: bool | str | None, env: Mapping[str, Any], where: str) -> bool:
+    if when is None:
+        return True
+    value = when if isinstance(when, bool) else _evaluate_expression(when, env, where)
+    if not isinstance(value, bool):
+        raise GraphError(f"`when` must give true or false, got {value!r}", field=where)
+    return value
+
+
+def _evaluate_expression(source: str, env: Mapping[str, Any], where: str) -> Any:
+    try:
+        return evaluate(source, env)
+    except ExpressionError as exc:
+        raise exc.located(field=where) from None
+
+
+class _Expander:
+    def __init__(self, spec: Spec, catalogue: Catalogue):
+        self.spec = spec
+        self.catalogue = catalogue
+        self.pending: list[_Pending] = []
+        self.taken: dict[str, str] = {}
+        self.features: dict[str, _Ref] = {}
+        self.instances: dict[str, str] = {}
+
+    # -- walking the spec ---------------------------------------------------------------------
+
+    def sequence(self, nodes: Sequence[Any], where: str, scope: _Scope, group: list[int] | None,
+                 previous: str | _Ref, path: str = "") -> str | _Ref:
+        """Expand ``nodes`` in order; each reads the previous one unless it names its inputs."""
+        for index, node in enumerate(nodes):
+            here = f"{where}[{index}]"
+            if not _condition(node.when, scope.env, f"{here}.when"):
+                continue
+            if isinstance(node, RepeatNode):
+                previous = self._repeat(node, here, scope, group, previous, path)
+            else:
+                previous = self._named(node, here, scope, group, previous, path)
+        return previous
+
+    def _repeat(self, node: RepeatNode, where: str, scope: _Scope, group: list[int] | None,
+                previous: str | _Ref, path: str) -> str | _Ref:
+        count = node.repeat if isinstance(node.repeat, int) else _evaluate_expression(
+            node.repeat, scope.env, f"{where}.repeat")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_REPEAT:
+            raise GraphError(f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count!r}",
+                             field=f"{where}.repeat")
+        outer = scope.env.get(node.var, _MISSING)
+        for iteration in range(count):
+            scope.env[node.var] = iteration
+            previous = self.sequence(node.body, f"{where}.body", scope, group, previous, path)
+        if outer is _MISSING:
+            scope.env.pop(node.var, None)
+        else:
+            scope.env[node.var] = outer
+        return previous
+
+    def _named(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
+               group: list[int] | None, previous: str | _Ref, path: str) -> str:
+        local = self._local_name(node, where, scope, group, path)
+        inputs = self._inputs(node, where, scope, previous)
+        full = scope.prefix + local
+        if isinstance(node, OpNode):
+            self._op(node, where, scope, full, inputs)
+            output: str = full
+        elif isinstance(node, BlockNode):
+            output = self._block(node, where, scope, full, inputs)
+        else:
+            first = inputs[0] if len(inputs) == 1 else None
+            if first is None:
+                raise GraphError("a group reads exactly one input", field=f"{where}.in")
+            last = self.sequence(node.group, f"{where}.group", scope, [0], first, path=local + ".")
+            output = last if isinstance(last, str) else self.lookup(last)
+        if local in scope.names:
+            raise GraphError(f"name {full!r} is used twice", field=f"{where}.name")
+        scope.names[local] = output
+        if node.feature is not None:
+            feature = _evaluate_value(node.feature, scope.env, f"{where}.feature")
+            if feature in self.features:
+                raise GraphError(f"feature stage {feature!r} is named twice", field=f"{where}.feature")
+            self.features[feature] = _Ref(local, scope, f"{where}.feature")
+        return output
+
+    def _local_name(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
+                    group: list[int] | None, path: str) -> str:
+        if node.name is not None:
+            name = _evaluate_value(node.name, scope.env, f"{where}.name")
+            if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
+                raise GraphError(f"node name must be a dotted name, got {name!r}", field=f"{where}.name")
+            return path + name
+        if group is not None:
+            position = group[0]
+            group[0] += 1
+            return f"{path}{position}"
+        base = node.op if isinstance(node, OpNode) else node.block if isinstance(node, BlockNode) else "group"
+        count = scope.auto.get(path + base, 0)
+        scope.auto[path + base] = count + 1
+        return f"{path}{base}" if count == 0 else f"{path}{base}_{count}"
+
+    def _inputs(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
+                previous: str | _Ref) -> list[str | _Ref]:
+        if node.inputs is None:
+            return [previous]
+        raw = [node.inputs] if isinstance(node.inputs, str) else list(node.inputs)
+        if not raw:
+            raise GraphError("`in` names no input", field=f"{where}.in")
+        inputs: list[str | _Ref] = []
+        for position, name in enumerate(raw):
+            value = _evaluate_value(name, scope.env, f"{where}.in")
+            if not isinstance(value, str):
+                raise GraphError(f"an input is a node name, got {value!r}", field=f"{where}.in[{position}]")
+            inputs.append(_Ref(value, scope, f"{where}.in"))
+        return inputs
+
+    def _op(self, node: OpNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> None:
+        if node.op not in self.catalogue:
+            close = difflib.get_close_matches(node.op, self.catalogue.names(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise GraphError(f"unknown op {node.op!r}{hint}", field=f"{where}.op")
+        arity = self.catalogue[node.op].arity
+        least = 1 if self.catalogue[node.op].list_input else 2
+        if (arity is not None and len(inputs) != arity) or (arity is None and len(inputs) < least):
+            wanted = arity if arity is not None else f"at least {least}"
+            raise GraphError(f"op {node.op!r} takes {wanted} input(s), got {len(inputs)}", field=f"{where}.in")
+        args = {key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()}
+        self._add(_Pending(full, node.op, args, inputs, where, scope.instance))
+
+    def _block(self, node: BlockNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> str:
+        definition = self.spec.blocks.get(node.block)
+        if definition is None:
+            known = ", ".join(sorted(self.spec.blocks)) or "none"
+            raise GraphError(f"unknown block {node.block!r} (blocks: {known})", field=f"{where}.block")
+        if node.block in scope.block_stack:
+            raise GraphError(f"block {node.block!r} instantiates itself", field=f"{where}.block")
+        if len(inputs) != len(definition.inputs):
+            raise GraphError(f"block {node.block!r} takes {len(definition.inputs)} input(s), got {len(inputs)}",
+                             field=f"{where}.in")
+        given = {key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()}
+        env = bind_params(definition.params, given, what=f"block {node.block!r}", where=f"{where}.args")
+        inner = _Scope(env=dict(env), prefix=full + ".", names=dict(zip(definition.inputs, inputs)),
+                       block_stack=(*scope.block_stack, node.block), instance=full)
+        self.instances[full] = node.block
+        body = f"blocks.{node.block}.nodes"
+        last = self.sequence(definition.nodes, body, inner, None, inputs[0])
+        if definition.output is not None:
+            return self.lookup(_Ref(definition.output, inner, f"blocks.{node.block}.output"))
+        return last if isinstance(last, str) else self.lookup(last)
+
+    def _add(self, pending: _Pending) -> None:
+        if pending.name in self.taken:
+            raise GraphError(f"name {pending.name!r} is used twice (first at {self.taken[pending.name]})",
+                             field=f"{pending.where}.name")
+        if len(self.pending) >= MAX_NODES:
+            raise GraphError(f"graph expands to more than {MAX_NODES} nodes", field=pending.where)
+        self.taken[pending.name] = pending.where
+        self.pending.append(pending)
+
+    # -- references ---------------------------------------------------------------------------
+
+    def lookup(self, ref: _Ref) -> str:
+        seen = 0
+        target: str | _Ref = ref
+        while isinstance(target, _Ref):
+            seen += 1
+            current = target
+            target = current.scope.names.get(current.name, _MISSING)
+            if target is _MISSING:
+                known = [n for n in current.scope.names if not n.startswith("_")]
+                close = difflib.get_close_matches(current.name, known, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise GraphError(f"{current.name!r} names no node defined here{hint}", field=current.where)
+            if seen > MAX_NODES:
+                raise GraphError("references go round in a circle", field=ref.where)
+        return target
+
+    def resolve(self) -> list[FlatNode]:
+        return [
+            FlatNode(
+                name=p.name,
+                op=p.op,
+                args=p.args,
+                inputs=tuple(self.lookup(i) if isinstance(i, _Ref) else i for i in p.inputs),
+                where=p.where,
+                block=p.block,
+            )
+            for p in self.pending
+        ]
+
+
+_MISSING: Any = object()
+
+
+def _topological(nodes: list[FlatNode], inputs: Mapping[str, Any]) -> tuple[FlatNode, ...]:
+    """Order nodes so each comes after what it reads, keeping the written order where it can."""
+    position = {node.name: index for index, node in enumerate(nodes)}
+    readers: dict[str, list[int]] = {node.name: [] for node in nodes}
+    waiting = [0] * len(nodes)
+    for index, node in enumerate(nodes):
+        for source in node.inputs:
+            if source not in inputs:
+                waiting[index] += 1
+                readers[source].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered: list[FlatNode] = []
+    while ready:
+        node = nodes[heapq.heappop(ready)]
+        ordered.append(node)
+        for reader in readers[node.name]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):
+        stuck = [node for node in nodes if waiting[position[node.name]] > 0]
+        names = ", ".join(node.name for node in stuck[:5])
+        raise GraphError(f"the graph has a cycle through {names}", field=stuck[0].where)
+    return tuple(ordered)
+
+
+def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
+    needed = set(outputs.values())
+    for node in reversed(flat.nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+    nodes = tuple(node for node in flat.nodes if node.name in needed)
+    return FlatGraph(
+        inputs={name: shape for name, shape in flat.inputs.items() if name in needed},
+        nodes=nodes,
+        outputs=dict(outputs),
+        features={name: node for name, node in flat.features.items() if node in needed},
+        classifier=flat.classifier,
+        init=flat.init,
+        blocks={name: block for name, block in flat.blocks.items()
+                if any(n.block == name for n in nodes)},
+    )

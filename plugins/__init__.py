@@ -1,0 +1,1 @@
+"""The built-in paper plugins, one module per paper, registered through the `papers` entry points."""
