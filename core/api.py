@@ -43,15 +43,16 @@ def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
         raise
 
 
-def build_model(variant_id: str, *, features: Sequence[str] | None = None, device: Any = "cpu",
-                **options: Any) -> torch.nn.Module:
+def build_model(
+    variant_id: str, *, features: Sequence[str] | None = None, device: Any = "cpu", **options: Any
+) -> torch.nn.Module:
     """Build a variant as a ``torch.fx.GraphModule`` with initialised weights.
 
     ``options`` override the graph's parameters (``num_classes=10``). ``features`` cuts the graph
     at those feature stages (or node names) and makes the model return a dict of their outputs.
     ``device="meta"`` builds without allocating weights.
     """
-    from papers.build import assemble, materialise, trace
+    from papers.build import build
     from papers.errors import PapersError
 
     registry = get_registry()
@@ -60,14 +61,15 @@ def build_model(variant_id: str, *, features: Sequence[str] | None = None, devic
     try:
         if features is not None:
             flat = flat.cut(list(features))
-        traced = trace(flat, registry.catalogue)
-        model = assemble(flat, traced, registry.catalogue, class_name=_class_name(variant_id),
-                         as_dict=features is not None)
-        if str(device) != "meta":
-            materialise(model, flat, device)
+        return build(
+            flat,
+            registry.catalogue,
+            class_name=_class_name(variant_id),
+            as_dict=features is not None,
+            device=device,
+        )
     except PapersError as error:
         raise error.located(file=entry.file) from None
-    return model
 
 
 def measure(variant_id: str, **options: Any) -> Measurement:

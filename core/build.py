@@ -23,7 +23,7 @@ from papers.errors import GraphError
 from papers.graph import FlatGraph, FlatNode
 from papers.ops import Catalogue
 
-MAX_PARAMS = 2_000_000_000
+MAX_PARAMS = 1_000_000_000
 
 
 @dataclass
@@ -102,8 +102,9 @@ def _dynamo_import_deferred() -> Iterator[None]:
             fn.__dict__.pop("__dynamo_disable", None)
 
 
-def _run_node(node: FlatNode, catalogue: Catalogue, values: Mapping[str, torch.Tensor],
-              traced: Traced) -> Any:
+def _run_node(
+    node: FlatNode, catalogue: Catalogue, values: Mapping[str, torch.Tensor], traced: Traced
+) -> Any:
     op = catalogue[node.op]
     inputs = [values[name] for name in node.inputs]
     try:
@@ -113,15 +114,16 @@ def _run_node(node: FlatNode, catalogue: Catalogue, values: Mapping[str, torch.T
             with torch.device("meta"):
                 module = op.resolve()(**kwargs, **node.args)
             traced.modules[node.name] = module
-            return module(*inputs)
+            return module.eval()(*inputs)  # shapes do not depend on the mode; batch-1 BN needs eval
         return _call_function(op, inputs, node.args)
     except GraphError:
         raise
     except Exception as exc:  # anything torch raises on bad arguments or shapes
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapes = ", ".join(str(list(tensor.shape)) for tensor in inputs)
-        raise GraphError(f"node {node.name!r} ({node.op}) fails on input {shapes}: {detail}",
-                         field=node.where) from None
+        raise GraphError(
+            f"node {node.name!r} ({node.op}) fails on input {shapes}: {detail}", field=node.where
+        ) from None
 
 
 def _call_function(op: Any, inputs: list[Any], args: Mapping[str, Any]) -> Any:
@@ -136,8 +138,9 @@ def _call_function(op: Any, inputs: list[Any], args: Mapping[str, Any]) -> Any:
     return function(*inputs, **args)
 
 
-def assemble(flat: FlatGraph, traced: Traced, catalogue: Catalogue, *, class_name: str = "Model",
-             as_dict: bool = False) -> fx.GraphModule:
+def assemble(
+    flat: FlatGraph, traced: Traced, catalogue: Catalogue, *, class_name: str = "Model", as_dict: bool = False
+) -> fx.GraphModule:
     """Place the traced modules in a GraphModule with a generated, straight-line ``forward``."""
     graph = fx.Graph()
     env: dict[str, fx.Node] = {name: graph.placeholder(name) for name in flat.inputs}
@@ -166,7 +169,7 @@ def assemble(flat: FlatGraph, traced: Traced, catalogue: Catalogue, *, class_nam
     root = nn.Module()
     for name, module in traced.modules.items():
         _place(root, name, module)
-    return fx.GraphModule(root, graph, class_name=class_name)
+    return fx.GraphModule(root, graph, class_name=class_name).train()  # a new model trains, as in torch
 
 
 _OUTPUT_TUPLES: dict[tuple[str, tuple[str, ...]], type] = {}
@@ -175,7 +178,7 @@ _OUTPUT_TUPLES: dict[tuple[str, tuple[str, ...]], type] = {}
 def _output_tuple(class_name: str, names: tuple[str, ...]) -> type:
     key = (class_name, names)
     if key not in _OUTPUT_TUPLES:
-        tuple_type = collections.namedtuple(f"{class_name}Outputs", names)  # noqa: PYI024
+        tuple_type = collections.namedtuple(f"{class_name}Outputs", names)
         tuple_type.__module__ = __name__
         _OUTPUT_TUPLES[key] = tuple_type
         globals()[tuple_type.__name__] = tuple_type
@@ -192,6 +195,21 @@ def _place(root: nn.Module, dotted: str, module: nn.Module) -> None:
             owner.add_module(part, child)
         owner = child
     owner.add_module(leaf, module)
+
+
+def build(
+    flat: FlatGraph,
+    catalogue: Catalogue,
+    *,
+    class_name: str = "Model",
+    as_dict: bool = False,
+    device: str | torch.device = "cpu",
+) -> fx.GraphModule:
+    """Trace, assemble and (unless ``device`` is meta) materialise an expanded graph."""
+    model = assemble(flat, trace(flat, catalogue), catalogue, class_name=class_name, as_dict=as_dict)
+    if str(device) != "meta":
+        materialise(model, flat, device)
+    return model
 
 
 def materialise(model: nn.Module, flat: FlatGraph, device: str | torch.device = "cpu") -> nn.Module:
@@ -218,9 +236,16 @@ def materialise(model: nn.Module, flat: FlatGraph, device: str | torch.device = 
 
 
 _INIT_FUNCTIONS = {
-    "normal": "normal_", "uniform": "uniform_", "constant": "constant_", "zeros": "zeros_",
-    "ones": "ones_", "kaiming_normal": "kaiming_normal_", "kaiming_uniform": "kaiming_uniform_",
-    "xavier_normal": "xavier_normal_", "xavier_uniform": "xavier_uniform_", "trunc_normal": "trunc_normal_",
+    "normal": "normal_",
+    "uniform": "uniform_",
+    "constant": "constant_",
+    "zeros": "zeros_",
+    "ones": "ones_",
+    "kaiming_normal": "kaiming_normal_",
+    "kaiming_uniform": "kaiming_uniform_",
+    "xavier_normal": "xavier_normal_",
+    "xavier_uniform": "xavier_uniform_",
+    "trunc_normal": "trunc_normal_",
 }
 
 
@@ -231,4 +256,4 @@ def _get(model: nn.Module, dotted: str) -> nn.Module | None:
         return None
 
 
-__all__ = ["Traced", "assemble", "materialise", "trace"]
+__all__ = ["Traced", "assemble", "build", "materialise", "trace"]

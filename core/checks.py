@@ -44,8 +44,9 @@ def default_tolerance(value: float) -> float:
     return 0.5 * 10.0 ** int(number.normalize().as_tuple().exponent)
 
 
-def check_spec(spec: Spec, measure: Callable[[str], tuple[FlatGraph, Measurement]],
-               variant: str | None = None) -> list[Check]:
+def check_spec(
+    spec: Spec, measure: Callable[[str], tuple[FlatGraph, Measurement]], variant: str | None = None
+) -> list[Check]:
     """Check every result of ``spec`` (of one variant, if given); ``measure`` gives a variant's numbers."""
     checks = []
     for result in spec.results:
@@ -105,18 +106,37 @@ def _compare(spec: Spec, result: Result, flat: FlatGraph, m: Measurement) -> Che
     return _check(spec, result, round(in_unit, 6), tolerance, difference, status)
 
 
-def _check(spec: Spec, result: Result, measured: Any, tolerance: float, difference: float | None,
-           status: Status, reason: str | None = None) -> Check:
+def _check(
+    spec: Spec,
+    result: Result,
+    measured: Any,
+    tolerance: float,
+    difference: float | None,
+    status: Status,
+    reason: str | None = None,
+) -> Check:
     return Check(
-        paper=spec.id, variant=result.variant, metric=result.metric,
+        paper=spec.id,
+        variant=result.variant,
+        metric=result.metric,
         scope=result.scope if result.scope != "node" else f"node:{result.node}",
-        reported=result.value, measured=measured, unit=result.unit, tolerance=tolerance,
-        difference=None if difference is None else round(difference, 6), status=status,
-        source=result.source, protocol=result.protocol, dataset=result.dataset, reason=reason,
+        reported=result.value,
+        measured=measured,
+        unit=result.unit,
+        tolerance=tolerance,
+        difference=None if difference is None else round(difference, 6),
+        status=status,
+        source=result.source,
+        protocol=result.protocol,
+        dataset=result.dataset,
+        reason=reason,
     )
 
 
 def _unmeasured(spec: Spec, result: Result, reason: str) -> Check:
-    tolerance = result.tolerance if result.tolerance is not None else (
-        default_tolerance(result.value) if isinstance(result.value, float) else 0.0)
+    tolerance = (
+        result.tolerance
+        if result.tolerance is not None
+        else (default_tolerance(result.value) if isinstance(result.value, float) else 0.0)
+    )
     return _check(spec, result, None, tolerance, None, "not_measurable", reason)

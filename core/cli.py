@@ -29,7 +29,9 @@ class _Group(click.Group):
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    # Piped output is read by people too: wider than rich's 80-column default, unless COLUMNS says.
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def _table(*columns: str, title: str | None = None) -> Any:
@@ -85,10 +87,16 @@ def list_command(topic: str | None, as_json: bool) -> None:
     entries = get_registry().list(topic)
     rows = [
         {
-            "id": e.spec.id, "name": e.spec.name, "title": e.spec.citation.title,
-            "year": e.spec.citation.year, "venue": e.spec.citation.venue, "topic": e.spec.topics[0],
-            "topics": list(e.spec.topics), "kind": e.spec.kind,
-            "variants": [v.id for v in e.spec.variants], "plugin": e.plugin,
+            "id": e.spec.id,
+            "name": e.spec.name,
+            "title": e.spec.citation.title,
+            "year": e.spec.citation.year,
+            "venue": e.spec.citation.venue,
+            "topic": e.spec.topics[0],
+            "topics": list(e.spec.topics),
+            "kind": e.spec.kind,
+            "variants": [v.id for v in e.spec.variants],
+            "plugin": e.plugin,
         }
         for e in entries
     ]
@@ -97,8 +105,14 @@ def list_command(topic: str | None, as_json: bool) -> None:
         return
     table = _table("id", "title", "year", "venue", "topic", "variants")
     for row in rows:
-        table.add_row(row["id"], row["title"], str(row["year"]), row["venue"], ", ".join(row["topics"]),
-                      ", ".join(row["variants"]))
+        table.add_row(
+            row["id"],
+            row["title"],
+            str(row["year"]),
+            row["venue"],
+            ", ".join(row["topics"]),
+            ", ".join(row["variants"]),
+        )
     _console().print(table)
 
 
@@ -133,12 +147,29 @@ def show(identifier: str, as_json: bool) -> None:
             table.add_row(v.id, v.name, v.origin, v.reference or "")
         console.print(table)
     if spec.results:
-        table = _table("variant", "metric", "reported", "unit", "data", "protocol", "conditions", "source",
-                       title="Reported results")
+        table = _table(
+            "variant",
+            "metric",
+            "reported",
+            "unit",
+            "data",
+            "protocol",
+            "conditions",
+            "source",
+            title="Reported results",
+        )
         for r in spec.results:
             data = " ".join(part for part in (r.dataset, r.split) if part)
-            table.add_row(r.variant, r.metric, _plain(r.value), r.unit, data, r.protocol or "",
-                          _plain(r.conditions) if r.conditions else "", r.source)
+            table.add_row(
+                r.variant,
+                r.metric,
+                _plain(r.value),
+                r.unit,
+                data,
+                r.protocol or "",
+                _plain(r.conditions) if r.conditions else "",
+                r.source,
+            )
         console.print(table)
 
 
@@ -152,8 +183,14 @@ def _plain(value: Any) -> str:
 
 @cli.command()
 @click.argument("variant")
-@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE",
-              help="Override a graph parameter (num_classes=10, image_size=32).")
+@click.option(
+    "-o",
+    "--option",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a graph parameter (num_classes=10, image_size=32).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write initialised weights (.safetensors).")
 def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) -> None:
@@ -171,8 +208,13 @@ def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) 
         return
     table = _table("layer", "op", "output shape", "params", "MACs", title=f"{variant}")
     for layer in measurement.layers:
-        table.add_row(layer.name, layer.op, str(layer.output_shape), f"{layer.params:,}" if layer.params else "",
-                      _count(layer.macs) if layer.macs else "")
+        table.add_row(
+            layer.name,
+            layer.op,
+            str(layer.output_shape),
+            f"{layer.params:,}" if layer.params else "",
+            _count(layer.macs) if layer.macs else "",
+        )
     console = _console()
     console.print(table)
     console.print(f"input:  {measurement.input_shapes}")
@@ -207,8 +249,14 @@ _SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the results that cannot be measured here.")
 @click.pass_context
-def check(ctx: click.Context, identifier: str | None, check_all: bool, variant: str | None, as_json: bool,
-          verbose: bool) -> None:
+def check(
+    ctx: click.Context,
+    identifier: str | None,
+    check_all: bool,
+    variant: str | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
     """Check reported results against measurements; exit 1 if one fails."""
     from papers.api import check as run_check
     from papers.registry import get_registry
@@ -225,13 +273,24 @@ def check(ctx: click.Context, identifier: str | None, check_all: bool, variant: 
         for c in shown:
             delta = f"{c.difference:+.2%}" if c.difference is not None else ""
             measured = "–" if c.measured is None else _plain(c.measured)
-            table.add_row(c.paper, c.variant, c.metric, c.scope, f"{_plain(c.reported)} {c.unit}",
-                          measured, delta, _SYMBOL[c.status], c.source)
+            table.add_row(
+                c.paper,
+                c.variant,
+                c.metric,
+                c.scope,
+                f"{_plain(c.reported)} {c.unit}",
+                measured,
+                delta,
+                _SYMBOL[c.status],
+                c.source,
+            )
         console = _console()
         console.print(table)
         counts = {status: sum(c.status == status for c in checks) for status in _SYMBOL}
-        console.print(f"{counts['pass']} passed, {counts['fail']} failed, "
-                      f"{counts['not_measurable']} not measurable here (need trained weights and data)")
+        console.print(
+            f"{counts['pass']} passed, {counts['fail']} failed, "
+            f"{counts['not_measurable']} not measurable here (need trained weights and data)"
+        )
     if any(c.status == "fail" for c in checks):
         ctx.exit(1)
 
@@ -277,7 +336,9 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         contributes = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.contributes.items())
         problems = "; ".join(([info.error] if info.error else []) + info.refused)
-        table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks), contributes, problems)
+        table.add_row(
+            info.name, info.distribution, info.version, ", ".join(info.hooks), contributes, problems
+        )
     _console().print(table)
 
 

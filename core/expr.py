@@ -114,6 +114,12 @@ def _check(value: Any) -> Any:
     return value
 
 
+def _too_large_power(base: Any, exponent: Any) -> bool:
+    if not isinstance(exponent, (int, float)):
+        return False
+    return abs(exponent) > 64 or (isinstance(base, int) and abs(base).bit_length() * exponent > MAX_INT_BITS)
+
+
 class _Evaluator:
     def __init__(self, scope: Mapping[str, Any], source: str):
         self.scope = scope
@@ -138,8 +144,7 @@ class _Evaluator:
         if node.id not in self.scope:
             known = ", ".join(sorted(self.scope)) or "none"
             raise ExpressionError(
-                f"expression {self.source!r} names {node.id!r}, which is not a parameter "
-                f"(known: {known})"
+                f"expression {self.source!r} names {node.id!r}, which is not a parameter (known: {known})"
             )
         return self.scope[node.id]
 
@@ -148,16 +153,15 @@ class _Evaluator:
         if op is None:
             raise ExpressionError(f"operator {type(node.op).__name__} is not allowed")
         left, right = self.visit(node.left), self.visit(node.right)
-        if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)):
-            if abs(right) > 64 or (isinstance(left, int) and abs(left).bit_length() * right > MAX_INT_BITS):
-                raise ExpressionError(f"expression {self.source!r}: power too large")
+        if isinstance(node.op, ast.Pow) and _too_large_power(left, right):
+            raise ExpressionError(f"expression {self.source!r}: power too large")
         if isinstance(node.op, ast.Mod) and not isinstance(left, (int, float)):
             raise ExpressionError(f"expression {self.source!r}: % applies to numbers only")
         if isinstance(node.op, ast.Mult):
             sequence, count = (left, right) if isinstance(left, (list, str)) else (right, left)
-            if isinstance(sequence, (list, str)) and isinstance(count, int):
-                if count * max(1, len(sequence)) > MAX_SEQUENCE_LENGTH:
-                    raise ExpressionError(f"sequence result longer than {MAX_SEQUENCE_LENGTH}")
+            repeated = isinstance(sequence, (list, str)) and isinstance(count, int)
+            if repeated and count * max(1, len(sequence)) > MAX_SEQUENCE_LENGTH:
+                raise ExpressionError(f"sequence result longer than {MAX_SEQUENCE_LENGTH}")
         return op(left, right)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
@@ -183,7 +187,7 @@ class _Evaluator:
 
     def visit_Compare(self, node: ast.Compare) -> Any:
         left = self.visit(node.left)
-        for op, comparator in zip(node.ops, node.comparators):
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.visit(comparator)
             if not _COMPARE[type(op)](left, right):
                 return False

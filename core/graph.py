@@ -71,18 +71,27 @@ class FlatGraph:
                 targets[wanted] = wanted
             else:
                 known = ", ".join(self.features) or "none"
-                raise GraphError(f"no feature stage or node {wanted!r} (feature stages: {known})",
-                                 field="features")
+                raise GraphError(
+                    f"no feature stage or node {wanted!r} (feature stages: {known})", field="features"
+                )
         return _prune(self, targets)
 
 
 class _Ref:
-    """A name to resolve in a scope once the whole graph is expanded (forward references)."""
+    """A name to resolve in a scope once the whole graph is expanded (forward references).
 
-    __slots__ = ("name", "scope", "where")
+    Inside a group, a name is looked up relative to the group first, then to each enclosing group:
+    ``in: conv`` in group ``layer.0`` finds ``layer.0.conv`` before a top-level ``conv``.
+    """
 
-    def __init__(self, name: str, scope: _Scope, where: str):
-        self.name, self.scope, self.where = name, scope, where
+    __slots__ = ("name", "path", "scope", "where")
+
+    def __init__(self, name: str, scope: _Scope, where: str, path: str = ""):
+        self.name, self.scope, self.where, self.path = name, scope, where, path
+
+    def candidates(self) -> list[str]:
+        parts = self.path.split(".")[:-1] if self.path else []
+        return [".".join([*parts[:depth], self.name]) for depth in range(len(parts), -1, -1)]
 
 
 @dataclass
@@ -106,12 +115,39 @@ class _Pending:
 
 
 def bind_params(declared: Mapping[str, Any], given: Mapping[str, Any], *, what: str, where: str) -> dict:
-    """Defaults overridden by ``given``; an unknown name is an error listing the known ones."""
+    """Defaults overridden by ``given``; an unknown name, or a value of another type than the
+    default's, is an error naming the parameter."""
     unknown = sorted(set(given) - set(declared))
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
         raise GraphError(f"{what} has no parameter {unknown[0]!r} (parameters: {known})", field=where)
+    for name, value in given.items():
+        expected = _kind(declared[name])
+        if (
+            expected is not None
+            and _kind(value) != expected
+            and not (expected == "number" and _kind(value) == "integer")
+        ):
+            raise GraphError(
+                f"{what} parameter {name!r} takes {'an' if expected[0] in 'aeiou' else 'a'} "
+                f"{expected}, got {value!r}",
+                field=f"{where}.{name}",
+            )
     return {**declared, **given}
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return None if "${" in value else "string"
+    return "list"
 
 
 def expand(spec: Spec, graph_name: str, params: Mapping[str, Any], catalogue: Catalogue) -> FlatGraph:
@@ -120,7 +156,9 @@ def expand(spec: Spec, graph_name: str, params: Mapping[str, Any], catalogue: Ca
     where = f"graphs.{graph_name}"
     env = bind_params(graph.params, params, what=f"graph {graph_name!r}", where=f"{where}.params")
     expander = _Expander(spec, catalogue)
-    inputs = {name: _input_shape(shape, env, f"{where}.inputs.{name}") for name, shape in graph.inputs.items()}
+    inputs = {
+        name: _input_shape(shape, env, f"{where}.inputs.{name}") for name, shape in graph.inputs.items()
+    }
     scope = _Scope(env=env, prefix="", names={name: name for name in inputs})
     last = expander.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=next(iter(inputs)))
     if graph.outputs is None:
@@ -150,7 +188,9 @@ def expand(spec: Spec, graph_name: str, params: Mapping[str, Any], catalogue: Ca
 def _input_shape(shape: Sequence[Any], env: Mapping[str, Any], where: str) -> tuple[int, ...]:
     dims = tuple(_evaluate_value(dim, env, where) for dim in shape)
     if not all(isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= MAX_DIM for dim in dims):
-        raise GraphError(f"input dimensions must be integers from 1 to {MAX_DIM}, got {list(dims)}", field=where)
+        raise GraphError(
+            f"input dimensions must be integers from 1 to {MAX_DIM}, got {list(dims)}", field=where
+        )
     elements = 1
     for dim in dims:
         elements *= dim
@@ -193,8 +233,15 @@ class _Expander:
 
     # -- walking the spec ---------------------------------------------------------------------
 
-    def sequence(self, nodes: Sequence[Any], where: str, scope: _Scope, group: list[int] | None,
-                 previous: str | _Ref, path: str = "") -> str | _Ref:
+    def sequence(
+        self,
+        nodes: Sequence[Any],
+        where: str,
+        scope: _Scope,
+        group: list[int] | None,
+        previous: str | _Ref,
+        path: str = "",
+    ) -> str | _Ref:
         """Expand ``nodes`` in order; each reads the previous one unless it names its inputs."""
         for index, node in enumerate(nodes):
             here = f"{where}[{index}]"
@@ -206,13 +253,25 @@ class _Expander:
                 previous = self._named(node, here, scope, group, previous, path)
         return previous
 
-    def _repeat(self, node: RepeatNode, where: str, scope: _Scope, group: list[int] | None,
-                previous: str | _Ref, path: str) -> str | _Ref:
-        count = node.repeat if isinstance(node.repeat, int) else _evaluate_expression(
-            node.repeat, scope.env, f"{where}.repeat")
+    def _repeat(
+        self,
+        node: RepeatNode,
+        where: str,
+        scope: _Scope,
+        group: list[int] | None,
+        previous: str | _Ref,
+        path: str,
+    ) -> str | _Ref:
+        count = (
+            node.repeat
+            if isinstance(node.repeat, int)
+            else _evaluate_expression(node.repeat, scope.env, f"{where}.repeat")
+        )
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_REPEAT:
-            raise GraphError(f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count!r}",
-                             field=f"{where}.repeat")
+            raise GraphError(
+                f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count!r}",
+                field=f"{where}.repeat",
+            )
         outer = scope.env.get(node.var, _MISSING)
         for iteration in range(count):
             scope.env[node.var] = iteration
@@ -223,10 +282,17 @@ class _Expander:
             scope.env[node.var] = outer
         return previous
 
-    def _named(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
-               group: list[int] | None, previous: str | _Ref, path: str) -> str:
+    def _named(
+        self,
+        node: OpNode | BlockNode | GroupNode,
+        where: str,
+        scope: _Scope,
+        group: list[int] | None,
+        previous: str | _Ref,
+        path: str,
+    ) -> str:
         local = self._local_name(node, where, scope, group, path)
-        inputs = self._inputs(node, where, scope, previous)
+        inputs = self._inputs(node, where, scope, previous, path)
         full = scope.prefix + local
         if isinstance(node, OpNode):
             self._op(node, where, scope, full, inputs)
@@ -249,8 +315,14 @@ class _Expander:
             self.features[feature] = _Ref(local, scope, f"{where}.feature")
         return output
 
-    def _local_name(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
-                    group: list[int] | None, path: str) -> str:
+    def _local_name(
+        self,
+        node: OpNode | BlockNode | GroupNode,
+        where: str,
+        scope: _Scope,
+        group: list[int] | None,
+        path: str,
+    ) -> str:
         if node.name is not None:
             name = _evaluate_value(node.name, scope.env, f"{where}.name")
             if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
@@ -265,8 +337,9 @@ class _Expander:
         scope.auto[path + base] = count + 1
         return f"{path}{base}" if count == 0 else f"{path}{base}_{count}"
 
-    def _inputs(self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope,
-                previous: str | _Ref) -> list[str | _Ref]:
+    def _inputs(
+        self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope, previous: str | _Ref, path: str
+    ) -> list[str | _Ref]:
         if node.inputs is None:
             return [previous]
         raw = [node.inputs] if isinstance(node.inputs, str) else list(node.inputs)
@@ -277,7 +350,7 @@ class _Expander:
             value = _evaluate_value(name, scope.env, f"{where}.in")
             if not isinstance(value, str):
                 raise GraphError(f"an input is a node name, got {value!r}", field=f"{where}.in[{position}]")
-            inputs.append(_Ref(value, scope, f"{where}.in"))
+            inputs.append(_Ref(value, scope, f"{where}.in", path))
         return inputs
 
     def _op(self, node: OpNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> None:
@@ -289,8 +362,12 @@ class _Expander:
         least = 1 if self.catalogue[node.op].list_input else 2
         if (arity is not None and len(inputs) != arity) or (arity is None and len(inputs) < least):
             wanted = arity if arity is not None else f"at least {least}"
-            raise GraphError(f"op {node.op!r} takes {wanted} input(s), got {len(inputs)}", field=f"{where}.in")
-        args = {key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()}
+            raise GraphError(
+                f"op {node.op!r} takes {wanted} input(s), got {len(inputs)}", field=f"{where}.in"
+            )
+        args = {
+            key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()
+        }
         self._add(_Pending(full, node.op, args, inputs, where, scope.instance))
 
     def _block(self, node: BlockNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> str:
@@ -301,12 +378,21 @@ class _Expander:
         if node.block in scope.block_stack:
             raise GraphError(f"block {node.block!r} instantiates itself", field=f"{where}.block")
         if len(inputs) != len(definition.inputs):
-            raise GraphError(f"block {node.block!r} takes {len(definition.inputs)} input(s), got {len(inputs)}",
-                             field=f"{where}.in")
-        given = {key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()}
+            raise GraphError(
+                f"block {node.block!r} takes {len(definition.inputs)} input(s), got {len(inputs)}",
+                field=f"{where}.in",
+            )
+        given = {
+            key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()
+        }
         env = bind_params(definition.params, given, what=f"block {node.block!r}", where=f"{where}.args")
-        inner = _Scope(env=dict(env), prefix=full + ".", names=dict(zip(definition.inputs, inputs)),
-                       block_stack=(*scope.block_stack, node.block), instance=full)
+        inner = _Scope(
+            env=dict(env),
+            prefix=full + ".",
+            names=dict(zip(definition.inputs, inputs, strict=True)),
+            block_stack=(*scope.block_stack, node.block),
+            instance=full,
+        )
         self.instances[full] = node.block
         body = f"blocks.{node.block}.nodes"
         last = self.sequence(definition.nodes, body, inner, None, inputs[0])
@@ -316,8 +402,10 @@ class _Expander:
 
     def _add(self, pending: _Pending) -> None:
         if pending.name in self.taken:
-            raise GraphError(f"name {pending.name!r} is used twice (first at {self.taken[pending.name]})",
-                             field=f"{pending.where}.name")
+            raise GraphError(
+                f"name {pending.name!r} is used twice (first at {self.taken[pending.name]})",
+                field=f"{pending.where}.name",
+            )
         if len(self.pending) >= MAX_NODES:
             raise GraphError(f"graph expands to more than {MAX_NODES} nodes", field=pending.where)
         self.taken[pending.name] = pending.where
@@ -331,12 +419,13 @@ class _Expander:
         while isinstance(target, _Ref):
             seen += 1
             current = target
-            target = current.scope.names.get(current.name, _MISSING)
-            if target is _MISSING:
-                known = [n for n in current.scope.names if not n.startswith("_")]
-                close = difflib.get_close_matches(current.name, known, n=3)
+            names = current.scope.names
+            found = next((names[c] for c in current.candidates() if c in names), _MISSING)
+            if found is _MISSING:
+                close = difflib.get_close_matches(current.name, list(names), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise GraphError(f"{current.name!r} names no node defined here{hint}", field=current.where)
+            target = found
             if seen > MAX_NODES:
                 raise GraphError("references go round in a circle", field=ref.where)
         return target
@@ -398,6 +487,5 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
         features={name: node for name, node in flat.features.items() if node in needed},
         classifier=flat.classifier,
         init=flat.init,
-        blocks={name: block for name, block in flat.blocks.items()
-                if any(n.block == name for n in nodes)},
+        blocks={name: block for name, block in flat.blocks.items() if any(n.block == name for n in nodes)},
     )

@@ -34,15 +34,16 @@ def read_yaml(text: str | bytes, *, file: str | None = None) -> Any:
     if "\x00" in text:
         raise SpecError("not a text file (it holds NUL bytes)", file=file)
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or str(exc)
         raise SpecError(f"not valid YAML{where}: {problem}", file=file) from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise SpecError(f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                        file=file) from None
+        raise SpecError(
+            f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=file
+        ) from None
     _check_size(data, file)
     return data
 
@@ -84,5 +85,6 @@ def load_spec_file(path: str | Path) -> Spec:
 def dump_spec(spec: Spec) -> str:
     """The YAML text of a spec (no defaults that were not set, aliases as written)."""
     data = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False,
-                     allow_unicode=True)
+    return yaml.dump(
+        data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=True
+    )

@@ -53,8 +53,13 @@ def measure_graph(variant: str, flat: FlatGraph, catalogue: Catalogue) -> Measur
 
     traced = trace(flat, catalogue, count_macs=True)
     layers = [
-        Layer(node.name, node.op, list(traced.shapes[node.name]), traced.params[node.name],
-              traced.macs[node.name])
+        Layer(
+            node.name,
+            node.op,
+            list(traced.shapes[node.name]),
+            traced.params[node.name],
+            traced.macs[node.name],
+        )
         for node in flat.nodes
     ]
     outputs = {name: list(traced.shapes[node]) for name, node in flat.outputs.items()}

@@ -53,11 +53,20 @@ def _module(name: str, target: str, doc: str, **inferred: Callable[[Sequence[Sha
 
 BUILTIN_OPS: tuple[Op, ...] = (
     _module("conv2d", "torch.nn:Conv2d", "2-D convolution; in_channels inferred.", in_channels=_channels),
-    _module("linear", "torch.nn:Linear", "Fully connected layer; in_features inferred.", in_features=_features),
-    _module("batchnorm2d", "torch.nn:BatchNorm2d", "Batch normalisation over channels.", num_features=_channels),
-    _module("batchnorm1d", "torch.nn:BatchNorm1d", "Batch normalisation of features.", num_features=_channels),
-    _module("lrn", "torch.nn:LocalResponseNorm",
-            "Local response normalisation; torch divides alpha by size, Krizhevsky et al. do not."),
+    _module(
+        "linear", "torch.nn:Linear", "Fully connected layer; in_features inferred.", in_features=_features
+    ),
+    _module(
+        "batchnorm2d", "torch.nn:BatchNorm2d", "Batch normalisation over channels.", num_features=_channels
+    ),
+    _module(
+        "batchnorm1d", "torch.nn:BatchNorm1d", "Batch normalisation of features.", num_features=_channels
+    ),
+    _module(
+        "lrn",
+        "torch.nn:LocalResponseNorm",
+        "Local response normalisation; torch divides alpha by size, Krizhevsky et al. do not.",
+    ),
     _module("relu", "torch.nn:ReLU", "Rectified linear unit."),
     _module("relu6", "torch.nn:ReLU6", "ReLU clipped at 6."),
     _module("sigmoid", "torch.nn:Sigmoid", "Logistic sigmoid."),
@@ -71,7 +80,9 @@ BUILTIN_OPS: tuple[Op, ...] = (
     _module("dropout2d", "torch.nn:Dropout2d", "Channel dropout."),
     _module("identity", "torch.nn:Identity", "Passes its input through."),
     Op("flatten", "torch:flatten", "function", doc="Flatten dimensions from start_dim on."),
-    Op("add", "operator:add", "function", arity=None, doc="Sum of two or more inputs (residual connections)."),
+    Op(
+        "add", "operator:add", "function", arity=None, doc="Sum of two or more inputs (residual connections)."
+    ),
     Op("mul", "operator:mul", "function", arity=2, doc="Elementwise product of two inputs (gates)."),
     Op("cat", "torch:cat", "function", arity=None, list_input=True, doc="Concatenation along `dim`."),
 )
@@ -90,9 +101,7 @@ class Catalogue:
         if op.name in self._ops:
             from papers.errors import PluginError
 
-            raise PluginError(
-                f"op {op.name!r} is contributed by both {self._origin[op.name]} and {origin}"
-            )
+            raise PluginError(f"op {op.name!r} is contributed by both {self._origin[op.name]} and {origin}")
         self._ops[op.name] = op
         self._origin[op.name] = origin
 

@@ -43,9 +43,14 @@ class PluginInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "distribution": self.distribution, "version": self.version,
-            "module": self.module, "hooks": self.hooks, "contributes": self.contributes,
-            "error": self.error, "refused": self.refused,
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "hooks": self.hooks,
+            "contributes": self.contributes,
+            "error": self.error,
+            "refused": self.refused,
         }
 
 

@@ -75,16 +75,26 @@ class Registry:
         where = f"{info.name} ({info.distribution})"
         if spec.id in self.papers:
             other = self.papers[spec.id]
-            self._refuse(info, PluginError(
-                f"paper id {spec.id!r} is claimed by both {other.plugin} ({other.distribution}) and {where}",
-                file=file))
+            self._refuse(
+                info,
+                PluginError(
+                    f"paper id {spec.id!r} is claimed by both {other.plugin} ({other.distribution}) "
+                    f"and {where}",
+                    file=file,
+                ),
+            )
             return
         for variant in spec.variants:
             if variant.id in self.variants:
                 other = self.variants[variant.id][0]
-                self._refuse(info, PluginError(
-                    f"variant id {variant.id!r} is claimed by both {other.plugin} ({other.distribution}) "
-                    f"and {where}", file=file))
+                self._refuse(
+                    info,
+                    PluginError(
+                        f"variant id {variant.id!r} is claimed by both {other.plugin} ({other.distribution}) "
+                        f"and {where}",
+                        file=file,
+                    ),
+                )
                 return
         entry = Entry(spec=spec, file=file, plugin=info.name, distribution=info.distribution)
         self.papers[spec.id] = entry
@@ -106,7 +116,9 @@ class Registry:
             return self.papers[identifier]
         if identifier in self.variants:
             return self.variants[identifier][0]
-        raise UnknownIdError(f"no paper or variant {identifier!r}{_suggest(identifier, self.papers, self.variants)}")
+        raise UnknownIdError(
+            f"no paper or variant {identifier!r}{_suggest(identifier, self.papers, self.variants)}"
+        )
 
     def variant(self, identifier: str) -> tuple[Entry, Variant]:
         if identifier in self.variants:

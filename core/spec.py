@@ -25,7 +25,7 @@ SLUG = r"^[a-z][a-z0-9_\-]*$"
 VARIANT_ID = r"^[a-z][a-z0-9_\-]*(\.(torchvision|timm))?$"
 NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$|^.*\$\{.*\}.*$"
 
-Value = TypeAliasType("Value", Union[bool, int, float, str, None, list["Value"]])
+Value = TypeAliasType("Value", Union[bool, int, float, str, list["Value"], None])
 """A literal argument: a number, a string (``${...}`` marks an expression), a bool, or a list."""
 
 Topic = Literal["classification", "detection", "segmentation", "compression"]
@@ -33,7 +33,9 @@ CompressionKind = Literal["pruning", "quantization", "low-rank", "distillation",
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 # --- citation -------------------------------------------------------------------------------
@@ -112,7 +114,9 @@ class Hyperparameters(_Model):
     iterations: int | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     dropout: float | None = Field(None, ge=0, lt=1)
-    input_size: list[int] | None = Field(None, min_length=2, max_length=2, description="Training crop (H, W).")
+    input_size: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="Training crop (H, W)."
+    )
     augmentation: list[Augmentation] = []
     initialisation: str | None = Field(None, description="The paper's initialisation, in words.")
     loss: str | None = None
@@ -166,19 +170,25 @@ def _node_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         for key in ("op", "block", "group", "repeat"):
             if key in value:
-                return key
+                return f"{key} node"
         return None
     if isinstance(value, BaseModel):
-        return {OpNode: "op", BlockNode: "block", GroupNode: "group", RepeatNode: "repeat"}.get(type(value))
+        kinds = {
+            OpNode: "op node",
+            BlockNode: "block node",
+            GroupNode: "group node",
+            RepeatNode: "repeat node",
+        }
+        return kinds.get(type(value))
     return None
 
 
 Node = Annotated[
     Union[
-        Annotated[OpNode, Tag("op")],
-        Annotated[BlockNode, Tag("block")],
-        Annotated[GroupNode, Tag("group")],
-        Annotated[RepeatNode, Tag("repeat")],
+        Annotated[OpNode, Tag("op node")],
+        Annotated[BlockNode, Tag("block node")],
+        Annotated[GroupNode, Tag("group node")],
+        Annotated[RepeatNode, Tag("repeat node")],
     ],
     Discriminator(
         _node_kind,
@@ -186,7 +196,7 @@ Node = Annotated[
         custom_error_message="a node needs one of the keys op, block, group or repeat",
     ),
 ]
-NODE_TAGS = frozenset({"op", "block", "group", "repeat"})
+NODE_TAGS = frozenset({"op node", "block node", "group node", "repeat node"})
 
 
 class Block(_Model):
@@ -210,8 +220,16 @@ class InitRule(_Model):
     op: str
     param: Literal["weight", "bias"]
     fn: Literal[
-        "normal", "uniform", "constant", "zeros", "ones",
-        "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "trunc_normal",
+        "normal",
+        "uniform",
+        "constant",
+        "zeros",
+        "ones",
+        "kaiming_normal",
+        "kaiming_uniform",
+        "xavier_normal",
+        "xavier_uniform",
+        "trunc_normal",
     ]
     args: dict[str, Value] = {}
 
@@ -232,24 +250,57 @@ class Graph(_Model):
 # --- results ---------------------------------------------------------------------------------
 
 Metric = Literal[
-    "params", "macs", "flops", "output_shape",
-    "top1_error", "top5_error", "top1_accuracy", "top5_accuracy", "error", "accuracy",
-    "map", "map50", "miou", "pixel_accuracy",
-    "compression_ratio", "speedup", "top1_error_change", "top5_error_change",
+    "params",
+    "macs",
+    "flops",
+    "output_shape",
+    "top1_error",
+    "top5_error",
+    "top1_accuracy",
+    "top5_accuracy",
+    "error",
+    "accuracy",
+    "map",
+    "map50",
+    "miou",
+    "pixel_accuracy",
+    "compression_ratio",
+    "speedup",
+    "top1_error_change",
+    "top5_error_change",
 ]
 METRIC_DIRECTION: dict[str, str] = {
-    "params": "lower", "macs": "lower", "flops": "lower", "output_shape": "exact",
-    "top1_error": "lower", "top5_error": "lower", "top1_accuracy": "higher", "top5_accuracy": "higher",
-    "error": "lower", "accuracy": "higher", "map": "higher", "map50": "higher", "miou": "higher",
-    "pixel_accuracy": "higher", "compression_ratio": "higher", "speedup": "higher",
-    "top1_error_change": "lower", "top5_error_change": "lower",
+    "params": "lower",
+    "macs": "lower",
+    "flops": "lower",
+    "output_shape": "exact",
+    "top1_error": "lower",
+    "top5_error": "lower",
+    "top1_accuracy": "higher",
+    "top5_accuracy": "higher",
+    "error": "lower",
+    "accuracy": "higher",
+    "map": "higher",
+    "map50": "higher",
+    "miou": "higher",
+    "pixel_accuracy": "higher",
+    "compression_ratio": "higher",
+    "speedup": "higher",
+    "top1_error_change": "lower",
+    "top5_error_change": "lower",
 }
 STATIC_METRICS = frozenset({"params", "macs", "flops", "output_shape"})
 Unit = Literal["count", "thousand", "million", "billion", "percent", "ratio", "shape"]
 UNIT_SCALE = {"count": 1, "thousand": 1e3, "million": 1e6, "billion": 1e9, "percent": 1, "ratio": 1}
 Protocol = Literal[
-    "single_crop", "center_crop", "ten_crop", "multi_crop", "dense", "multi_crop_dense",
-    "single_scale", "multi_scale",
+    "single_crop",
+    "center_crop",
+    "ten_crop",
+    "multi_crop",
+    "dense",
+    "multi_crop_dense",
+    "single_scale",
+    "multi_scale",
 ]
 
 
@@ -297,7 +348,8 @@ class Variant(_Model):
     )
     origin_note: str | None = Field(None, description="How it differs from the paper, where it does.")
     reference: str | None = Field(
-        None, pattern=r"^(torchvision|timm):[a-z0-9_.]+$",
+        None,
+        pattern=r"^(torchvision|timm):[a-z0-9_.]+$",
         description="A library model with the same graph and state_dict names: 'torchvision:vgg16'.",
     )
 
@@ -380,7 +432,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in NODE_TAGS and not path.endswith("]") and path:
+        elif part in NODE_TAGS:
             continue
         else:
             path += f".{part}" if path else str(part)

@@ -1,0 +1,236 @@
+"""Benchmarks of papers against its peers, measured in the same run: ``python benchmarks/run.py [--quick]``.
+
+Each row compares ours with a peer (a bare ``import torch``, or torchvision's own VGG-16), reports the
+ratio ours/peer and whether it meets its target. The script reports; it never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+PYTHON = sys.executable
+PAPERS = str(Path(sys.executable).parent / "papers")
+COMPILE_BUDGET_S = 120
+
+
+@dataclass
+class Row:
+    """One measurement: ours against the peer, in seconds, and the target for ours/peer."""
+
+    name: str
+    ours: float
+    peer: float
+    target: float
+
+    @property
+    def ratio(self) -> float:
+        """Ours over the peer: below 1 means ours is faster."""
+        return self.ours / self.peer
+
+    @property
+    def ok(self) -> bool:
+        """Whether the ratio meets the target."""
+        return self.ratio <= self.target
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def wall(argv: list[str]) -> float:
+    """Wall time of a fresh process running ``argv``, its output discarded."""
+    start = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def interleaved(ours: Callable[[], float], peer: Callable[[], float], n: int) -> tuple[float, float]:
+    """Median of ``n`` timings of each, alternating the two so machine load affects both alike."""
+    a, b = [], []
+    for _ in range(n):
+        a.append(ours())
+        b.append(peer())
+    return statistics.median(a), statistics.median(b)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cold_start(n: int) -> Row:
+    """``papers list`` in a fresh process against a fresh ``import torch``."""
+    ours, peer = interleaved(lambda: wall([PAPERS, "list"]), lambda: wall([PYTHON, "-c", "import torch"]), n)
+    return Row("CLI cold start: papers list / import torch", ours, peer, 0.2)
+
+
+def build_summary(n: int) -> Row:
+    """``papers build vgg16`` in a fresh process against building torchvision's VGG-16 in one."""
+    tv = "import torchvision; torchvision.models.vgg16()"
+    ours, peer = interleaved(lambda: wall([PAPERS, "build", "vgg16"]), lambda: wall([PYTHON, "-c", tv]), n)
+    return Row("build summary: papers build vgg16 / tv vgg16()", ours, peer, 0.6)
+
+
+def forward(ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_time: float, label: str) -> Row:
+    """Median latency of one forward pass of each model (eval mode, no grad) on a CPU batch.
+
+    Calls alternate between the two models, after one warm-up call of each, until each has had
+    ``min_run_time`` seconds and at least five calls: load on the machine then affects both alike.
+    """
+    x = torch.randn(batch, 3, 224, 224)
+    a: list[float] = []
+    b: list[float] = []
+    with torch.no_grad():
+        ours(x), peer(x)  # warm-up
+        while min(sum(a), sum(b)) < min_run_time or len(a) < 5:
+            a.append(timed(lambda: ours(x)))
+            b.append(timed(lambda: peer(x)))
+    return Row(f"forward {label}batch {batch}", statistics.median(a), statistics.median(b), 1.02)
+
+
+def materialised_build(n: int) -> Row:
+    """In-process ``papers.build_model("vgg16")`` against ``torchvision.models.vgg16()``, warm."""
+    import papers
+
+    def build_ours() -> float:
+        return timed(lambda: papers.build_model("vgg16"))
+
+    def build_peer() -> float:
+        return timed(torchvision.models.vgg16)
+
+    build_ours(), build_peer()  # warm-up
+    ours, peer = interleaved(build_ours, build_peer, n)
+    return Row("materialised build: build_model / tv vgg16()", ours, peer, 1.5)
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the block after ``seconds`` (where the platform has SIGALRM)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def compiled(ours: torch.nn.Module, peer: torch.nn.Module, min_run_time: float) -> Row | str:
+    """Forward latency at batch 1 of both models under ``torch.compile``, or why it was skipped."""
+    x = torch.randn(1, 3, 224, 224)
+    try:
+        with deadline(COMPILE_BUDGET_S), torch.no_grad():
+            c_peer, c_ours = torch.compile(peer), torch.compile(ours)
+            c_peer(x), c_ours(x)  # compile both within the budget
+    except Exception as error:
+        first_line = (str(error).splitlines() or [""])[0]
+        return f"torch.compile skipped: {type(error).__name__}: {first_line}"
+    return forward(c_ours, c_peer, 1, min_run_time, "compiled ")
+
+
+def fmt(seconds: float) -> str:
+    """Seconds in a readable unit."""
+    return f"{seconds:.3f} s" if seconds >= 1 else f"{seconds * 1e3:.2f} ms"
+
+
+def report(rows: list[Row]) -> None:
+    """Print the rows as a table."""
+    width = max(len(r.name) for r in rows)
+    print(f"{'benchmark':<{width}}  {'ours':>10}  {'peer':>10}  {'ratio':>6}  {'target':>7}  status")
+    for r in rows:
+        status = "ok" if r.ok else "MISSED"
+        print(
+            f"{r.name:<{width}}  {fmt(r.ours):>10}  {fmt(r.peer):>10}  {r.ratio:>6.3f}  "
+            f"{'≤ ' + format(r.target, 'g'):>7}  {status}"
+        )
+
+
+def main() -> None:
+    """Run the benchmarks, print the table and optionally write it as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs and shorter timings")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the rows to OUT as JSON")
+    args = parser.parse_args()
+    quick = args.quick
+    min_run_time = 0.5 if quick else 2.0
+
+    threads = cpu_count()
+    torch.set_num_threads(threads)
+    listed = subprocess.run([PAPERS, "list", "--json"], capture_output=True, text=True, check=True)
+    n_papers = len(json.loads(listed.stdout))
+    meta = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "papers": n_papers,
+        "quick": quick,
+    }
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}; "
+        f"torch.set_num_threads({threads}) (cores available: {threads}, os.cpu_count: {os.cpu_count()})"
+    )
+    print(f"registry: {n_papers} paper(s); {'quick' if quick else 'full'} run\n")
+
+    rows = [cold_start(3 if quick else 5), build_summary(1 if quick else 3)]
+
+    import papers
+
+    peer = torchvision.models.vgg16().eval()
+    ours = papers.build_model("vgg16").eval()
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 224, 224)
+        meta["max_abs_diff"] = (ours(x) - peer(x)).abs().max().item()
+    rows += [forward(ours, peer, batch, min_run_time, "") for batch in (1, 8)]
+    notes = [f"forward outputs agree to max |Δ| = {meta['max_abs_diff']:.2e}"]
+    if quick:
+        notes.append("torch.compile skipped: --quick")
+    else:
+        result = compiled(ours, peer, min_run_time)
+        if isinstance(result, Row):
+            rows.append(result)
+        else:
+            notes.append(result)
+    rows.append(materialised_build(3))
+
+    report(rows)
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        data = {
+            "meta": meta,
+            "notes": notes,
+            "rows": [{**asdict(r), "ratio": r.ratio, "ok": r.ok} for r in rows],
+        }
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

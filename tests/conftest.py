@@ -1,0 +1,108 @@
+"""Shared fixtures: a fresh registry per test that changes plugins, the CLI runner, spec helpers."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from papers.cli import cli
+from papers.registry import reset_registry
+
+REPO = Path(__file__).resolve().parent.parent
+VGG_SPEC = REPO / "specs" / "classification" / "vgg.yaml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="run the long property-test profiles")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=100, deadline=None)
+    settings.register_profile("slow", max_examples=2000, deadline=None)
+    settings.load_profile("slow" if config.getoption("--slow") else "ci")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="needs --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _strict_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERS_STRICT_PLUGINS", os.environ.get("PAPERS_STRICT_PLUGINS", "1"))
+
+
+@pytest.fixture
+def fresh_registry():
+    """Rediscover plugins before and after the test."""
+    reset_registry()
+    yield
+    reset_registry()
+
+
+class Result:
+    def __init__(self, exit_code: int, stdout: str, stderr: str):
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+
+
+@pytest.fixture
+def run():
+    """Run the CLI in-process: ``run("list", "--json")`` -> exit code, stdout, stderr."""
+
+    def invoke(*args: str) -> Result:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+def minimal_spec(**graph: Any) -> dict[str, Any]:
+    """A small valid spec (a tiny CNN) as plain data, with the graph overridable."""
+    spec = {
+        "id": "tiny",
+        "name": "Tiny",
+        "topics": ["classification"],
+        "citation": {
+            "title": "A Tiny Network",
+            "authors": ["A. Author"],
+            "year": 2020,
+            "venue": "Test",
+            "kind": "conference",
+        },
+        "summary": "A network for tests.",
+        "graphs": {
+            "net": {
+                "params": {"width": 8, "num_classes": 10},
+                "inputs": {"image": [3, 16, 16]},
+                "nodes": [
+                    {"name": "conv", "op": "conv2d", "args": {"out_channels": "${width}", "kernel_size": 3}},
+                    {"name": "relu", "op": "relu"},
+                    {"name": "pool", "op": "adaptive_avgpool2d", "args": {"output_size": 1}},
+                    {"name": "flat", "op": "flatten", "args": {"start_dim": 1}},
+                    {"name": "fc", "op": "linear", "args": {"out_features": "${num_classes}"}},
+                ],
+                "classifier": ["fc"],
+            }
+        },
+        "variants": [{"id": "tiny8", "name": "Tiny-8", "graph": "net"}],
+        "results": [],
+    }
+    spec["graphs"]["net"].update(graph)
+    return copy.deepcopy(spec)
+
+
+def write_spec(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

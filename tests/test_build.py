@@ -1,0 +1,125 @@
+"""The builder: fx GraphModules whose names, shapes, counts and initialisation follow the spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import fx
+
+from papers.build import build, trace
+from papers.errors import GraphError
+from papers.graph import expand
+from papers.measure import measure_graph
+from papers.ops import Catalogue
+from papers.spec import validate_spec
+from tests.conftest import minimal_spec
+
+CATALOGUE = Catalogue()
+
+
+def flat_for(data, **bind):
+    return expand(validate_spec(data), "net", bind, CATALOGUE)
+
+
+def test_builds_a_graph_module_with_the_specs_parameter_names():
+    model = build(flat_for(minimal_spec()), CATALOGUE)
+    assert isinstance(model, fx.GraphModule)
+    assert set(model.state_dict()) == {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}
+    assert model.conv.in_channels == 3, "input channels are inferred"
+    assert model.fc.in_features == 8, "input features are inferred"
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert "def forward(self, image)" in model.code
+
+
+def test_options_override_parameters():
+    model = build(flat_for(minimal_spec(), num_classes=3, width=5), CATALOGUE)
+    assert model.fc.out_features == 3 and model.conv.out_channels == 5
+
+
+def test_meta_build_allocates_nothing():
+    model = build(flat_for(minimal_spec()), CATALOGUE, device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_measurement_counts_parameters_and_multiply_adds():
+    m = measure_graph("tiny8", flat_for(minimal_spec()), CATALOGUE)
+    conv_params, fc_params = 3 * 3 * 3 * 8 + 8, 8 * 10 + 10
+    assert m.params == conv_params + fc_params
+    conv_macs = (3 * 3 * 3) * 8 * 14 * 14  # per output element: k*k*c_in; 8 channels of 14x14
+    assert m.macs == conv_macs + 8 * 10
+    assert m.flops == 2 * m.macs
+    assert m.output_shape == [1, 10]
+    assert [layer.name for layer in m.layers] == ["conv", "relu", "pool", "flat", "fc"]
+
+
+def test_init_rules_apply_after_the_defaults():
+    data = minimal_spec(
+        init=[
+            {"op": "conv2d", "param": "weight", "fn": "constant", "args": {"val": 0.5}},
+            {"op": "linear", "param": "bias", "fn": "zeros"},
+        ]
+    )
+    model = build(flat_for(data), CATALOGUE)
+    assert torch.all(model.conv.weight == 0.5)
+    assert torch.all(model.fc.bias == 0)
+    assert model.fc.weight.abs().sum() > 0, "PyTorch's default initialisation for the rest"
+
+
+def test_several_outputs_come_back_as_a_named_tuple():
+    data = minimal_spec(
+        nodes=[
+            {"name": "conv", "op": "conv2d", "args": {"out_channels": 4, "kernel_size": 3}},
+            {"name": "left", "op": "relu", "in": "conv"},
+            {"name": "right", "op": "sigmoid", "in": "conv"},
+        ],
+        outputs=[{"name": "main", "node": "left"}, {"name": "aux", "node": "right"}],
+    )
+    out = build(flat_for(data), CATALOGUE)(torch.randn(1, 3, 16, 16))
+    assert out._fields == ("main", "aux")
+    assert torch.all(out.aux > 0)
+
+
+def test_cut_graph_returns_a_dict_of_features():
+    data = minimal_spec()
+    data["graphs"]["net"]["nodes"][1]["feature"] = "stage1"
+    model = build(flat_for(data).cut(["stage1"]), CATALOGUE, as_dict=True)
+    out = model(torch.randn(1, 3, 16, 16))
+    assert list(out) == ["stage1"] and out["stage1"].shape == (1, 8, 14, 14)
+    assert "fc.weight" not in model.state_dict()
+
+
+def test_shape_mismatch_names_the_node_and_the_input_shapes():
+    data = minimal_spec(
+        nodes=[
+            {"name": "a", "op": "conv2d", "args": {"out_channels": 4, "kernel_size": 3}},
+            {"name": "b", "op": "conv2d", "args": {"out_channels": 6, "kernel_size": 3}, "in": "image"},
+            {"name": "sum", "op": "add", "in": ["a", "b"]},
+        ]
+    )
+    with pytest.raises(
+        GraphError, match=r"node 'sum' \(add\) fails on input \[1, 4, 14, 14\], \[1, 6, 14, 14\]"
+    ):
+        trace(flat_for(data), CATALOGUE)
+
+
+def test_unknown_argument_names_the_node():
+    data = minimal_spec(nodes=[{"name": "a", "op": "conv2d", "args": {"out_channels": 4, "kernel": 3}}])
+    with pytest.raises(GraphError, match="node 'a'") as caught:
+        trace(flat_for(data), CATALOGUE)
+    assert caught.value.field == "graphs.net.nodes[0]"
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated():
+    data = minimal_spec(
+        nodes=[{"name": "a", "op": "conv2d", "args": {"out_channels": 10**8, "kernel_size": 7}}]
+    )
+    with pytest.raises(GraphError, match="more than 1,000,000,000 parameters"):
+        build(flat_for(data), CATALOGUE)
+
+
+def test_measurement_does_not_leave_dynamo_state_behind():
+    import sys
+
+    measure_graph("tiny8", flat_for(minimal_spec()), CATALOGUE)
+    module = sys.modules.get("torch._dynamo")
+    assert module is None or hasattr(module, "optimize"), "no stand-in module left in sys.modules"

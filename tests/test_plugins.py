@@ -1,0 +1,70 @@
+"""Plugins: the built-ins load through entry points like any other; a plugin can add specs and ops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import papers
+from papers import hookspecs
+from papers.ops import Op
+from papers.plugins import PluginInfo, PluginManager
+from papers.registry import Registry, get_registry
+from tests.conftest import minimal_spec, write_spec
+
+
+def test_builtin_papers_come_from_the_papers_entry_point_group(fresh_registry):
+    info = get_registry().manager.plugins["vgg"]
+    assert info.distribution == "papers"
+    assert info.module == "papers_plugins.classification.vgg"
+    assert info.contributes == {"specs": ["vgg"]}
+    assert info.hooks == ["papers_specs"]
+
+
+def test_a_plugin_object_contributes_a_spec_and_an_op(tmp_path):
+    data = minimal_spec()
+    data["graphs"]["net"]["nodes"].insert(2, {"name": "gain", "op": "scale"})
+    spec_file = write_spec(tmp_path / "tiny.yaml", data)
+
+    class TinyPlugin:
+        @hookspecs.hookimpl
+        def papers_specs(self):
+            return [spec_file]
+
+        @hookspecs.hookimpl
+        def papers_ops(self):
+            return [Op("scale", "torch.nn:Hardtanh", doc="a stand-in paper layer")]
+
+    manager = PluginManager()
+    manager.register(TinyPlugin(), PluginInfo("tiny", "tiny-paper", "1.0", "tests"))
+    registry = Registry(manager)
+    assert list(registry.papers) == ["tiny"]
+    assert registry.catalogue.origin("scale") == "tiny (tiny-paper)"
+    assert manager.plugins["tiny"].contributes == {"ops": ["scale"], "specs": ["tiny"]}
+
+
+def test_disabling_a_plugin_by_name(monkeypatch, fresh_registry, run):
+    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", "vgg")
+    assert json.loads(run("list", "--json").stdout) == []
+
+
+def test_plugins_command_lists_the_builtins(run):
+    plugins = json.loads(run("plugins", "--json").stdout)
+    vgg = next(p for p in plugins if p["name"] == "vgg")
+    assert vgg["distribution"] == "papers" and vgg["error"] is None
+
+
+def test_build_model_by_id_gives_an_initialised_module():
+    model = papers.build_model("vgg11", num_classes=7, image_size=32)
+    assert isinstance(model, torch.nn.Module)
+    assert model.training
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_get_spec_and_list_papers():
+    assert papers.get_spec("vgg16").id == "vgg"
+    assert [s.id for s in papers.list_papers(topic="classification")] == ["vgg"]
+    with pytest.raises(papers.UnknownIdError):
+        papers.get_spec("nope")
