@@ -62,12 +62,24 @@ def wall(argv: list[str]) -> float:
 
 
 def interleaved(ours: Callable[[], float], peer: Callable[[], float], n: int) -> tuple[float, float]:
-    """Median of ``n`` timings of each, alternating the two so machine load affects both alike."""
-    a, b = [], []
-    for _ in range(n):
+    """Median of ``n`` timings of each, alternating them (ABBA order) so machine load affects both alike."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(n):
+        step(ours, peer, a, b, first_ours=i % 2 == 0)
+    return statistics.median(a), statistics.median(b)
+
+
+def step(
+    ours: Callable[[], float], peer: Callable[[], float], a: list[float], b: list[float], first_ours: bool
+) -> None:
+    """Time one call of each into ``a`` and ``b``, in the order given."""
+    if first_ours:
         a.append(ours())
         b.append(peer())
-    return statistics.median(a), statistics.median(b)
+    else:
+        b.append(peer())
+        a.append(ours())
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -93,8 +105,8 @@ def build_summary(n: int) -> Row:
 def forward(ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_time: float, label: str) -> Row:
     """Median latency of one forward pass of each model (eval mode, no grad) on a CPU batch.
 
-    Calls alternate between the two models, after one warm-up call of each, until each has had
-    ``min_run_time`` seconds and at least five calls: load on the machine then affects both alike.
+    Calls alternate between the two models (ABBA order), after one warm-up call of each, until each has
+    had ``min_run_time`` seconds and at least five calls: load on the machine then affects both alike.
     """
     x = torch.randn(batch, 3, 224, 224)
     a: list[float] = []
@@ -102,8 +114,7 @@ def forward(ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_ti
     with torch.no_grad():
         ours(x), peer(x)  # warm-up
         while min(sum(a), sum(b)) < min_run_time or len(a) < 5:
-            a.append(timed(lambda: ours(x)))
-            b.append(timed(lambda: peer(x)))
+            step(lambda: timed(lambda: ours(x)), lambda: timed(lambda: peer(x)), a, b, len(a) % 2 == 0)
     return Row(f"forward {label}batch {batch}", statistics.median(a), statistics.median(b), 1.02)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papers.checks import Check, check_spec
@@ -104,6 +105,25 @@ def check(identifier: str, *, variant: str | None = None) -> list[Check]:
         return cache[variant_id]
 
     return check_spec(entry.spec, measured, variant)
+
+
+def validate_file(path: str | Path) -> Spec:
+    """Validate a spec file and build every variant's graph on the meta device (nothing is written).
+
+    Raises only :class:`papers.PapersError` subclasses, each naming the file and the field.
+    """
+    from papers.build import trace
+    from papers.errors import PapersError
+    from papers.load import load_spec_file
+
+    spec = load_spec_file(path)
+    catalogue = get_registry().catalogue
+    for index, variant in enumerate(spec.variants):
+        try:
+            trace(expand(spec, variant.graph, variant.args, catalogue), catalogue)
+        except PapersError as error:
+            raise error.located(file=str(path), field=None if error.field else f"variants[{index}]") from None
+    return spec
 
 
 def _class_name(variant_id: str) -> str:

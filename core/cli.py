@@ -182,6 +182,18 @@ def _plain(value: Any) -> str:
 
 
 @cli.command()
+@click.argument("identifier")
+@click.option("--format", "style", type=click.Choice(["bibtex", "text"]), default="bibtex", show_default=True)
+def cite(identifier: str, style: str) -> None:
+    """Print a paper's citation (a variant id stands for its paper)."""
+    from papers.cite import bibtex, reference
+    from papers.registry import get_registry
+
+    spec = get_registry().paper(identifier).spec
+    click.echo(bibtex(spec) if style == "bibtex" else reference(spec), nl=False)
+
+
+@cli.command()
 @click.argument("variant")
 @click.option(
     "-o",
@@ -299,18 +311,9 @@ def check(
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file: str) -> None:
     """Validate a spec file and build each variant's graph on the meta device."""
-    from papers.build import trace
-    from papers.graph import expand
-    from papers.load import load_spec_file
-    from papers.registry import get_registry
+    from papers.api import validate_file
 
-    spec = load_spec_file(file)
-    catalogue = get_registry().catalogue
-    for index, variant in enumerate(spec.variants):
-        try:
-            trace(expand(spec, variant.graph, variant.args, catalogue), catalogue)
-        except PapersError as error:
-            raise error.located(file=file, field=None if error.field else f"variants[{index}]") from None
+    spec = validate_file(file)
     click.echo(f"{file}: ok ({spec.id}: {len(spec.variants)} variants, {len(spec.results)} results)")
 
 

@@ -3,10 +3,18 @@
 YAML is read with PyYAML's safe loader (the C one where PyYAML has it: about six times faster).
 That loader follows YAML 1.1, which reads ``5e-4`` as a string: write ``5.0e-4``. Strict specs then
 refuse the string instead of converting it.
+
+Even the C loader needs about 1 ms per KiB (its constructor is Python), so the parsed document of a
+spec that validated is cached as JSON, keyed by a hash of the file's bytes; JSON reads some fifty
+times faster. ``PAPERS_CACHE_DIR`` moves the cache (default ``$XDG_CACHE_HOME/papers``) and
+``PAPERS_NO_CACHE=1`` turns it off. Validation always runs; only parsing is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +75,54 @@ def _check_size(data: Any, file: str | None) -> None:
 
 
 def load_spec_text(text: str | bytes, *, file: str | None = None) -> Spec:
-    """Parse and validate the text of one spec file."""
-    return validate_spec(read_yaml(text, file=file), file=file)
+    """Parse (or take from the cache) and validate the text of one spec file."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    cached = _cache_path(raw)
+    data = _read_cache(cached)
+    if data is None:
+        data = read_yaml(raw, file=file)
+        spec = validate_spec(data, file=file)
+        _write_cache(cached, data)
+        return spec
+    return validate_spec(data, file=file)
+
+
+_CACHE_VERSION = f"1-{MAX_FILE_BYTES}-{MAX_DEPTH}-{MAX_ELEMENTS}-{yaml.__version__}-{_Loader.__name__}"
+
+
+def _cache_path(raw: bytes) -> Path | None:
+    if os.environ.get("PAPERS_NO_CACHE", "") not in ("", "0"):
+        return None
+    root = os.environ.get("PAPERS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "papers"
+    )
+    key = hashlib.sha256(_CACHE_VERSION.encode() + b"\0" + raw).hexdigest()
+    return Path(root, "yaml", f"{key}.json")
+
+
+def _read_cache(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(path: Path | None, data: Any) -> None:
+    """Cache a document only where JSON gives it back exactly (no dates, no non-string keys)."""
+    if path is None:
+        return
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        if json.loads(text) != data:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except (OSError, ValueError, TypeError):
+        return
 
 
 def load_spec_file(path: str | Path) -> Spec:

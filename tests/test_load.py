@@ -87,3 +87,31 @@ def test_validate_spec_reports_field_paths():
         validate_spec(data, file="x.yaml")
     assert caught.value.field == "variants[0].id"
     assert "x.yaml: variants[0].id:" in str(caught.value)
+
+
+def test_parsed_specs_are_cached_and_the_cache_never_changes_the_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    raw = VGG_SPEC.read_bytes()
+    first = load_spec_text(raw)
+    entries = list((tmp_path / "yaml").glob("*.json"))
+    assert len(entries) == 1
+    assert load_spec_text(raw) == first
+    entries[0].write_text("{ broken")  # a damaged entry is ignored, not trusted
+    assert load_spec_text(raw) == first
+
+
+def test_bad_specs_write_nothing_to_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SpecError):
+        load_spec_text(b"id: 3\n")
+    assert not (tmp_path / "yaml").exists()
+
+
+def test_documents_json_cannot_hold_are_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    data = minimal_spec()
+    data["graphs"]["net"]["params"]["when"] = "2020-01-01"
+    text = write_spec(tmp_path / "s.yaml", data).read_text().replace("'2020-01-01'", "2020-01-01")
+    with pytest.raises(SpecError):  # YAML 1.1 reads an unquoted date as a date, which is no Value
+        load_spec_text(text)
+    assert not (tmp_path / "yaml").exists()

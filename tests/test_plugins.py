@@ -12,7 +12,7 @@ from papers import hookspecs
 from papers.ops import Op
 from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry, get_registry
-from tests.conftest import minimal_spec, write_spec
+from tests.conftest import REPO, minimal_spec, write_spec
 
 
 def test_builtin_papers_come_from_the_papers_entry_point_group(fresh_registry):
@@ -68,3 +68,12 @@ def test_get_spec_and_list_papers():
     assert [s.id for s in papers.list_papers(topic="classification")] == ["vgg"]
     with pytest.raises(papers.UnknownIdError):
         papers.get_spec("nope")
+
+
+def test_every_hook_is_typed_and_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    hooks = [f for name, f in vars(hookspecs).items() if hasattr(f, "papers_spec")]
+    assert {f.__name__ for f in hooks} == {"papers_specs", "papers_ops"}
+    for hook in hooks:
+        assert hook.__doc__ and hook.__annotations__.get("return"), hook.__name__
+        assert f"### `{hook.__name__}()`" in readme, f"{hook.__name__} is not documented in the README"
