@@ -1,8 +1,10 @@
 """The ``papers`` command line.
 
-click parses arguments (small, composable, testable with its runner; typer would add import time and
-build the same thing on top of it) and rich prints tables. Every error from bad input is one line
-on stderr and exit status 2; ``papers check`` exits 1 when a check fails.
+click parses arguments: small, composable, testable with its runner (typer would add import time and
+build the same thing on top of it). Tables are plain aligned text, which prints in a few
+milliseconds (a rich table of 70 rows took a third of a second) and reads well in pipes and diffs.
+Every error from bad input is one line on stderr and exit status 2; ``papers check`` exits 1 when a
+check fails.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from typing import Any
 
 import click
@@ -26,22 +29,40 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
-def _console() -> Any:
-    from rich.console import Console
+class _Table:
+    """A plain, aligned text table: fast to print (``papers list`` is timed), easy to grep and diff."""
 
-    # Piped output is read by people too: wider than rich's 80-column default, unless COLUMNS says.
-    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-    return Console(highlight=False, soft_wrap=False, width=width)
+    RIGHT = frozenset({"params", "MACs", "reported", "measured", "Δ", "year"})
+    WIDEST = 48  # cells wider than this are cut with an ellipsis, except in the last column
+
+    def __init__(self, *columns: str, title: str | None = None):
+        self.columns, self.title, self.rows = columns, title, []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append([str(cell) for cell in cells])
+
+    def __str__(self) -> str:
+        last = len(self.columns) - 1
+        rows = [
+            [c if i == last or len(c) <= self.WIDEST else c[: self.WIDEST - 1] + "…" for i, c in enumerate(r)]
+            for r in self.rows
+        ]
+        widths = [max([len(name)] + [len(r[i]) for r in rows]) for i, name in enumerate(self.columns)]
+
+        def line(cells: list[str]) -> str:
+            parts = [
+                c.rjust(w) if name in self.RIGHT else c.ljust(w)
+                for c, w, name in zip(cells, widths, self.columns, strict=True)
+            ]
+            return "  ".join(parts).rstrip()
+
+        rules = ["─" * (w if i < last else min(w, self.WIDEST)) for i, w in enumerate(widths)]
+        lines = [line(list(self.columns)), line(rules), *map(line, rows)]
+        return "\n".join(([self.title, ""] if self.title else []) + lines) + "\n"
 
 
-def _table(*columns: str, title: str | None = None) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for column in columns:
-        justify = "right" if column in ("params", "MACs", "reported", "measured", "Δ", "year") else "left"
-        table.add_column(column, justify=justify, overflow="fold")
-    return table
+def _table(*columns: str, title: str | None = None) -> _Table:
+    return _Table(*columns, title=title)
 
 
 def _print_json(data: Any) -> None:
@@ -113,7 +134,7 @@ def list_command(topic: str | None, as_json: bool) -> None:
             ", ".join(row["topics"]),
             ", ".join(row["variants"]),
         )
-    _console().print(table)
+    click.echo(str(table))
 
 
 @cli.command()
@@ -128,24 +149,23 @@ def show(identifier: str, as_json: bool) -> None:
     if as_json:
         _print_json(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
         return
-    console = _console()
     c = spec.citation
-    console.print(f"[bold]{c.title}[/bold]")
-    console.print(f"{', '.join(c.authors)}. {c.venue} {c.year}.")
+    click.echo(c.title)
+    click.echo(f"{', '.join(c.authors)}. {c.venue} {c.year}.")
     links = [f"arXiv:{c.arxiv}" if c.arxiv else "", f"doi:{c.doi}" if c.doi else "", c.url or ""]
-    console.print("  ".join(link for link in links if link))
-    console.print(f"\nid: {spec.id}   topics: {', '.join(spec.topics)}   spec: {entry.file}\n")
-    console.print(spec.summary + "\n")
+    click.echo("  ".join(link for link in links if link))
+    click.echo(f"\nid: {spec.id}   topics: {', '.join(spec.topics)}   spec: {entry.file}\n")
+    click.echo(textwrap.fill(spec.summary, width=100) + "\n")
     if spec.hyperparameters is not None:
         table = _table("hyperparameter", "value", title="Training recipe")
         for key, value in spec.hyperparameters.model_dump(exclude_none=True).items():
             table.add_row(key, _plain(value))
-        console.print(table)
+        click.echo(str(table))
     if spec.variants:
         table = _table("variant", "name", "origin", "reference", title="Variants")
         for v in spec.variants:
             table.add_row(v.id, v.name, v.origin, v.reference or "")
-        console.print(table)
+        click.echo(str(table))
     if spec.results:
         table = _table(
             "variant",
@@ -170,10 +190,15 @@ def show(identifier: str, as_json: bool) -> None:
                 _plain(r.conditions) if r.conditions else "",
                 r.source,
             )
-        console.print(table)
+        click.echo(str(table))
 
 
 def _plain(value: Any) -> str:
+    if isinstance(value, dict) and "name" in value:  # an optimizer, a schedule, an augmentation
+        rest = {k: v for k, v in value.items() if k != "name" and v not in ({}, None)}
+        settings = rest.pop("args", {}) | rest
+        inner = ", ".join(f"{k}={_plain(v)}" for k, v in settings.items())
+        return f"{value['name']}({inner})" if inner else str(value["name"])
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
     if isinstance(value, list):
@@ -227,14 +252,13 @@ def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) 
             f"{layer.params:,}" if layer.params else "",
             _count(layer.macs) if layer.macs else "",
         )
-    console = _console()
-    console.print(table)
-    console.print(f"input:  {measurement.input_shapes}")
-    console.print(f"output: {measurement.output_shape}")
-    console.print(f"params: {measurement.params:,} ({_count(measurement.params)})")
-    console.print(f"MACs:   {measurement.macs:,} ({_count(measurement.macs)} multiply-adds, batch 1)")
+    click.echo(str(table))
+    click.echo(f"input:  {measurement.input_shapes}")
+    click.echo(f"output: {measurement.output_shape}")
+    click.echo(f"params: {measurement.params:,} ({_count(measurement.params)})")
+    click.echo(f"MACs:   {measurement.macs:,} ({_count(measurement.macs)} multiply-adds, batch 1)")
     if out is not None:
-        console.print(f"weights: {out}")
+        click.echo(f"weights: {out}")
 
 
 def _save(model: Any, out: str) -> None:
@@ -296,10 +320,9 @@ def check(
                 _SYMBOL[c.status],
                 c.source,
             )
-        console = _console()
-        console.print(table)
+            click.echo(str(table))
         counts = {status: sum(c.status == status for c in checks) for status in _SYMBOL}
-        console.print(
+        click.echo(
             f"{counts['pass']} passed, {counts['fail']} failed, "
             f"{counts['not_measurable']} not measurable here (need trained weights and data)"
         )
@@ -342,7 +365,7 @@ def plugins(as_json: bool) -> None:
         table.add_row(
             info.name, info.distribution, info.version, ", ".join(info.hooks), contributes, problems
         )
-    _console().print(table)
+    click.echo(str(table))
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from papers.errors import SpecError
-from papers.spec import Spec, validate_spec
+from papers.spec import Spec, validate_spec, validate_spec_json
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 64
@@ -78,13 +78,15 @@ def load_spec_text(text: str | bytes, *, file: str | None = None) -> Spec:
     """Parse (or take from the cache) and validate the text of one spec file."""
     raw = text.encode("utf-8") if isinstance(text, str) else text
     cached = _cache_path(raw)
-    data = _read_cache(cached)
-    if data is None:
-        data = read_yaml(raw, file=file)
-        spec = validate_spec(data, file=file)
-        _write_cache(cached, data)
-        return spec
-    return validate_spec(data, file=file)
+    document = _read_cache(cached)
+    if document is not None:
+        spec = validate_spec_json(document, file=file)
+        if spec is not None:
+            return spec
+    data = read_yaml(raw, file=file)
+    spec = validate_spec(data, file=file)
+    _write_cache(cached, data)
+    return spec
 
 
 _CACHE_VERSION = f"1-{MAX_FILE_BYTES}-{MAX_DEPTH}-{MAX_ELEMENTS}-{yaml.__version__}-{_Loader.__name__}"
@@ -100,12 +102,12 @@ def _cache_path(raw: bytes) -> Path | None:
     return Path(root, "yaml", f"{key}.json")
 
 
-def _read_cache(path: Path | None) -> Any:
+def _read_cache(path: Path | None) -> bytes | None:
     if path is None:
         return None
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return path.read_bytes()
+    except OSError:
         return None
 
 

@@ -34,7 +34,7 @@ CompressionKind = Literal["pruning", "quantization", "low-rank", "distillation",
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, populate_by_name=True, allow_inf_nan=False
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, allow_inf_nan=False, defer_build=True
     )
 
 
@@ -447,6 +447,17 @@ def validate_spec(data: Any, *, file: str | None = None) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
+        raise _spec_error(exc, file) from None
+
+
+def validate_spec_json(document: bytes, *, file: str | None = None) -> Spec | None:
+    """Validate a cached JSON document (pydantic parses and validates it in one pass, about twice as
+    fast as from Python objects); ``None`` where the document is not JSON at all (a damaged cache)."""
+    try:
+        return Spec.model_validate_json(document)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            return None
         raise _spec_error(exc, file) from None
 
 

@@ -155,7 +155,7 @@ def _validate(text: str) -> None:
 def _safe_parse(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
+    except Exception:
         return None
 
 
