@@ -9,9 +9,10 @@ into modules; the site draws it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,8 +201,21 @@ def _input_shape(shape: Sequence[Any], env: Mapping[str, Any], where: str) -> tu
 
 
 def _evaluate_value(value: Any, env: Mapping[str, Any], where: str) -> Any:
-    try:
+    """``${...}`` templates in a value, resolved; errors located at ``where``."""
+    with _located(where):
         return substitute(value, env)
+
+
+def _evaluate_expression(source: str, env: Mapping[str, Any], where: str) -> Any:
+    """A bare expression (``repeat``, ``when``), evaluated; errors located at ``where``."""
+    with _located(where):
+        return evaluate(source, env)
+
+
+@contextlib.contextmanager
+def _located(where: str) -> Iterator[None]:
+    try:
+        yield
     except ExpressionError as exc:
         raise exc.located(field=where) from None
 
@@ -213,13 +227,6 @@ def _condition(when: bool | str | None, env: Mapping[str, Any], where: str) -> b
     if not isinstance(value, bool):
         raise GraphError(f"`when` must give true or false, got {value!r}", field=where)
     return value
-
-
-def _evaluate_expression(source: str, env: Mapping[str, Any], where: str) -> Any:
-    try:
-        return evaluate(source, env)
-    except ExpressionError as exc:
-        raise exc.located(field=where) from None
 
 
 class _Expander:

@@ -64,24 +64,16 @@ def test_wheel_works_in_a_fresh_environment_from_another_directory(wheel, tmp_pa
     elsewhere.mkdir()
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
-    def papers(*args: str) -> str:
-        return subprocess.run(
-            [str(env / "bin" / "papers"), *args],
-            cwd=elsewhere,
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    def output(*command: str) -> str:
+        done = subprocess.run(
+            command, cwd=elsewhere, env=environment, capture_output=True, text=True, check=True
+        )
+        return done.stdout
 
-    location = subprocess.run(
-        [str(python), "-c", "import papers; print(papers.__file__)"],
-        cwd=elsewhere,
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    def papers(*args: str) -> str:
+        return output(str(env / "bin" / "papers"), *args)
+
+    location = output(str(python), "-c", "import papers; print(papers.__file__)")
     assert location.startswith(str(env)), "the installed wheel is imported, not the source tree"
     assert "vgg" in [p["id"] for p in json.loads(papers("list", "--json"))]
     assert json.loads(papers("build", "vgg11", "--json"))["params"] == 132_863_336
