@@ -56,6 +56,11 @@ def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) ->
             output = _run_node(node, catalogue, values, traced)
             if not isinstance(output, torch.Tensor):
                 raise GraphError(f"node {node.name!r} does not give one tensor", field=node.where)
+            if output.numel() == 0:
+                shape = list(output.shape)
+                raise GraphError(
+                    f"node {node.name!r} ({node.op}) gives an empty output {shape}", field=node.where
+                )
             values[node.name] = output
             traced.shapes[node.name] = tuple(output.shape)
             module = traced.modules.get(node.name)

@@ -123,3 +123,9 @@ def test_measurement_does_not_leave_dynamo_state_behind():
     measure_graph("tiny8", flat_for(minimal_spec()), CATALOGUE)
     module = sys.modules.get("torch._dynamo")
     assert module is None or hasattr(module, "optimize"), "no stand-in module left in sys.modules"
+
+
+def test_a_layer_with_no_output_is_refused():
+    data = minimal_spec(nodes=[{"name": "a", "op": "conv2d", "args": {"out_channels": 0, "kernel_size": 3}}])
+    with pytest.raises(GraphError, match=r"node 'a' \(conv2d\) gives an empty output \[1, 0, 14, 14\]"):
+        trace(flat_for(data), CATALOGUE)
