@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import fx
@@ -118,11 +120,20 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated():
 
 
 def test_measurement_does_not_leave_dynamo_state_behind():
+    import subprocess
     import sys
 
-    measure_graph("tiny8", flat_for(minimal_spec()), CATALOGUE)
-    module = sys.modules.get("torch._dynamo")
-    assert module is None or hasattr(module, "optimize"), "no stand-in module left in sys.modules"
+    code = (
+        "import sys, torch; from tests.test_build import *\n"
+        "measure_graph('tiny8', flat_for(minimal_spec()), CATALOGUE)\n"
+        "from torch.utils.flop_counter import _FlopCounterMode\n"
+        "raw = _FlopCounterMode.__dict__['__torch_dispatch__'].__wrapped__\n"
+        "assert 'torch._dynamo' not in sys.modules and '_dynamo' not in torch.__dict__\n"
+        "assert not hasattr(raw, '__dynamo_disable'), 'no cached answer left'\n"
+        "import torch._dynamo\n"
+        "assert torch._dynamo.disable.__module__.startswith('torch._dynamo'), 'the real dynamo imports'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
 def test_a_layer_with_no_output_is_refused():
