@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papers.checks import Check, check_spec
+from papers.errors import PapersError
 from papers.graph import FlatGraph, expand
 from papers.measure import Measurement, measure_graph
 from papers.registry import get_registry
@@ -36,12 +37,8 @@ def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
     entry, variant = registry.variant(variant_id)
     try:
         return expand(entry.spec, variant.graph, {**variant.args, **options}, registry.catalogue)
-    except Exception as error:
-        from papers.errors import PapersError
-
-        if isinstance(error, PapersError):
-            raise error.located(file=entry.file) from None
-        raise
+    except PapersError as error:
+        raise error.located(file=entry.file) from None
 
 
 def build_model(
@@ -54,7 +51,6 @@ def build_model(
     ``device="meta"`` builds without allocating weights.
     """
     from papers.build import build
-    from papers.errors import PapersError
 
     registry = get_registry()
     entry, _ = registry.variant(variant_id)
@@ -78,8 +74,6 @@ def measure(variant_id: str, **options: Any) -> Measurement:
     registry = get_registry()
     entry, _ = registry.variant(variant_id)
     flat = expand_variant(variant_id, **options)
-    from papers.errors import PapersError
-
     try:
         return measure_graph(variant_id, flat, registry.catalogue)
     except PapersError as error:
@@ -101,7 +95,11 @@ def check(identifier: str, *, variant: str | None = None) -> list[Check]:
 
     def measured(variant_id: str) -> tuple[FlatGraph, Measurement]:
         if variant_id not in cache:
-            cache[variant_id] = (expand_variant(variant_id), measure(variant_id))
+            flat = expand_variant(variant_id)
+            try:
+                cache[variant_id] = (flat, measure_graph(variant_id, flat, registry.catalogue))
+            except PapersError as error:
+                raise error.located(file=entry.file) from None
         return cache[variant_id]
 
     return check_spec(entry.spec, measured, variant)
@@ -113,7 +111,6 @@ def validate_file(path: str | Path) -> Spec:
     Raises only :class:`papers.PapersError` subclasses, each naming the file and the field.
     """
     from papers.build import trace
-    from papers.errors import PapersError
     from papers.load import load_spec_file
 
     spec = load_spec_file(path)
