@@ -36,7 +36,13 @@ def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
     registry = get_registry()
     entry, variant = registry.variant(variant_id)
     try:
-        return expand(entry.spec, variant.graph, {**variant.args, **options}, registry.catalogue)
+        return expand(
+            entry.spec,
+            variant.graph,
+            {**variant.args, **options},
+            registry.catalogue,
+            registry.library(entry.spec),
+        )
     except PapersError as error:
         raise error.located(file=entry.file) from None
 
@@ -114,10 +120,11 @@ def validate_file(path: str | Path) -> Spec:
     from papers.load import load_spec_file
 
     spec = load_spec_file(path)
-    catalogue = get_registry().catalogue
+    registry = get_registry()
+    catalogue, library = registry.catalogue, registry.library(spec)
     for index, variant in enumerate(spec.variants):
         try:
-            trace(expand(spec, variant.graph, variant.args, catalogue), catalogue)
+            trace(expand(spec, variant.graph, variant.args, catalogue, library), catalogue)
         except PapersError as error:
             raise error.located(file=str(path), field=None if error.field else f"variants[{index}]") from None
     return spec

@@ -19,7 +19,7 @@ from typing import Any
 from papers.errors import ExpressionError, GraphError
 from papers.expr import evaluate, substitute
 from papers.ops import Catalogue
-from papers.spec import BlockNode, GroupNode, InitRule, OpNode, RepeatNode, Spec
+from papers.spec import Block, BlockNode, GroupNode, InitRule, OpNode, RepeatNode, Spec
 
 MAX_NODES = 100_000
 MAX_REPEAT = 10_000
@@ -103,6 +103,8 @@ class _Scope:
     auto: dict[str, int] = field(default_factory=dict)
     block_stack: tuple[str, ...] = ()
     instance: str | None = None
+    owner: Spec | None = None
+    """The spec whose blocks unqualified block names refer to."""
 
 
 @dataclass
@@ -151,16 +153,26 @@ def _kind(value: Any) -> str | None:
     return "list"
 
 
-def expand(spec: Spec, graph_name: str, params: Mapping[str, Any], catalogue: Catalogue) -> FlatGraph:
-    """Expand ``spec.graphs[graph_name]`` with ``params`` bound (on top of the graph's defaults)."""
+def expand(
+    spec: Spec,
+    graph_name: str,
+    params: Mapping[str, Any],
+    catalogue: Catalogue,
+    library: Mapping[str, Spec] | None = None,
+) -> FlatGraph:
+    """Expand ``spec.graphs[graph_name]`` with ``params`` bound (on top of the graph's defaults).
+
+    ``library`` holds the specs named in ``spec.uses``, whose blocks are instantiated as
+    ``paper.block``; a block so defined resolves its own inner blocks in its own spec.
+    """
     graph = spec.graphs[graph_name]
     where = f"graphs.{graph_name}"
     env = bind_params(graph.params, params, what=f"graph {graph_name!r}", where=f"{where}.params")
-    expander = _Expander(spec, catalogue)
+    expander = _Expander(spec, catalogue, library or {})
     inputs = {
         name: _input_shape(shape, env, f"{where}.inputs.{name}") for name, shape in graph.inputs.items()
     }
-    scope = _Scope(env=env, prefix="", names={name: name for name in inputs})
+    scope = _Scope(env=env, prefix="", names={name: name for name in inputs}, owner=spec)
     last = expander.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=next(iter(inputs)))
     if graph.outputs is None:
         wanted = {"output": last}
@@ -230,8 +242,9 @@ def _condition(when: bool | str | None, env: Mapping[str, Any], where: str) -> b
 
 
 class _Expander:
-    def __init__(self, spec: Spec, catalogue: Catalogue):
+    def __init__(self, spec: Spec, catalogue: Catalogue, library: Mapping[str, Spec]):
         self.spec = spec
+        self.library = library
         self.catalogue = catalogue
         self.pending: list[_Pending] = []
         self.taken: dict[str, str] = {}
@@ -355,9 +368,12 @@ class _Expander:
         inputs: list[str | _Ref] = []
         for position, name in enumerate(raw):
             value = _evaluate_value(name, scope.env, f"{where}.in")
-            if not isinstance(value, str):
-                raise GraphError(f"an input is a node name, got {value!r}", field=f"{where}.in[{position}]")
-            inputs.append(_Ref(value, scope, f"{where}.in", path))
+            for item in value if isinstance(value, list) else [value]:  # a template may give a list
+                if not isinstance(item, str):
+                    raise GraphError(
+                        f"an input is a node name, got {item!r}", field=f"{where}.in[{position}]"
+                    )
+                inputs.append(_Ref(item, scope, f"{where}.in", path))
         return inputs
 
     def _op(self, node: OpNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> None:
@@ -378,11 +394,9 @@ class _Expander:
         self._add(_Pending(full, node.op, args, inputs, where, scope.instance))
 
     def _block(self, node: BlockNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> str:
-        definition = self.spec.blocks.get(node.block)
-        if definition is None:
-            known = ", ".join(sorted(self.spec.blocks)) or "none"
-            raise GraphError(f"unknown block {node.block!r} (blocks: {known})", field=f"{where}.block")
-        if node.block in scope.block_stack:
+        owner, definition, body = self._definition(node.block, scope, where)
+        qualified = f"{owner.id}.{node.block.rpartition('.')[2]}"
+        if qualified in scope.block_stack:
             raise GraphError(f"block {node.block!r} instantiates itself", field=f"{where}.block")
         if len(inputs) != len(definition.inputs):
             raise GraphError(
@@ -397,15 +411,41 @@ class _Expander:
             env=dict(env),
             prefix=full + ".",
             names=dict(zip(definition.inputs, inputs, strict=True)),
-            block_stack=(*scope.block_stack, node.block),
+            block_stack=(*scope.block_stack, qualified),
             instance=full,
+            owner=owner,
         )
-        self.instances[full] = node.block
-        body = f"blocks.{node.block}.nodes"
-        last = self.sequence(definition.nodes, body, inner, None, inputs[0])
+        # instances name their block as the expanded spec does: plain if its own, `paper.block` if not
+        self.instances[full] = qualified if owner.id != self.spec.id else qualified.partition(".")[2]
+        last = self.sequence(definition.nodes, f"{body}.nodes", inner, None, inputs[0])
         if definition.output is not None:
-            return self.lookup(_Ref(definition.output, inner, f"blocks.{node.block}.output"))
+            return self.lookup(_Ref(definition.output, inner, f"{body}.output"))
         return last if isinstance(last, str) else self.lookup(last)
+
+    def _definition(self, name: str, scope: _Scope, where: str) -> tuple[Spec, Block, str]:
+        """The spec that defines block ``name`` as seen from ``scope``, the block, and its field path."""
+        owner = scope.owner
+        assert owner is not None
+        paper, _, block = name.rpartition(".")
+        if paper and paper != owner.id:
+            if paper not in owner.uses:
+                raise GraphError(
+                    f"block {name!r} is from {paper!r}, which `uses` does not list", field=f"{where}.block"
+                )
+            if paper not in self.library:
+                raise GraphError(
+                    f"block {name!r} needs paper {paper!r}, which is not in the registry",
+                    field=f"{where}.block",
+                )
+            owner = self.library[paper]
+        definition = owner.blocks.get(block)
+        if definition is None:
+            known = ", ".join(sorted(owner.blocks)) or "none"
+            raise GraphError(
+                f"unknown block {name!r} (blocks of {owner.id}: {known})", field=f"{where}.block"
+            )
+        prefix = "" if owner is scope.owner else f"{owner.id}:"  # where a foreign block's fields are
+        return owner, definition, f"{prefix}blocks.{block}"
 
     def _add(self, pending: _Pending) -> None:
         if pending.name in self.taken:
@@ -494,5 +534,9 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
         features={name: node for name, node in flat.features.items() if node in needed},
         classifier=flat.classifier,
         init=flat.init,
-        blocks={name: block for name, block in flat.blocks.items() if any(n.block == name for n in nodes)},
+        blocks={
+            name: block
+            for name, block in flat.blocks.items()
+            if any(n.name.startswith(name + ".") for n in nodes)
+        },
     )

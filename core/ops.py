@@ -84,6 +84,9 @@ BUILTIN_OPS: tuple[Op, ...] = (
         "add", "operator:add", "function", arity=None, doc="Sum of two or more inputs (residual connections)."
     ),
     Op("mul", "operator:mul", "function", arity=2, doc="Elementwise product of two inputs (gates)."),
+    Op("scale", "torch:mul", "function", doc="Multiply by a constant `other` (residual scaling)."),
+    Op("mean", "torch:mean", "function", doc="Mean over `dim` (with `keepdim`): global average pooling."),
+    Op("pad", "torch.nn.functional:pad", "function", doc="Pad with `pad` (last dimension first), `value`."),
     Op("cat", "torch:cat", "function", arity=None, list_input=True, doc="Concatenation along `dim`."),
 )
 

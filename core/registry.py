@@ -110,6 +110,10 @@ class Registry:
             return entries
         return [e for e in entries if topic in e.spec.topics or e.spec.kind == topic]
 
+    def library(self, spec: Spec) -> dict[str, Spec]:
+        """The specs whose blocks ``spec`` reuses (those of its ``uses`` that are registered)."""
+        return {paper: self.papers[paper].spec for paper in spec.uses if paper in self.papers}
+
     def paper(self, identifier: str) -> Entry:
         """A paper by its id, or the paper a variant id belongs to (the paper wins a tie)."""
         if identifier in self.papers:

@@ -146,7 +146,10 @@ class OpNode(_NodeBase):
 class BlockNode(_NodeBase):
     """An instance of a block defined in the spec's ``blocks``."""
 
-    block: str = Field(pattern=SLUG)
+    block: str = Field(
+        pattern=r"^([a-z][a-z0-9_\-]*\.)?[a-z][a-z0-9_\-]*$",
+        description="A block of this spec, or `paper.block` for a block of a paper listed in `uses`.",
+    )
     args: dict[str, Value] = {}
 
 
@@ -379,6 +382,7 @@ class Spec(_Model):
     citation: Citation
     summary: str = Field(min_length=1, description="The idea, and what changed, in our own words.")
     hyperparameters: Hyperparameters | None = None
+    uses: list[str] = Field([], description="Papers whose blocks this spec reuses, as `paper.block`.")
     blocks: dict[str, Block] = {}
     graphs: dict[str, Graph] = {}
     variants: list[Variant] = []

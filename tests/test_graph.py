@@ -205,3 +205,38 @@ def test_absurd_input_sizes_are_refused_before_building():
     data = minimal_spec(inputs={"image": [3, 10**6, 10**6]})
     with pytest.raises(GraphError, match="input dimensions"):
         expand(validate_spec(data), "net", {}, CATALOGUE)
+
+
+def test_a_spec_reuses_blocks_of_the_papers_it_uses():
+    lender = minimal_spec()
+    lender["id"] = "lender"
+    lender["blocks"] = {
+        "unit": {"params": {"width": 4}, "nodes": [{"block": "inner", "args": {"width": "${width}"}}]},
+        "inner": {
+            "params": {"width": 4},
+            "nodes": [
+                {"name": "conv", "op": "conv2d", "args": {"out_channels": "${width}", "kernel_size": 1}}
+            ],
+        },
+    }
+    borrower = minimal_spec(nodes=[{"name": "b", "block": "lender.unit", "args": {"width": 6}}])
+    borrower["uses"] = ["lender"]
+    flat = expand(validate_spec(borrower), "net", {}, CATALOGUE, {"lender": validate_spec(lender)})
+    assert names(flat) == ["b.inner.conv"]
+    assert flat.node("b.inner.conv").args["out_channels"] == 6
+    assert flat.blocks == {"b": "lender.unit", "b.inner": "lender.inner"}
+    borrower["uses"] = []
+    with pytest.raises(GraphError, match="`uses` does not list"):
+        expand(validate_spec(borrower), "net", {}, CATALOGUE, {"lender": validate_spec(lender)})
+
+
+def test_an_input_template_may_give_a_list_of_names():
+    flat = flat_of(
+        [
+            {"name": "a", "op": "conv2d", "args": {"out_channels": 4, "kernel_size": 1}},
+            {"name": "b", "op": "relu"},
+            {"name": "all", "op": "cat", "in": "${['a', 'b'] if both else ['a']}", "args": {"dim": 1}},
+        ],
+        params={"both": True},
+    )
+    assert flat.node("all").inputs == ("a", "b")
