@@ -147,13 +147,15 @@ def build_summary(n: int) -> Row:
     return Row("build summary: papers build vgg16 / tv vgg16()", ours, peer, 0.6)
 
 
-def forward(ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_time: float, label: str) -> Row:
+def forward(
+    ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_time: float, label: str, size: int = 224
+) -> Row:
     """Median latency of one forward pass of each model (eval mode, no grad) on a CPU batch.
 
     Calls alternate between the two models (ABBA order), after one warm-up call of each, until each has
     had ``min_run_time`` seconds and at least five calls: load on the machine then affects both alike.
     """
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(batch, 3, size, size)
     a: list[float] = []
     b: list[float] = []
     with torch.no_grad():
@@ -163,19 +165,45 @@ def forward(ours: torch.nn.Module, peer: torch.nn.Module, batch: int, min_run_ti
     return Row(f"forward {label}batch {batch}", statistics.median(a), statistics.median(b), 1.02)
 
 
-def materialised_build(n: int) -> Row:
-    """In-process ``papers.build_model("vgg16")`` against ``torchvision.models.vgg16()``, warm."""
+# Our variant, the library constructor's keyword arguments, the input size; benchmarked where registered.
+MODELS: list[tuple[str, dict[str, object], int]] = [
+    ("vgg16", {}, 224),
+    ("resnet50.torchvision", {}, 224),
+    ("densenet121", {}, 224),
+    ("inception_v3.torchvision", {"aux_logits": False, "init_weights": False}, 299),
+    ("resnext50_32x4d", {}, 224),
+]
+
+
+def materialised_build(variant: str, peer_kwargs: dict[str, object], n: int) -> Row:
+    """In-process ``papers.build_model(variant)`` against the library's constructor, warm."""
     import papers
 
     def build_ours() -> float:
-        return timed(lambda: papers.build_model("vgg16"))
+        return timed(lambda: papers.build_model(variant))
 
     def build_peer() -> float:
-        return timed(torchvision.models.vgg16)
+        return timed(lambda: papers.reference_model(variant, **peer_kwargs))
 
     build_ours(), build_peer()  # warm-up
     ours, peer = interleaved(build_ours, build_peer, n)
-    return Row("materialised build: build_model / tv vgg16()", ours, peer, 1.5)
+    return Row(f"materialised build {variant}: ours / library", ours, peer, 1.5)
+
+
+def paired(
+    variant: str, peer_kwargs: dict[str, object], size: int
+) -> tuple[torch.nn.Module, torch.nn.Module, float]:
+    """Our model carrying the library model's weights, the library model, and their largest difference."""
+    import papers
+
+    peer = papers.reference_model(variant, **peer_kwargs).eval()
+    ours = papers.build_model(variant, device="meta")
+    ours.load_state_dict(peer.state_dict(), strict=True, assign=True)
+    ours.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, size, size)
+        difference = (ours(x) - peer(x)).abs().max().item()
+    return ours, peer, difference
 
 
 @contextmanager
@@ -207,7 +235,7 @@ def compiled(ours: torch.nn.Module, peer: torch.nn.Module, min_run_time: float) 
     except Exception as error:
         first_line = (str(error).splitlines() or [""])[0]
         return f"torch.compile skipped: {type(error).__name__}: {first_line}"
-    return forward(c_ours, c_peer, 1, min_run_time, "compiled ")
+    return forward(c_ours, c_peer, 1, min_run_time, "vgg16 compiled ")
 
 
 def fmt(seconds: float) -> str:
@@ -259,26 +287,25 @@ def main() -> None:
 
     import papers
 
-    peer = torchvision.models.vgg16().eval()
-    ours = papers.build_model("vgg16").eval()
-    ours.load_state_dict(peer.state_dict(), strict=True)
-    with torch.no_grad():
-        x = torch.randn(2, 3, 224, 224)
-        meta["max_abs_diff"] = (ours(x) - peer(x)).abs().max().item()
-    rows += [forward(ours, peer, batch, min_run_time, "") for batch in (1, 8)]
-    notes = [
-        f"forward outputs agree to max |Δ| = {meta['max_abs_diff']:.2e}",
-        f"70 papers, first run with an empty parse cache: {fmt(first)}",
+    registered = [
+        m for m in MODELS if m[0] in {v for p in papers.list_papers() for v in (x.id for x in p.variants)}
     ]
+    notes = [f"70 papers, first run with an empty parse cache: {fmt(first)}"]
+    notes += [f"not registered, skipped: {m[0]}" for m in MODELS if m not in registered]
+    for variant, peer_kwargs, size in registered:
+        ours, peer, difference = paired(variant, peer_kwargs, size)
+        notes.append(f"{variant}: outputs agree to max |Δ| = {difference:.2e}")
+        for batch in (1, 8):
+            rows.append(forward(ours, peer, batch, min_run_time, f"{variant} ", size))
+        if variant == "vgg16" and not quick:
+            result = compiled(ours, peer, min_run_time)
+            if isinstance(result, Row):
+                rows.append(result)
+            else:
+                notes.append(result)
+        rows.append(materialised_build(variant, peer_kwargs, 1 if quick else 3))
     if quick:
         notes.append("torch.compile skipped: --quick")
-    else:
-        result = compiled(ours, peer, min_run_time)
-        if isinstance(result, Row):
-            rows.append(result)
-        else:
-            notes.append(result)
-    rows.append(materialised_build(3))
 
     report(rows)
     for note in notes:

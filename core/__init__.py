@@ -5,7 +5,16 @@
 >>> model = papers.build_model("vgg16", num_classes=10)                  # doctest: +SKIP
 """
 
-from papers.api import build_model, check, expand_variant, get_spec, list_papers, measure, validate_file
+from papers.api import (
+    build_model,
+    check,
+    expand_variant,
+    get_spec,
+    list_papers,
+    measure,
+    reference_model,
+    validate_file,
+)
 from papers.errors import GraphError, PapersError, PluginError, SpecError, UnknownIdError
 
 __version__ = "0.1.0"
@@ -22,5 +31,6 @@ __all__ = [
     "get_spec",
     "list_papers",
     "measure",
+    "reference_model",
     "validate_file",
 ]

@@ -111,6 +111,25 @@ def check(identifier: str, *, variant: str | None = None) -> list[Check]:
     return check_spec(entry.spec, measured, variant)
 
 
+def reference_model(variant_id: str, **kwargs: Any) -> torch.nn.Module:
+    """The library model a variant names as its reference (``torchvision:resnet50``, ``timm:...``),
+    randomly initialised; its ``state_dict`` loads into ``build_model(variant_id)`` with ``strict=True``.
+
+    Needs torchvision or timm installed. ``kwargs`` go to the library's constructor.
+    """
+    entry, variant = get_registry().variant(variant_id)
+    if variant.reference is None:
+        raise PapersError(f"variant {variant_id!r} names no reference model", file=entry.file)
+    library, _, name = variant.reference.partition(":")
+    if library == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    import timm
+
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
 def validate_file(path: str | Path) -> Spec:
     """Validate a spec file and build every variant's graph on the meta device (nothing is written).
 

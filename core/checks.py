@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
+from papers.errors import GraphError
 from papers.graph import FlatGraph
 from papers.measure import Measurement
 from papers.spec import STATIC_METRICS, UNIT_SCALE, Result, Spec
@@ -71,7 +72,7 @@ def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float | 
             return m.params
         if result.scope == "backbone":
             return sum(p for name, p in m.node_params.items() if not _in_classifier(name, flat))
-        prefix = _node(result, flat)
+        prefix = _prefix(result, flat)
         return sum(p for name, p in m.node_params.items() if name == prefix or name.startswith(prefix + "."))
     per_layer = {layer.name: layer.macs for layer in m.layers}
     if result.scope == "model":
@@ -79,14 +80,36 @@ def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float | 
     elif result.scope == "backbone":
         total = sum(v for name, v in per_layer.items() if not _in_classifier(name, flat))
     else:
-        prefix = _node(result, flat)
+        prefix = _prefix(result, flat)
         total = sum(v for name, v in per_layer.items() if name == prefix or name.startswith(prefix + "."))
     return total if result.metric == "macs" else 2 * total
 
 
-def _node(result: Result, flat: FlatGraph) -> str:
+def _prefix(result: Result, flat: FlatGraph) -> str:
+    """What a result's ``node`` sums over: a feature stage's node, or a node, group or block instance."""
     assert result.node is not None
-    return flat.features.get(result.node, result.node)
+    name = flat.features.get(result.node, result.node)
+    if not any(node.name == name or node.name.startswith(name + ".") for node in flat.nodes):
+        raise GraphError(
+            f"a {result.metric} result of {result.variant} names node {result.node!r}, "
+            "which the graph does not have",
+            field="results",
+        )
+    return name
+
+
+def _node(result: Result, flat: FlatGraph) -> str:
+    """The node whose output a result's ``node`` means: a feature stage's, a group's or block
+    instance's last node, or the node itself."""
+    assert result.node is not None
+    name = flat.features.get(result.node, flat.aliases.get(result.node, result.node))
+    if all(node.name != name for node in flat.nodes):
+        raise GraphError(
+            f"a {result.metric} result of {result.variant} names node {result.node!r}, "
+            "which the graph does not have",
+            field="results",
+        )
+    return name
 
 
 def _in_classifier(name: str, flat: FlatGraph) -> bool:

@@ -54,6 +54,8 @@ class FlatGraph:
     init: tuple[InitRule, ...] = ()
     blocks: Mapping[str, str] = field(default_factory=dict)
     """Block instance name to the block definition it instantiates."""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    """Group and block-instance names to the node giving their output (``layer1`` -> ``layer1.2.relu``)."""
 
     def node(self, name: str) -> FlatNode:
         for node in self.nodes:
@@ -62,12 +64,14 @@ class FlatGraph:
         raise KeyError(name)
 
     def cut(self, outputs: Sequence[str]) -> FlatGraph:
-        """The subgraph that computes ``outputs`` (feature stage names or node names)."""
+        """The subgraph that computes ``outputs`` (feature stages, groups, block instances or nodes)."""
         targets: dict[str, str] = {}
         names = {node.name for node in self.nodes}
         for wanted in outputs:
             if wanted in self.features:
                 targets[wanted] = self.features[wanted]
+            elif wanted in self.aliases:
+                targets[wanted] = self.aliases[wanted]
             elif wanted in names:
                 targets[wanted] = wanted
             else:
@@ -194,6 +198,9 @@ def expand(
         classifier=tuple(graph.classifier),
         init=tuple(graph.init),
         blocks=expander.instances,
+        aliases={
+            name: target for name, target in scope.names.items() if isinstance(target, str) and name != target
+        },
     )
     return _prune(flat, outputs)
 
@@ -539,4 +546,5 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
             for name, block in flat.blocks.items()
             if any(n.name.startswith(name + ".") for n in nodes)
         },
+        aliases={name: target for name, target in flat.aliases.items() if target in needed},
     )

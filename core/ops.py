@@ -18,11 +18,13 @@ from typing import Any, Literal
 Shape = tuple[int, ...]
 
 
-def _channels(shapes: Sequence[Shape]) -> int:
+def input_channels(shapes: Sequence[Shape]) -> int:
+    """The channels of the first input (NCHW): for ``inferred={"in_channels": input_channels}``."""
     return shapes[0][1]
 
 
-def _features(shapes: Sequence[Shape]) -> int:
+def input_features(shapes: Sequence[Shape]) -> int:
+    """The last dimension of the first input: for ``inferred={"in_features": input_features}``."""
     return shapes[0][-1]
 
 
@@ -52,15 +54,23 @@ def _module(name: str, target: str, doc: str, **inferred: Callable[[Sequence[Sha
 
 
 BUILTIN_OPS: tuple[Op, ...] = (
-    _module("conv2d", "torch.nn:Conv2d", "2-D convolution; in_channels inferred.", in_channels=_channels),
     _module(
-        "linear", "torch.nn:Linear", "Fully connected layer; in_features inferred.", in_features=_features
+        "conv2d", "torch.nn:Conv2d", "2-D convolution; in_channels inferred.", in_channels=input_channels
     ),
     _module(
-        "batchnorm2d", "torch.nn:BatchNorm2d", "Batch normalisation over channels.", num_features=_channels
+        "linear",
+        "torch.nn:Linear",
+        "Fully connected layer; in_features inferred.",
+        in_features=input_features,
     ),
     _module(
-        "batchnorm1d", "torch.nn:BatchNorm1d", "Batch normalisation of features.", num_features=_channels
+        "batchnorm2d",
+        "torch.nn:BatchNorm2d",
+        "Batch normalisation over channels.",
+        num_features=input_channels,
+    ),
+    _module(
+        "batchnorm1d", "torch.nn:BatchNorm1d", "Batch normalisation of features.", num_features=input_channels
     ),
     _module(
         "lrn",

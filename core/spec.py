@@ -68,7 +68,7 @@ class Optimizer(_Model):
     name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "sdlm"] = Field(
         description="sdlm: stochastic diagonal Levenberg-Marquardt (LeCun et al. 1998)."
     )
-    lr: float = Field(gt=0, description="Initial learning rate.")
+    lr: float | None = Field(None, gt=0, description="Initial learning rate, where the paper gives it.")
     momentum: float | None = Field(None, ge=0, lt=1)
     nesterov: bool | None = None
     betas: list[float] | None = Field(None, min_length=2, max_length=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     from hypothesis import settings
+
+    # Modules that read the registry at collection time must not write the user's cache either.
+    os.environ.setdefault("PAPERS_CACHE_DIR", tempfile.mkdtemp(prefix="papers-test-cache-"))
 
     settings.register_profile("ci", max_examples=100, deadline=None)
     settings.register_profile("slow", max_examples=2000, deadline=None)

@@ -140,3 +140,42 @@ def test_a_layer_with_no_output_is_refused():
     data = minimal_spec(nodes=[{"name": "a", "op": "conv2d", "args": {"out_channels": 0, "kernel_size": 3}}])
     with pytest.raises(GraphError, match=r"node 'a' \(conv2d\) gives an empty output \[1, 0, 14, 14\]"):
         trace(flat_for(data), CATALOGUE)
+
+
+def test_node_results_may_name_groups_and_block_instances():
+    from papers.checks import check_spec
+
+    data = minimal_spec()
+    data["graphs"]["net"]["nodes"][:2] = [
+        {
+            "name": "stem",
+            "group": [{"op": "conv2d", "args": {"out_channels": 8, "kernel_size": 3}}, {"op": "relu"}],
+        }
+    ]
+    data["results"] = [
+        {
+            "variant": "tiny8",
+            "metric": "params",
+            "value": 224.0,
+            "unit": "count",
+            "scope": "node",
+            "node": "stem",
+            "source": "T",
+        },
+        {
+            "variant": "tiny8",
+            "metric": "output_shape",
+            "value": [8, 14, 14],
+            "unit": "shape",
+            "scope": "node",
+            "node": "stem",
+            "source": "T",
+        },
+    ]
+    spec = validate_spec(data)
+    flat = flat_for(data)
+    checks = check_spec(spec, lambda v: (flat, measure_graph(v, flat, CATALOGUE)))
+    assert [c.status for c in checks] == ["pass", "pass"]
+    bad = validate_spec({**data, "results": [{**data["results"][0], "node": "nowhere"}]})
+    with pytest.raises(GraphError, match="names node 'nowhere'"):
+        check_spec(bad, lambda v: (flat, measure_graph(v, flat, CATALOGUE)))

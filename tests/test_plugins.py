@@ -25,7 +25,7 @@ def test_builtin_papers_come_from_the_papers_entry_point_group(fresh_registry):
 
 def test_a_plugin_object_contributes_a_spec_and_an_op(tmp_path):
     data = minimal_spec()
-    data["graphs"]["net"]["nodes"].insert(2, {"name": "gain", "op": "scale"})
+    data["graphs"]["net"]["nodes"].insert(2, {"name": "gain", "op": "hardtanh"})
     spec_file = write_spec(tmp_path / "tiny.yaml", data)
 
     class TinyPlugin:
@@ -35,19 +35,20 @@ def test_a_plugin_object_contributes_a_spec_and_an_op(tmp_path):
 
         @hookspecs.hookimpl
         def papers_ops(self):
-            return [Op("scale", "torch.nn:Hardtanh", doc="a stand-in paper layer")]
+            return [Op("hardtanh", "torch.nn:Hardtanh", doc="a stand-in paper layer")]
 
     manager = PluginManager()
     manager.register(TinyPlugin(), PluginInfo("tiny", "tiny-paper", "1.0", "tests"))
     registry = Registry(manager)
     assert list(registry.papers) == ["tiny"]
-    assert registry.catalogue.origin("scale") == "tiny (tiny-paper)"
-    assert manager.plugins["tiny"].contributes == {"ops": ["scale"], "specs": ["tiny"]}
+    assert registry.catalogue.origin("hardtanh") == "tiny (tiny-paper)"
+    assert manager.plugins["tiny"].contributes == {"ops": ["hardtanh"], "specs": ["tiny"]}
 
 
 def test_disabling_a_plugin_by_name(monkeypatch, fresh_registry, run):
     monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", "vgg")
-    assert json.loads(run("list", "--json").stdout) == []
+    ids = [p["id"] for p in json.loads(run("list", "--json").stdout)]
+    assert "vgg" not in ids and "resnet" in ids
 
 
 def test_plugins_command_lists_the_builtins(run):
@@ -65,7 +66,10 @@ def test_build_model_by_id_gives_an_initialised_module():
 
 def test_get_spec_and_list_papers():
     assert papers.get_spec("vgg16").id == "vgg"
-    assert [s.id for s in papers.list_papers(topic="classification")] == ["vgg"]
+    classification = [s.id for s in papers.list_papers(topic="classification")]
+    assert len(classification) == 14 and "vgg" in classification
+    years = [s.citation.year for s in papers.list_papers()]
+    assert years == sorted(years), "oldest first"
     with pytest.raises(papers.UnknownIdError):
         papers.get_spec("nope")
 

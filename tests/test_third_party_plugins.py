@@ -100,7 +100,7 @@ def test_a_plugin_that_fails_to_import_is_reported_once_and_skipped(papers):
 def test_an_invalid_spec_is_refused_with_its_file_and_field(papers):
     result = papers("list", "--json", plugins=("badspec",))
     assert result.returncode == 0
-    assert [p["id"] for p in json.loads(result.stdout)] == ["vgg"]
+    assert "bad" not in [p["id"] for p in json.loads(result.stdout)]
     assert "bad.yaml: citation.year:" in result.stderr
     plugins = json.loads(papers("plugins", "--json", plugins=("badspec",)).stdout)
     refused = next(p for p in plugins if p["name"] == "badspec")["refused"]
@@ -124,11 +124,11 @@ def test_strict_mode_re_raises_plugin_failures(papers):
 
 def test_papers_plugins_chooses_distributions_and_disable_skips_them(papers):
     only_builtins = papers("list", "--json", plugins=("example",), PAPERS_PLUGINS="")
-    assert [p["id"] for p in json.loads(only_builtins.stdout)] == ["vgg"]
+    assert "efficient-backprop" not in [p["id"] for p in json.loads(only_builtins.stdout)]
     chosen = papers("list", "--json", plugins=("example", "broken"), PAPERS_PLUGINS="papers-example")
-    assert chosen.stderr == "" and len(json.loads(chosen.stdout)) == 2
+    assert chosen.stderr == "" and "efficient-backprop" in [p["id"] for p in json.loads(chosen.stdout)]
     disabled = papers("list", "--json", plugins=("example",), PAPERS_DISABLE_PLUGINS="papers-example")
-    assert [p["id"] for p in json.loads(disabled.stdout)] == ["vgg"]
+    assert "efficient-backprop" not in [p["id"] for p in json.loads(disabled.stdout)]
 
 
 def test_plugin_discovery_does_not_import_torch(papers, installed, tmp_path):

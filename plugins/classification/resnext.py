@@ -1,0 +1,13 @@
+"""ResNeXt: Aggregated Residual Transformations for Deep Neural Networks (CVPR 2017).
+
+Everything about the paper is in its spec.
+"""
+
+from importlib.resources import files
+
+from papers.hookspecs import hookimpl
+
+
+@hookimpl
+def papers_specs() -> list:
+    return [files("papers_specs") / "classification" / "resnext.yaml"]

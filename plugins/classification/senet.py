@@ -1,0 +1,13 @@
+"""Squeeze-and-Excitation Networks (CVPR 2018).
+
+Everything about the paper is in its spec.
+"""
+
+from importlib.resources import files
+
+from papers.hookspecs import hookimpl
+
+
+@hookimpl
+def papers_specs() -> list:
+    return [files("papers_specs") / "classification" / "senet.yaml"]
