@@ -170,7 +170,7 @@ MODELS: list[tuple[str, dict[str, object], int]] = [
     ("vgg16", {}, 224),
     ("resnet50.torchvision", {}, 224),
     ("densenet121", {}, 224),
-    ("inception_v3.torchvision", {"aux_logits": False, "init_weights": False}, 299),
+    ("inception_v3", {"aux_logits": False, "init_weights": True}, 299),
     ("resnext50_32x4d", {}, 224),
 ]
 
