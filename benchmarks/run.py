@@ -225,17 +225,19 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def compiled(ours: torch.nn.Module, peer: torch.nn.Module, min_run_time: float) -> Row | str:
+def compiled(
+    ours: torch.nn.Module, peer: torch.nn.Module, min_run_time: float, label: str, size: int = 224
+) -> Row | str:
     """Forward latency at batch 1 of both models under ``torch.compile``, or why it was skipped."""
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, size, size)
     try:
         with deadline(COMPILE_BUDGET_S), torch.no_grad():
             c_peer, c_ours = torch.compile(peer), torch.compile(ours)
             c_peer(x), c_ours(x)  # compile both within the budget
     except Exception as error:
         first_line = (str(error).splitlines() or [""])[0]
-        return f"torch.compile skipped: {type(error).__name__}: {first_line}"
-    return forward(c_ours, c_peer, 1, min_run_time, "vgg16 compiled ")
+        return f"{label}: torch.compile skipped: {type(error).__name__}: {first_line}"
+    return forward(c_ours, c_peer, 1, min_run_time, f"{label} compiled ", size)
 
 
 def fmt(seconds: float) -> str:
@@ -297,13 +299,13 @@ def main() -> None:
         notes.append(f"{variant}: outputs agree to max |Δ| = {difference:.2e}")
         for batch in (1, 8):
             rows.append(forward(ours, peer, batch, min_run_time, f"{variant} ", size))
-        if variant == "vgg16" and not quick:
-            result = compiled(ours, peer, min_run_time)
+        if not quick:
+            result = compiled(ours, peer, min_run_time, variant, size)
             if isinstance(result, Row):
                 rows.append(result)
             else:
                 notes.append(result)
-        rows.append(materialised_build(variant, peer_kwargs, 1 if quick else 3))
+        rows.append(materialised_build(variant, peer_kwargs, 5 if quick else 9))
     if quick:
         notes.append("torch.compile skipped: --quick")
 

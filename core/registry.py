@@ -35,6 +35,8 @@ class Registry:
         self.catalogue = Catalogue()
         self.papers: dict[str, Entry] = {}
         self.variants: dict[str, tuple[Entry, Variant]] = {}
+        self.expanded: dict[str, Any] = {}
+        """Expanded graphs by variant and options (see ``papers.api.expand_variant``)."""
         for info, ops in manager.call("papers_ops"):
             for op in ops:
                 self._add_op(info, op)

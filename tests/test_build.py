@@ -179,3 +179,34 @@ def test_node_results_may_name_groups_and_block_instances():
     bad = validate_spec({**data, "results": [{**data["results"][0], "node": "nowhere"}]})
     with pytest.raises(GraphError, match="names node 'nowhere'"):
         check_spec(bad, lambda v: (flat, measure_graph(v, flat, CATALOGUE)))
+
+
+def test_repeated_builds_share_no_tensor_container_or_hook():
+    flat = flat_for(minimal_spec())
+    first, second = build(flat, CATALOGUE), build(flat, CATALOGUE)
+    assert first.conv is not second.conv
+    assert first.conv.weight.data_ptr() != second.conv.weight.data_ptr()
+    assert first.conv._parameters is not second.conv._parameters
+    first.conv.register_forward_hook(lambda module, args, output: output * 0)
+    assert not second.conv._forward_hooks, "a hook on one build must not reach another"
+    assert second(torch.randn(1, 3, 16, 16)).abs().sum() > 0
+
+
+def test_repeated_builds_are_initialised_like_the_first_under_the_same_seed():
+    flat = flat_for(minimal_spec())
+    torch.manual_seed(0)
+    first = build(flat, CATALOGUE)  # the first build runs the shape pass, later ones copy its layers
+    torch.manual_seed(0)
+    second = build(flat, CATALOGUE)
+    assert list(first.state_dict()) == list(second.state_dict())
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert first.training and second.training and second.conv.training
+
+
+def test_expanded_graphs_are_kept_per_variant_and_options():
+    import papers
+
+    assert papers.expand_variant("vgg11") is papers.expand_variant("vgg11")
+    assert papers.expand_variant("vgg11", num_classes=3) is not papers.expand_variant("vgg11")
+    assert papers.expand_variant("vgg11", num_classes=3).node("classifier.6").args["out_features"] == 3
