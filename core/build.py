@@ -53,10 +53,16 @@ def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) ->
         if count_macs:
             from torch.utils.flop_counter import FlopCounterMode
 
-            counter = stack.enter_context(FlopCounterMode(display=False))
+            counter = FlopCounterMode(display=False)
         for node in flat.nodes:
-            before = counter.get_total_flops() if counter is not None else 0
-            output = _run_node(node, catalogue, values, traced)
+            if counter is not None and catalogue[node.op].counts_macs:
+                with counter:  # entering resets its count
+                    output = _run_node(node, catalogue, values, traced)
+                traced.macs[node.name] = counter.get_total_flops() // 2
+            else:
+                output = _run_node(node, catalogue, values, traced)
+                if counter is not None:
+                    traced.macs[node.name] = 0
             if not isinstance(output, torch.Tensor):
                 raise GraphError(f"node {node.name!r} does not give one tensor", field=node.where)
             if output.numel() == 0:
@@ -72,8 +78,6 @@ def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) ->
             total_params += count
             if total_params > MAX_PARAMS:
                 raise GraphError(f"model has more than {MAX_PARAMS:,} parameters", field=node.where)
-            if counter is not None:
-                traced.macs[node.name] = (counter.get_total_flops() - before) // 2
     return traced
 
 

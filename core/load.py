@@ -92,14 +92,25 @@ def load_spec_text(text: str | bytes, *, file: str | None = None) -> Spec:
 _CACHE_VERSION = f"1-{MAX_FILE_BYTES}-{MAX_DEPTH}-{MAX_ELEMENTS}-{yaml.__version__}-{_Loader.__name__}"
 
 
-def _cache_path(raw: bytes) -> Path | None:
+def cache_dir() -> Path | None:
+    """The cache folder (``PAPERS_CACHE_DIR``, default ``$XDG_CACHE_HOME/papers``); None when
+    ``PAPERS_NO_CACHE`` is set. Parsed specs and measurements live in subfolders of it."""
     if os.environ.get("PAPERS_NO_CACHE", "") not in ("", "0"):
         return None
-    root = os.environ.get("PAPERS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "papers"
+    return Path(
+        os.environ.get("PAPERS_CACHE_DIR")
+        or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "papers"
+        )
     )
+
+
+def _cache_path(raw: bytes) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
     key = hashlib.sha256(_CACHE_VERSION.encode() + b"\0" + raw).hexdigest()
-    return Path(root, "yaml", f"{key}.json")
+    return root / "yaml" / f"{key}.json"
 
 
 def _read_cache(path: Path | None) -> bytes | None:

@@ -43,6 +43,9 @@ class Op:
     list_input: bool = False
     """The function takes its inputs as one list (``torch.cat``)."""
     doc: str = ""
+    counts_macs: bool = True
+    """Whether the op can do multiply-adds (a convolution or a matrix product inside); ``False`` runs it
+    outside the FLOP counter, whose dispatch costs more than such an op (a batch norm) itself."""
 
     def resolve(self) -> Any:
         module, _, attribute = self.target.partition(":")
@@ -50,7 +53,15 @@ class Op:
 
 
 def _module(name: str, target: str, doc: str, **inferred: Callable[[Sequence[Shape]], Any]) -> Op:
-    return Op(name, target, "module", inferred, doc=doc)
+    return Op(name, target, "module", inferred, doc=doc, counts_macs=name in _WITH_MACS)
+
+
+def _function(name: str, target: str, doc: str, *, arity: int | None = 1, list_input: bool = False) -> Op:
+    return Op(name, target, "function", arity=arity, list_input=list_input, doc=doc, counts_macs=False)
+
+
+_WITH_MACS = frozenset({"conv2d", "linear"})
+"""The built-in modules that multiply and add; every built-in function (``add``, ``cat``) does not."""
 
 
 BUILTIN_OPS: tuple[Op, ...] = (
@@ -89,15 +100,13 @@ BUILTIN_OPS: tuple[Op, ...] = (
     _module("dropout", "torch.nn:Dropout", "Dropout (identity in eval mode)."),
     _module("dropout2d", "torch.nn:Dropout2d", "Channel dropout."),
     _module("identity", "torch.nn:Identity", "Passes its input through."),
-    Op("flatten", "torch:flatten", "function", doc="Flatten dimensions from start_dim on."),
-    Op(
-        "add", "operator:add", "function", arity=None, doc="Sum of two or more inputs (residual connections)."
-    ),
-    Op("mul", "operator:mul", "function", arity=2, doc="Elementwise product of two inputs (gates)."),
-    Op("scale", "torch:mul", "function", doc="Multiply by a constant `other` (residual scaling)."),
-    Op("mean", "torch:mean", "function", doc="Mean over `dim` (with `keepdim`): global average pooling."),
-    Op("pad", "torch.nn.functional:pad", "function", doc="Pad with `pad` (last dimension first), `value`."),
-    Op("cat", "torch:cat", "function", arity=None, list_input=True, doc="Concatenation along `dim`."),
+    _function("flatten", "torch:flatten", "Flatten dimensions from start_dim on."),
+    _function("add", "operator:add", "Sum of two or more inputs (residual connections).", arity=None),
+    _function("mul", "operator:mul", "Elementwise product of two inputs (gates).", arity=2),
+    _function("scale", "torch:mul", "Multiply by a constant `other` (residual scaling)."),
+    _function("mean", "torch:mean", "Mean over `dim` (with `keepdim`): global average pooling."),
+    _function("pad", "torch.nn.functional:pad", "Pad with `pad` (last dimension first), `value`."),
+    _function("cat", "torch:cat", "Concatenation along `dim`.", arity=None, list_input=True),
 )
 
 

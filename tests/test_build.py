@@ -210,3 +210,21 @@ def test_expanded_graphs_are_kept_per_variant_and_options():
     assert papers.expand_variant("vgg11") is papers.expand_variant("vgg11")
     assert papers.expand_variant("vgg11", num_classes=3) is not papers.expand_variant("vgg11")
     assert papers.expand_variant("vgg11", num_classes=3).node("classifier.6").args["out_features"] == 3
+
+
+@pytest.mark.parametrize("variant", ["googlenet", "resnet20", "lenet5"])
+def test_ops_run_outside_the_flop_counter_would_count_nothing_inside_it(variant, monkeypatch):
+    import dataclasses
+
+    import papers
+    from papers.measure import _measure
+    from papers.registry import get_registry
+
+    catalogue = get_registry().catalogue
+    flat = papers.expand_variant(variant)
+    fast = _measure(variant, flat, catalogue)
+    every = {name: dataclasses.replace(catalogue[name], counts_macs=True) for name in catalogue.names()}
+    monkeypatch.setattr(catalogue, "_ops", every)
+    counted = _measure(variant, flat, catalogue)
+    assert [layer.macs for layer in counted.layers] == [layer.macs for layer in fast.layers]
+    assert fast.macs > 0
