@@ -5,17 +5,19 @@ Importing this module is cheap; torch is imported by the functions that build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from papers.checks import Check, check_spec
+from papers.checks import Check, check_spec, measured_check, proxy_check, reported_for
 from papers.errors import PapersError
 from papers.graph import FlatGraph, expand
 from papers.measure import Measurement, measure_graph
 from papers.registry import get_registry
+from papers.results import ResultsFile
 from papers.spec import Spec
 
 if TYPE_CHECKING:
@@ -105,10 +107,58 @@ def measure(variant_id: str, **options: Any) -> Measurement:
         raise error.located(file=entry.file) from None
 
 
-def check(identifier: str, *, variant: str | None = None) -> list[Check]:
+def measure_many(variant_ids: Sequence[str], *, jobs: int | None = None) -> dict[str, Measurement]:
+    """Measure many variants; those missing from the measurement cache are measured in up to ``jobs``
+    processes first (default: the cores this process may use), which fill the cache.
+
+    Measuring all of image classification takes 25 s in one process here; the processes share it.
+    """
+    from papers.load import cache_dir
+    from papers.measure import is_cached
+
+    registry = get_registry()
+    missing = [v for v in variant_ids if not is_cached(expand_variant(v), registry.catalogue)]
+    jobs = min(jobs or _cores(), len(missing))
+    if jobs > 1 and len(missing) >= 2 * jobs and cache_dir() is not None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork where there is one: workers inherit the registry and torch (as DataLoader's workers do)
+        # instead of importing them again, a few seconds each
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            largest_first = sorted(missing, key=lambda v: -len(expand_variant(v).nodes))  # balances the load
+            list(pool.map(_measure_into_cache, largest_first))
+    return {v: measure(v) for v in variant_ids}  # read from the cache; a failure raises here, located
+
+
+def _measure_into_cache(variant_id: str) -> None:
+    """A worker of :func:`measure_many`: errors are left for the parent to raise with their location."""
+    with contextlib.suppress(Exception):  # the parent measures it again and reports the error itself
+        measure(variant_id)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check(
+    identifier: str,
+    *,
+    variant: str | None = None,
+    results: str | Path | ResultsFile | None = None,
+    run: bool = False,
+    progress: bool = False,
+) -> list[Check]:
     """Every reported result of a paper against our measurement (one variant's, if narrowed).
 
     A variant id stands for its paper narrowed to itself; a paper id wins over a variant id.
+    ``results`` (a results file from ``papers eval --out``) measures accuracies that otherwise are
+    not measurable here; ``run`` also runs the plugins' training checks (small-scale reproductions),
+    each shown right after the reported result it stands in for, labelled as a proxy.
     """
     registry = get_registry()
     entry = registry.paper(identifier)
@@ -127,7 +177,59 @@ def check(identifier: str, *, variant: str | None = None) -> list[Check]:
                 raise error.located(file=entry.file) from None
         return cache[variant_id]
 
-    return check_spec(entry.spec, measured, variant)
+    checks = check_spec(entry.spec, measured, variant)
+    if results is not None:
+        checks = _with_results(entry.spec, checks, variant, results)
+    if run:
+        checks = _with_training_checks(entry.spec, checks, variant, progress)
+    return checks
+
+
+def _with_results(
+    spec: Spec, checks: list[Check], variant: str | None, results: str | Path | ResultsFile
+) -> list[Check]:
+    from papers.results import answer, read_results
+
+    measured = (results if isinstance(results, ResultsFile) else read_results(results)).results
+    reported = [r for r in spec.results if variant is None or r.variant == variant]
+    updated = []
+    for result, original in zip(reported, checks, strict=True):
+        value = answer(result, measured) if original.status == "not_measurable" else None
+        if value is None:
+            updated.append(original)
+        else:
+            updated.append(measured_check(spec, result, value, "from the results file"))
+    return updated
+
+
+def _with_training_checks(
+    spec: Spec, checks: list[Check], variant: str | None, progress: bool
+) -> list[Check]:
+    import time
+
+    from papers.train import run_training_check
+
+    out = list(checks)
+    for training in get_registry().training_checks(spec.id):
+        if variant is not None and training.variant != variant:
+            continue
+        started = time.perf_counter()
+        run = run_training_check(training, progress=progress)
+        made = proxy_check(spec, training, run.final["val_top1"], time.perf_counter() - started)
+        result = reported_for(spec, training)
+        after = next((i + 1 for i, c in enumerate(out) if result is not None and _same(c, result)), len(out))
+        out.insert(after, made)
+    return out
+
+
+def _same(check: Check, result: Any) -> bool:
+    return (check.variant, check.metric, check.source, check.reported, check.proxy) == (
+        result.variant,
+        result.metric,
+        result.source,
+        result.value,
+        None,
+    )
 
 
 def reference_model(variant_id: str, **kwargs: Any) -> torch.nn.Module:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -32,9 +32,31 @@ class Check:
     protocol: str | None
     dataset: str | None
     reason: str | None = None
+    proxy: str | None = None
+    """What differs, where the measurement stands in for the reported one (other data, a shorter recipe)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingCheck:
+    """A small-scale reproduction a plugin defines: train ``variant`` on ``data`` with the paper's recipe
+    changed by ``overrides``, and pass when the held-out top-1 accuracy reaches ``min_accuracy`` percent.
+
+    ``compares_with`` selects the reported result it is shown beside (a metric, and a dataset where
+    the paper reports several); ``proxy`` says in words what makes it a stand-in for that result.
+    """
+
+    name: str
+    variant: str
+    data: str
+    min_accuracy: float
+    proxy: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    compares_with: Mapping[str, Any] = field(default_factory=dict)
+    max_seconds: float | None = None
+    """How long the run should take on a laptop-class CPU (reported, and checked by the plugin's test)."""
 
 
 def default_tolerance(value: float) -> float:
@@ -163,3 +185,54 @@ def _unmeasured(spec: Spec, result: Result, reason: str) -> Check:
         else (default_tolerance(result.value) if isinstance(result.value, float) else 0.0)
     )
     return _check(spec, result, None, tolerance, None, "not_measurable", reason)
+
+
+def measured_check(spec: Spec, result: Result, value: float, reason: str) -> Check:
+    """A reported result against a value measured elsewhere (a results file), within its tolerance."""
+    assert isinstance(result.value, float | int)
+    tolerance = result.tolerance if result.tolerance is not None else default_tolerance(result.value)
+    difference = (value - result.value) / result.value if result.value else None
+    status: Status = "pass" if abs(value - result.value) <= tolerance * (1 + 1e-9) else "fail"
+    return _check(spec, result, round(value, 6), tolerance, difference, status, reason)
+
+
+def reported_for(spec: Spec, check: TrainingCheck) -> Result | None:
+    """The reported result a training check is shown beside."""
+    wanted = dict(check.compares_with)
+    for result in spec.results:
+        if result.variant != check.variant:
+            continue
+        if all(getattr(result, key) == value for key, value in wanted.items()):
+            return result
+    return None
+
+
+def proxy_check(spec: Spec, check: TrainingCheck, accuracy: float, seconds: float) -> Check:
+    """The outcome of a training check, labelled as a proxy, beside the result it stands in for."""
+    result = reported_for(spec, check)
+    status: Status = "pass" if accuracy >= check.min_accuracy else "fail"
+    reason = (
+        f"{check.name}: top-1 {accuracy:.2f}% on {check.data} in {seconds:.1f} s "
+        f"(passes at ≥ {check.min_accuracy:g}%)"
+    )
+    if result is None:
+        return Check(
+            paper=spec.id,
+            variant=check.variant,
+            metric="top1_accuracy",
+            scope="model",
+            reported=check.min_accuracy,
+            measured=round(accuracy, 6),
+            unit="percent",
+            tolerance=0.0,
+            difference=None,
+            status=status,
+            source="training check",
+            protocol=None,
+            dataset=check.data,
+            reason=reason,
+            proxy=check.proxy,
+        )
+    value = accuracy if result.metric.endswith("accuracy") else 100.0 - accuracy
+    made = _check(spec, result, round(value, 6), 0.0, None, status, reason)
+    return Check(**{**made.as_dict(), "proxy": check.proxy})

@@ -284,6 +284,13 @@ _SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"
 @click.option("--variant", help="Narrow the check to one variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the results that cannot be measured here.")
+@click.option(
+    "--results",
+    "results_file",
+    type=click.Path(dir_okay=False),
+    help="A results file from `papers eval --out`: measures the accuracies it holds.",
+)
+@click.option("--run", "run_training", is_flag=True, help="Also run the small-scale training checks.")
 @click.pass_context
 def check(
     ctx: click.Context,
@@ -292,6 +299,8 @@ def check(
     variant: str | None,
     as_json: bool,
     verbose: bool,
+    results_file: str | None,
+    run_training: bool,
 ) -> None:
     """Check reported results against measurements; exit 1 if one fails."""
     from papers.api import check as run_check
@@ -300,7 +309,25 @@ def check(
     if check_all == (identifier is not None):
         raise click.UsageError("name a paper or variant, or pass --all")
     ids = [e.spec.id for e in get_registry().list()] if check_all else [identifier]
-    checks = [c for paper in ids for c in run_check(paper, variant=variant)]  # type: ignore[arg-type]
+    if check_all:  # measure every variant with a static result at once, in parallel processes
+        from papers.api import measure_many
+        from papers.spec import STATIC_METRICS
+
+        static = {
+            r.variant for e in get_registry().list() for r in e.spec.results if r.metric in STATIC_METRICS
+        }
+        measure_many(sorted(static))
+    checks = [
+        c
+        for paper in ids
+        for c in run_check(
+            paper,  # type: ignore[arg-type]
+            variant=variant,
+            results=results_file,
+            run=run_training,
+            progress=not as_json,
+        )
+    ]
     if as_json:
         _print_json([c.as_dict() for c in checks])
     else:
@@ -313,14 +340,19 @@ def check(
                 c.paper,
                 c.variant,
                 c.metric,
-                c.scope,
+                "proxy" if c.proxy else c.scope,
                 f"{_plain(c.reported)} {c.unit}",
                 measured,
                 delta,
                 _SYMBOL[c.status],
                 c.source,
             )
+        if shown:
             click.echo(str(table))
+        for c in shown:
+            if c.proxy:
+                click.echo(f"proxy: {c.variant} {c.metric} reported on {c.dataset}; measured on {c.proxy}")
+                click.echo(f"       {c.reason}")
         counts = {status: sum(c.status == status for c in checks) for status in _SYMBOL}
         click.echo(
             f"{counts['pass']} passed, {counts['fail']} failed, "
@@ -328,6 +360,160 @@ def check(
         )
     if any(c.status == "fail" for c in checks):
         ctx.exit(1)
+
+
+@cli.command()
+@click.argument("variant")
+@click.option("--data", help="An ImageFolder root (DIR/train/<class>/*, DIR/val/...) or builtin:digits.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's (global) batch size.")
+@click.option(
+    "-r",
+    "--recipe",
+    "pairs",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Override a recipe field: optimizer.lr=0.01, weight_decay=0, schedule.name=cosine.",
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/VARIANT-TIME].")
+@click.option(
+    "--resume", type=click.Path(file_okay=False), help="Continue a run folder from its last checkpoint."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes."
+)
+@click.option("--dry-run", is_flag=True, help="Print the resolved recipe as JSON and stop.")
+@click.option("--stop-after", type=click.IntRange(min=0), hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
+def train(
+    variant: str,
+    data: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    pairs: tuple[str, ...],
+    out: str | None,
+    resume: str | None,
+    workers: int,
+    dry_run: bool,
+    stop_after: int | None,
+    as_json: bool,
+) -> None:
+    """Train a variant with its paper's recipe (under torchrun: on every process, rank 0 writing)."""
+    import time as _time
+
+    from papers.recipe import override_pairs, resolve
+    from papers.registry import get_registry
+    from papers.train import train as run_train
+
+    overrides = override_pairs(pairs)
+    overrides.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
+    if dry_run:
+        get_registry().variant(variant)
+        _print_json(resolve(get_registry().paper(variant).spec, overrides).model_dump(mode="json"))
+        return
+    if resume is None and out is None:
+        out = os.path.join("runs", f"{variant}-{_time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        run = run_train(
+            variant, data, overrides=overrides, out=out, resume=resume, workers=workers, stop_after=stop_after
+        )
+    except KeyboardInterrupt:
+        folder = resume or out
+        click.echo(f"papers: interrupted; continue with: papers train {variant} --resume {folder}", err=True)
+        sys.exit(130)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        _print_json({"run": str(run.folder), "finished": run.finished, "metrics": run.final})
+        return
+    final = run.final
+    if "val_top1" in final:
+        click.echo(f"top-1 {final['val_top1']:.2f}%  top-5 {final['val_top5']:.2f}% (held-out split)")
+    click.echo(f"run: {run.folder}" + ("" if run.finished else " (stopped; continue with --resume)"))
+
+
+@cli.command("eval")
+@click.argument("variant")
+@click.option(
+    "--weights", required=True, type=click.Path(dir_okay=False), help=".safetensors, or a .pth checkpoint."
+)
+@click.option(
+    "--data", required=True, help="An ImageFolder (DIR/val, DIR/test or DIR itself) or builtin:digits."
+)
+@click.option(
+    "--protocol", type=click.Choice(["single_crop", "center_crop", "ten_crop"]), default="single_crop"
+)
+@click.option(
+    "--resize", type=click.IntRange(min=1), help="Shorter side before cropping [default: size / 0.875]."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
+@click.option(
+    "--dataset", help="The dataset's name as the paper's results write it: 'ImageNet (ILSVRC-2012)'."
+)
+@click.option(
+    "--split", type=click.Choice(["train", "val", "test", "test-dev"]), help="Which split DIR holds."
+)
+@click.option(
+    "--out", "results_out", type=click.Path(dir_okay=False), help="Add the results to this JSON file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(
+    variant: str,
+    weights: str,
+    data: str,
+    protocol: str,
+    resize: int | None,
+    batch_size: int,
+    workers: int,
+    option_pairs: tuple[str, ...],
+    dataset: str | None,
+    split: str | None,
+    results_out: str | None,
+    as_json: bool,
+) -> None:
+    """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol."""
+    from papers.evaluate import evaluate
+    from papers.results import Measured, write_results
+
+    measured = evaluate(
+        variant,
+        weights,
+        data,
+        protocol=protocol,
+        resize=resize,
+        batch_size=batch_size,
+        workers=workers,
+        options=_options(option_pairs),
+    )
+    if data == "builtin:digits":
+        dataset, split = dataset or data, split or "test"
+    if results_out is not None:
+        labels = {"dataset": dataset or data, "split": split, "protocol": measured["protocol"]}
+        write_results(
+            results_out,
+            [
+                Measured(
+                    variant=variant,
+                    metric=metric,  # type: ignore[arg-type]
+                    value=round(measured[metric], 4),
+                    images=measured["images"],
+                    weights=os.path.basename(weights),
+                    **labels,  # type: ignore[arg-type]
+                )
+                for metric in ("top1_accuracy", "top5_accuracy")
+            ],
+        )
+    if as_json:
+        _print_json(measured)
+        return
+    click.echo(
+        f"{variant}: top-1 {measured['top1_accuracy']:.2f}%  top-5 {measured['top5_accuracy']:.2f}%  "
+        f"({measured['images']} images, {measured['protocol']})"
+    )
+    if results_out is not None:
+        click.echo(f"results: {results_out}")
 
 
 @cli.command()
@@ -366,6 +552,36 @@ def plugins(as_json: bool) -> None:
             info.name, info.distribution, info.version, ", ".join(info.hooks), contributes, problems
         )
     click.echo(str(table))
+
+
+@cli.group("site", cls=_Group)
+def site_group() -> None:
+    """Build or serve the documentation site (MkDocs Material), generated from the registry."""
+
+
+@site_group.command("build")
+@click.option("--out", default="build", show_default=True, help="Folder for docs/ (Markdown), site/ (HTML).")
+@click.option("--site-url", default="http://127.0.0.1:8000/", show_default=True, help="Canonical URL.")
+def site_build(out: str, site_url: str) -> None:
+    """Render the pages from the specs and measurements, then run mkdocs build --strict."""
+    from papers.site import build_site
+
+    html = build_site(out, site_url=site_url)
+    click.echo(f"site: {html}")
+
+
+@site_group.command("serve")
+@click.option("--out", default="build", show_default=True, help="Folder to build into.")
+@click.option("--port", default=8000, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--no-build", is_flag=True, help="Serve what is built already.")
+def site_serve(out: str, port: int, no_build: bool) -> None:
+    """Build the site and serve it on 127.0.0.1 until interrupted."""
+    from pathlib import Path
+
+    from papers.site import build_site, serve_site
+
+    html = Path(out, "site") if no_build else build_site(out, site_url=f"http://127.0.0.1:{port}/")
+    serve_site(html, port=port)
 
 
 def main() -> None:

@@ -28,3 +28,14 @@ def papers_ops() -> list:  # type: ignore[empty-body]
     Return a list of :class:`papers.ops.Op`. An op name may be contributed once in the whole
     registry; a second claim is reported naming both plugins.
     """
+
+
+@hookspec
+def papers_checks() -> list:  # type: ignore[empty-body]
+    """Contribute empirical checks: small-scale reproductions that train a variant on data a package ships.
+
+    Return a list of :class:`papers.checks.TrainingCheck`. Each names a variant of one of the
+    plugin's papers, the data (``builtin:digits``), the recipe overrides that make the run small, and
+    the accuracy it must reach; ``papers check PAPER --run`` runs it. A check name may be contributed
+    once in the whole registry.
+    """

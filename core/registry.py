@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from papers.checks import TrainingCheck
 from papers.errors import PapersError, PluginError, SpecError, UnknownIdError
 from papers.load import load_spec_file, load_spec_text
 from papers.ops import Catalogue, Op
@@ -43,6 +44,11 @@ class Registry:
         for info, items in manager.call("papers_specs"):
             for item in items:
                 self._add_spec(info, item)
+        self.checks: dict[str, tuple[str, TrainingCheck]] = {}
+        """Training checks by name, each with the plugin (and distribution) that contributed it."""
+        for info, items in manager.call("papers_checks"):
+            for item in items:
+                self._add_check(info, item)
 
     @classmethod
     def discover(cls) -> Registry:
@@ -103,6 +109,28 @@ class Registry:
         for variant in spec.variants:
             self.variants[variant.id] = (entry, variant)
         info.contributes.setdefault("specs", []).append(spec.id)
+
+    def _add_check(self, info: PluginInfo, check: Any) -> None:
+        if not isinstance(check, TrainingCheck):
+            self._refuse(
+                info,
+                PluginError(f"papers_checks() returned {type(check).__name__}, not a TrainingCheck"),
+            )
+            return
+        where = f"{info.name} ({info.distribution})"
+        if check.name in self.checks:
+            other = self.checks[check.name][0]
+            self._refuse(info, PluginError(f"check {check.name!r} is claimed by both {other} and {where}"))
+            return
+        if check.variant not in self.variants:
+            self._refuse(info, PluginError(f"check {check.name!r} names no variant {check.variant!r}"))
+            return
+        self.checks[check.name] = (where, check)
+        info.contributes.setdefault("checks", []).append(check.name)
+
+    def training_checks(self, paper: str) -> list[TrainingCheck]:
+        """The training checks of a paper's variants."""
+        return [c for _, c in self.checks.values() if self.variants[c.variant][0].spec.id == paper]
 
     # -- queries ------------------------------------------------------------------------------
 

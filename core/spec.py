@@ -120,6 +120,11 @@ class Hyperparameters(_Model):
     augmentation: list[Augmentation] = []
     initialisation: str | None = Field(None, description="The paper's initialisation, in words.")
     loss: str | None = None
+    criterion: Literal["cross_entropy", "rbf_penalty"] | None = Field(
+        None,
+        description="The loss, typed for training: cross_entropy on logits (the default); rbf_penalty when "
+        "the outputs are penalties (smallest wins), trained by cross-entropy on their negatives.",
+    )
     source: str | None = Field(None, description="Where in the paper the recipe is given.")
     notes: str | None = None
 

@@ -6,6 +6,7 @@ traceback from the CLI, only the project's own error type from the API, and writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,89 @@ def test_the_matrix_starts_from_a_valid_spec(tmp_path):
     path = tmp_path / "good.yaml"
     path.write_bytes(spec_with(lambda d: None))
     assert papers.validate_file(path).id == "tiny"
+
+
+# -- training and evaluation: the same promise for data, weights and recipe overrides ----------
+
+
+def _missing_data(tmp: Path) -> tuple[list[str], str]:
+    missing = str(tmp / "nowhere")
+    return ["train", "lenet5", "--data", missing, "--out", str(tmp / "run")], missing
+
+
+def _empty_class_folder(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "data" / "train" / "cat").mkdir(parents=True)
+    (tmp / "data" / "train" / "cat" / "0.png").write_bytes(b"\x89PNG")
+    (tmp / "data" / "train" / "dog").mkdir()
+    return ["train", "lenet5", "--data", str(tmp / "data"), "--out", str(tmp / "run")], str(
+        tmp / "data" / "train" / "dog"
+    )
+
+
+def _undecodable_image(tmp: Path) -> tuple[list[str], str]:
+    for name in ("cat", "dog"):
+        (tmp / "data" / "train" / name).mkdir(parents=True)
+        (tmp / "data" / "train" / name / "0.png").write_bytes(b"\x89PNG not really")
+    return ["train", "lenet5", "--data", str(tmp / "data"), "--out", str(tmp / "run")], str(tmp / "data")
+
+
+def _mismatched_weights(tmp: Path) -> tuple[list[str], str]:
+    from safetensors.torch import save_file
+
+    weights = tmp / "lenet5-4-classes.safetensors"
+    save_file(papers.build_model("lenet5", num_classes=4).state_dict(), str(weights))
+    return ["eval", "lenet5", "--weights", str(weights), "--data", "builtin:digits"], str(weights)
+
+
+def _override(pair: str) -> Callable[[Path], tuple[list[str], str]]:
+    def case(tmp: Path) -> tuple[list[str], str]:
+        field = "-r " + pair.partition("=")[0]
+        return ["train", "lenet5", "--data", "builtin:digits", "--out", str(tmp / "run"), "-r", pair], field
+
+    return case
+
+
+RUN_CASES: dict[str, tuple[Callable[[Path], tuple[list[str], str]], str]] = {
+    # name: (setup returning the command line and the file or field named, expected message part)
+    "missing-data-folder": (_missing_data, "no such data folder"),
+    "empty-class-folder": (_empty_class_folder, "class folder holds no images"),
+    "undecodable-image": (_undecodable_image, "cannot read the data"),
+    "mismatched-weights": (_mismatched_weights, "shape mismatch: output.centers (4, 84) vs (10, 84)"),
+    "override-of-the-wrong-type": (_override("optimizer.lr=fast"), "valid number"),
+    "unknown-override-field": (_override("optimizer.learning_rate=0.1"), "unknown recipe field"),
+    "unknown-top-level-override": (_override("lr=0.1"), "unknown recipe field 'lr'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_train_and_eval_refuse_with_one_line_and_exit_2(run, tmp_path, monkeypatch, case):
+    setup, message = RUN_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    args, named = setup(tmp_path)
+    before = contents(tmp_path)
+    result = run(*args)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("papers: error: ") and "Traceback" not in result.stderr
+    assert named in result.stderr and message in result.stderr, result.stderr
+    assert contents(tmp_path) == before, "nothing written"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists(), "no run folder left behind"
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_train_and_eval_raise_only_the_projects_error(tmp_path, case):
+    from papers.evaluate import evaluate
+    from papers.recipe import override_pairs
+    from papers.train import train
+
+    setup, message = RUN_CASES[case]
+    args, _ = setup(tmp_path)
+    options = dict(zip(args[2::2], args[3::2], strict=False))
+    with pytest.raises(PapersError, match=message.split(" (")[0].replace("(", r"\(")):
+        if args[0] == "eval":
+            evaluate(args[1], options["--weights"], options["--data"])
+        else:
+            overrides = override_pairs([options["-r"]]) if "-r" in options else None
+            train(args[1], options["--data"], overrides=overrides, out=options["--out"])
+    assert not (tmp_path / "run").exists()

@@ -77,7 +77,7 @@ def test_get_spec_and_list_papers():
 def test_every_hook_is_typed_and_documented_in_the_readme():
     readme = (REPO / "README.md").read_text()
     hooks = [f for name, f in vars(hookspecs).items() if hasattr(f, "papers_spec")]
-    assert {f.__name__ for f in hooks} == {"papers_specs", "papers_ops"}
+    assert {f.__name__ for f in hooks} == {"papers_specs", "papers_ops", "papers_checks"}
     for hook in hooks:
         assert hook.__doc__ and hook.__annotations__.get("return"), hook.__name__
         assert f"### `{hook.__name__}()`" in readme, f"{hook.__name__} is not documented in the README"

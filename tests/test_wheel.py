@@ -42,6 +42,17 @@ def test_wheel_holds_every_spec_and_plugin(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def test_wheel_holds_what_the_site_build_needs_and_no_node_modules(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = REPO / "site"
+    wanted = {"mkdocs.yml", "package.json", "package-lock.json", "__init__.py"}
+    wanted |= {p.relative_to(sources).as_posix() for p in (sources / "templates").glob("*.j2")}
+    wanted |= {p.relative_to(sources).as_posix() for p in (sources / "assets").rglob("*") if p.is_file()}
+    assert any(name.startswith("templates/") for name in wanted)
+    assert {f"papers_site/{name}" for name in wanted} <= names
+    assert not any("node_modules" in name for name in names)
+
+
 def test_wheel_works_in_a_fresh_environment_from_another_directory(wheel, tmp_path):
     env = tmp_path / "env"
     venv.create(env, with_pip=False)

@@ -1,0 +1,211 @@
+"""Training and evaluation data: ImageFolder layouts with clear errors, and ``builtin:digits``.
+
+``builtin:digits`` is scikit-learn's 8×8 handwritten digits (1,797 images, shipped inside
+scikit-learn, nothing downloaded), upsampled to the model's input size and channels and split
+80/20 per class with a fixed seed, so every run and every process sees the same split.
+A folder is read as ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (or ``DIR/test``) for
+training, and ``DIR/val``, ``DIR/test`` or ``DIR`` itself for evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from papers.errors import PapersError
+
+if TYPE_CHECKING:
+    import torch
+
+BUILTIN = ("builtin:digits",)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+DIGITS_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+class DataError(PapersError):
+    """Data that cannot be read: a missing folder, a class folder without images, no scikit-learn."""
+
+
+@dataclass
+class Data:
+    """A training split, an evaluation split (either may be ``None``) and the class names."""
+
+    name: str
+    train: Any
+    test: Any
+    classes: list[str]
+    normalize: dict[str, list[float]] | None = None
+
+
+class _Tensors:
+    """Images already in memory (N, C, H, W), with an optional per-image transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any = None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def check_source(source: str) -> None:
+    """Refuse a data source that does not exist, before anything is built or written."""
+    if source.startswith("builtin:"):
+        if source not in BUILTIN:
+            raise DataError(f"unknown built-in data {source!r}; known: {', '.join(BUILTIN)}", field="--data")
+        return
+    if not Path(source).is_dir():
+        raise DataError("no such data folder", file=source)
+
+
+def digits(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits at ``shape`` (C, H, W), values in [0, 1]: train and test images and labels."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError(
+            "builtin:digits needs scikit-learn: pip install 'papers[train]'", field="--data"
+        ) from None
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    channels, height, width = shape
+    images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = images.expand(-1, channels, -1, -1).contiguous()
+    # A stratified split from a fixed seed: the same images are held out on every machine.
+    generator = np.random.default_rng(DIGITS_SEED)
+    test_index: list[int] = []
+    for label in range(10):
+        members = np.flatnonzero(bunch.target == label)
+        chosen = generator.permutation(members)[: round(len(members) * DIGITS_TEST_FRACTION)]
+        test_index.extend(int(i) for i in chosen)
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
+    is_test[test_index] = True
+    return images[~is_test], labels[~is_test], images[is_test], labels[is_test]
+
+
+def channel_statistics(dataset: Any, limit: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation over (up to ``limit``, evenly spaced) images."""
+    import torch
+
+    count = len(dataset)
+    indices = range(count) if count <= limit else [i * count // limit for i in range(limit)]
+    total = total_sq = None
+    pixels = 0
+    for index in indices:
+        image = dataset[index][0].to(torch.float64)
+        flat = image.reshape(image.shape[0], -1)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+        pixels += flat.shape[1]
+    assert total is not None and total_sq is not None
+    mean = total / pixels
+    std = (total_sq / pixels - mean**2).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def image_folder(folder: Path, channels: int, transform: Any) -> Any:
+    """An ImageFolder over ``folder`` that decodes to float tensors in [0, 1] with ``channels``."""
+    import torch
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    _check_folder(folder)
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if channels == 1:
+        to_tensor.insert(0, v2.Grayscale(1))
+    steps = [*to_tensor, *([transform] if transform is not None else [])]
+    return ImageFolder(str(folder), transform=v2.Compose(steps))
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DataError("no such data folder", file=str(folder))
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError("no class folders (an ImageFolder layout has one folder per class)", file=str(folder))
+    for path in classes:
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.rglob("*") if f.is_file()):
+            raise DataError("class folder holds no images", file=str(path))
+
+
+def split_folder(source: str, *names: str) -> Path | None:
+    """The first of ``DIR/name`` that exists."""
+    for name in names:
+        candidate = Path(source) / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def class_names(source: str) -> list[str]:
+    """The classes of a training source, read without loading any image."""
+    check_source(source)
+    if source == "builtin:digits":
+        return [str(i) for i in range(10)]
+    train = split_folder(source, "train")
+    if train is None:
+        raise DataError("no train/ folder (training reads DIR/train/<class>/*)", file=source)
+    _check_folder(train)
+    return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def training_data(source: str, config: Any, shape: tuple[int, int, int]) -> Data:
+    """The training and held-out splits of ``source`` at the model's input ``shape``, with the
+    recipe's augmentation on the training split and its normalisation on both."""
+    from papers.recipe import eval_transform, needs_statistics, normalization, train_transform
+
+    size = (shape[1], shape[2])
+    classes = class_names(source)
+    if source == "builtin:digits":
+        train_images, train_labels, test_images, test_labels = digits(shape)
+        mean = std = None
+        if needs_statistics(config):
+            mean, std = channel_statistics(_Tensors(train_images, train_labels))
+        augment = train_transform(config, size, mean=mean, std=std) if config.augmentation else None
+        held_out = eval_transform(config, size, mean=mean, std=std)
+        return Data(
+            source,
+            _Tensors(train_images, train_labels, augment),
+            _Tensors(test_images, test_labels, held_out),
+            classes,
+            normalization(config, mean, std),
+        )
+    from torchvision.transforms import v2
+
+    train_folder = split_folder(source, "train")
+    assert train_folder is not None
+    mean = std = None
+    if needs_statistics(config):
+        mean, std = channel_statistics(image_folder(train_folder, shape[0], _centre(size)))
+    train = image_folder(train_folder, shape[0], train_transform(config, size, mean=mean, std=std))
+    held_out_folder = split_folder(source, "val", "test")
+    test = None
+    if held_out_folder is not None:
+        normalise = eval_transform(config, size, mean=mean, std=std)
+        test = image_folder(
+            held_out_folder, shape[0], v2.Compose([_centre(size), *([normalise] if normalise else [])])
+        )
+        if test.classes != classes:
+            raise DataError("its class folders differ from train/'s", file=str(held_out_folder))
+    return Data(source, train, test, classes, normalization(config, mean, std))
+
+
+def _centre(size: tuple[int, int], crop_fraction: float = 0.875) -> Any:
+    """Resize the shorter side to size / 0.875 and take the central crop (the usual single-crop test)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [v2.Resize(round(min(size) / crop_fraction), antialias=True), v2.CenterCrop(list(size))]
+    )

@@ -1,0 +1,680 @@
+"""Training a variant with its paper's recipe: the loop, checkpoints, resume, and many processes.
+
+A run folder holds ``recipe.json`` (the resolved recipe, the overrides, the data and build options),
+``metrics.json`` (one record per epoch), ``log.txt``, ``checkpoints/`` and, at the end,
+``model.safetensors``. After every epoch the weights (safetensors), the optimizer's tensors
+(safetensors) and everything else (JSON) are written to temporary files and renamed into place, and
+``checkpoints/last.json`` is renamed last: an interrupted run loses at most the epoch in progress,
+and nothing pickled is ever written.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel (gloo on CPU,
+nccl on GPUs), each process takes an equal share of the global batch from a DistributedSampler with
+``drop_last``, and only rank 0 writes. Every process draws from a generator seeded by (seed, epoch,
+rank) at the start of each epoch, so a resumed run repeats exactly what an uninterrupted one does;
+without augmentation or dropout, one process and many give the same numbers up to rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from papers.data import DataError
+from papers.errors import PapersError
+from papers.recipe import RecipeError, TrainConfig
+
+RECIPE = "recipe.json"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+LAST = "last.json"
+FINAL_WEIGHTS = "model.safetensors"
+
+
+class RunError(PapersError):
+    """A run folder that cannot be started or resumed."""
+
+
+class RunRecord(BaseModel):
+    """``recipe.json``: what was trained, on what, and how the recipe was changed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: str
+    paper: str
+    data: str
+    overrides: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    """Build options of the model (num_classes, image_size, dropout)."""
+    classes: list[str]
+    normalize: dict[str, list[float]] | None = None
+    """The per-channel mean and std the inputs are normalised with, for evaluation."""
+    recipe: TrainConfig
+    world_size: int = 1
+    papers_version: str = ""
+    torch_version: str = ""
+
+
+@dataclass
+class Run:
+    """The outcome of :func:`train`: the per-epoch metrics and where they were written."""
+
+    folder: Path | None
+    record: RunRecord
+    metrics: list[dict[str, Any]]
+    finished: bool
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+class _Distributed:
+    """The process group torchrun describes in the environment (or a single process)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        self.started = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def total(self, values: list[float]) -> list[float]:
+        """Sum ``values`` over every process (in float64, so counts and sums stay exact)."""
+        if self.world == 1:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def close(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def train(
+    variant: str,
+    data: str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    workers: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Train ``variant`` on ``data`` with its paper's recipe and ``overrides`` (dotted recipe fields).
+
+    ``out`` is the run folder (none: nothing is written); ``resume`` continues a run folder from its
+    last checkpoint. ``stop_after`` ends this call cleanly after that many epochs, as an interrupt would.
+    """
+    import torch
+
+    from papers.api import build_model, expand_variant, get_spec
+    from papers.data import class_names, training_data
+    from papers.recipe import resolve
+
+    dist = _Distributed()
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        if resume is not None:
+            folder: Path | None = Path(resume)
+            record, start = _resumed(folder, variant, data, overrides)
+            data = record.data if data is None else data
+        else:
+            if data is None:
+                raise RunError("name the training data with --data", field="--data")
+            spec = get_spec(variant)
+            classes = class_names(data)
+            config = resolve(spec, overrides)
+            options = _build_options(spec, variant, config, len(classes))
+            record = RunRecord(
+                variant=variant,
+                paper=spec.id,
+                data=data,
+                overrides=dict(overrides or {}),
+                options=options,
+                classes=classes,
+                recipe=config,
+                world_size=dist.world,
+                papers_version=_version(),
+                torch_version=torch.__version__,
+            )
+            folder = Path(out) if out is not None else None
+            # only rank 0 writes, so only it asks: another rank might see the folder rank 0 just made
+            if dist.main and folder is not None and folder.exists() and any(folder.iterdir()):
+                raise RunError(
+                    "run folder exists and is not empty; resume it with --resume", file=str(folder)
+                )
+            start = None
+        config = record.recipe
+        if config.batch_size % dist.world:
+            raise RecipeError(
+                f"batch_size {config.batch_size} does not split evenly over {dist.world} processes",
+                field="-r batch_size",
+            )
+        shape = _image_shape(expand_variant(variant, **record.options))
+        if config.input_size is not None and list(shape[1:]) != list(config.input_size):
+            raise RecipeError(
+                f"{variant} takes {shape[1]}×{shape[2]} images (its graph has no image_size parameter); "
+                f"input_size {config.input_size} cannot apply",
+                field="-r input_size",
+            )
+        loaded = training_data(data, config, shape)
+        if loaded.classes != record.classes:
+            raise RunError(f"the classes of {data} differ from the run's", file=str(folder))
+        if resume is None:
+            record = record.model_copy(update={"normalize": loaded.normalize})
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        model = build_model(variant, **record.options).to(dist.device)
+        return _Loop(dist, record, model, loaded, folder, start, progress, stop_after, workers, say).run()
+    finally:
+        dist.close()
+
+
+def _resumed(
+    folder: Path, variant: str, data: str | None, overrides: Mapping[str, Any] | None
+) -> tuple[RunRecord, dict[str, Any] | None]:
+    recipe = folder / RECIPE
+    if not recipe.is_file():
+        raise RunError(f"no {RECIPE}: not a run folder", file=str(folder))
+    try:
+        record = RunRecord.model_validate_json(recipe.read_bytes())
+    except ValueError as exc:
+        raise RunError(f"unreadable {RECIPE}: {str(exc).splitlines()[0]}", file=str(recipe)) from None
+    if record.variant != variant:
+        raise RunError(f"the run trains {record.variant}, not {variant}", file=str(folder))
+    if overrides:
+        raise RunError("a resumed run keeps its recipe; start a new run to change it", field="-r")
+    return record, _read_last(folder)
+
+
+def _read_last(folder: Path) -> dict[str, Any] | None:
+    last = folder / CHECKPOINTS / LAST
+    if not last.is_file():
+        return None
+    try:
+        pointer = json.loads(last.read_text())
+        return json.loads((folder / CHECKPOINTS / pointer["state"]).read_text()) | {"pointer": pointer}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"unreadable checkpoint: {type(exc).__name__}: {exc}", file=str(last)) from None
+
+
+def _build_options(spec: Any, variant: str, config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    graph = spec.graphs[spec.variant(variant).graph]
+    options: dict[str, Any] = {"num_classes": num_classes}
+    if config.input_size is not None and "image_size" in graph.params:
+        height, width = config.input_size
+        if height != width:
+            raise RecipeError(
+                "the graph takes square images; input_size must be square", field="-r input_size"
+            )
+        options["image_size"] = height
+    if config.dropout is not None and "dropout" in graph.params:
+        options["dropout"] = config.dropout
+    return options
+
+
+def _image_shape(flat: Any) -> tuple[int, int, int]:
+    shape = next(iter(flat.inputs.values()))
+    if len(shape) != 3:
+        raise RecipeError(f"training takes images (C, H, W); the model's input is {list(shape)}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("papers")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+class _Loop:
+    def __init__(
+        self,
+        dist: _Distributed,
+        record: RunRecord,
+        model: Any,
+        data: Any,
+        folder: Path | None,
+        start: dict[str, Any] | None,
+        progress: bool,
+        stop_after: int | None,
+        workers: int,
+        say: Callable[[str], None],
+    ):
+        import torch
+
+        self.dist, self.record, self.config, self.data = dist, record, record.recipe, data
+        self.folder, self.start, self.stop_after, self.say = folder, start, stop_after, say
+        self.progress = progress and dist.main
+        self.writes = folder is not None and dist.main
+        self.sampler = torch.utils.data.DistributedSampler(
+            data.train,
+            num_replicas=dist.world,
+            rank=dist.rank,
+            shuffle=True,
+            seed=self.config.seed,
+            drop_last=True,
+        )
+        self.per_process = self.config.batch_size // dist.world
+        self.loader = torch.utils.data.DataLoader(
+            data.train, batch_size=self.per_process, sampler=self.sampler, drop_last=True, num_workers=workers
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise RecipeError(
+                f"batch_size {self.config.batch_size} is larger than the {len(data.train)} training images",
+                field="-r batch_size",
+            )
+        if self.config.epochs is not None:
+            self.epochs = self.config.epochs
+        elif self.config.iterations is not None:
+            self.epochs = math.ceil(self.config.iterations / self.steps_per_epoch)
+        else:
+            raise RecipeError("the recipe gives neither epochs nor iterations; pass --epochs", field="epochs")
+        self.module = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+        from papers.recipe import make_optimizer, make_scheduler
+
+        self.optimizer = make_optimizer(self.config, self.module.parameters())
+        self.scheduler = make_scheduler(
+            self.config, self.optimizer, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        self.metrics: list[dict[str, Any]] = []
+        self.interrupts = _Interrupts()
+        self.epoch = 0
+        self.step = 0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> Run:
+        made = fresh = False
+        if self.start is not None:
+            self._restore(self.start)
+        if self.writes and self.start is None:
+            assert self.folder is not None
+            made = not self.folder.exists()
+            fresh = made or not any(self.folder.iterdir())
+            (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.folder / RECIPE, self.record.model_dump_json(indent=2).encode())
+        if self.dist.main and self.epoch:
+            self.say(f"resuming {self.record.variant} after epoch {self.epoch}/{self.epochs}")
+        ran = 0
+        try:
+            with self.interrupts.installed():
+                while self.epoch < self.epochs and not self._steps_done():
+                    if self.stop_after is not None and ran >= self.stop_after:
+                        return Run(self.folder, self.record, self.metrics, finished=False)
+                    try:
+                        self._epoch()
+                    except OSError as exc:  # an image that cannot be read or decoded
+                        raise DataError(f"cannot read the data: {exc}", file=self.record.data) from None
+                    ran += 1
+        except BaseException:
+            if fresh and self.folder is not None and not (self.folder / CHECKPOINTS / LAST).exists():
+                _remove(self.folder, itself=made)  # nothing worth resuming was written
+            raise
+        if self.writes:
+            assert self.folder is not None
+            _atomic_write(self.folder / FINAL_WEIGHTS, _safetensors(self.module.state_dict()))
+        return Run(self.folder, self.record, self.metrics, finished=True)
+
+    def _steps_done(self) -> bool:
+        return self.config.iterations is not None and self.step >= self.config.iterations
+
+    def _epoch(self) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        started = time.perf_counter()
+        torch.manual_seed(_epoch_seed(self.config.seed, self.epoch, self.dist.rank))
+        self.sampler.set_epoch(self.epoch)
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = correct = seen = 0.0
+        bar = _Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}", self.progress)
+        for images, labels in self.loader:
+            images, labels = images.to(self.dist.device), labels.to(self.dist.device)
+            logits = self._logits(self.model(images))
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            if self.scheduler is not None and self.config.schedule.unit == "iteration":
+                self.scheduler.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += float((logits.argmax(-1) == labels).sum())
+            seen += len(labels)
+            bar.update(float(loss.detach()))
+            if self._steps_done():
+                break
+        bar.close()
+        loss_sum, correct, seen = self.dist.total([loss_sum, correct, seen])
+        entry: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "lr": lr,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": 100.0 * correct / seen,
+        }
+        entry.update(self._evaluate())
+        entry["seconds"] = round(time.perf_counter() - started, 3)
+        self.epoch += 1
+        self.metrics.append(entry)
+        if self.scheduler is not None and self.config.schedule.unit == "epoch":
+            if self.config.schedule.name == "plateau":
+                self.scheduler.step(self._monitored(entry))
+            else:
+                self.scheduler.step()
+        if self.dist.main:
+            line = _log_line(entry, self.epochs)
+            self.say(line)
+            if self.writes:
+                with self.interrupts.deferred():
+                    self._checkpoint(line)
+
+    def _logits(self, output: Any) -> Any:
+        if isinstance(output, tuple):  # a model with auxiliary heads returns its logits first
+            output = output[0]
+        return -output if self.config.criterion == "rbf_penalty" else output
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Loss, top-1 and top-5 on the held-out split, shared out over the processes."""
+        import torch
+        import torch.nn.functional as F
+
+        from papers.evaluate import count_correct
+
+        if self.data.test is None:
+            return {}
+        shard = torch.utils.data.Subset(
+            self.data.test, range(self.dist.rank, len(self.data.test), self.dist.world)
+        )
+        loader = torch.utils.data.DataLoader(shard, batch_size=max(self.per_process, 64))
+        self.model.eval()
+        loss_sum = top1 = top5 = seen = 0.0
+        with torch.inference_mode():
+            for images, labels in loader:
+                images, labels = images.to(self.dist.device), labels.to(self.dist.device)
+                logits = self._logits(self.module(images))
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+                one, five = count_correct(logits, labels)
+                top1, top5, seen = top1 + one, top5 + five, seen + len(labels)
+        loss_sum, top1, top5, seen = self.dist.total([loss_sum, top1, top5, seen])
+        return {
+            "val_loss": loss_sum / seen,
+            "val_top1": 100.0 * top1 / seen,
+            "val_top5": 100.0 * top5 / seen,
+        }
+
+    def _monitored(self, entry: dict[str, Any]) -> float:
+        monitor = self.config.schedule.monitor or "val_error"
+        if monitor.startswith("val_") and "val_loss" not in entry:
+            monitor = "train_" + monitor.removeprefix("val_").replace("error", "accuracy")
+        return {
+            "val_error": lambda: 100.0 - entry["val_top1"],
+            "val_accuracy": lambda: entry["val_top1"],
+            "val_loss": lambda: entry["val_loss"],
+            "train_accuracy": lambda: entry["train_accuracy"],
+            "train_loss": lambda: entry["train_loss"],
+        }[monitor]()
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self, line: str) -> None:
+        assert self.folder is not None
+        folder = self.folder / CHECKPOINTS
+        stem = f"epoch-{self.epoch:04d}"
+        tensors, optimizer_json = _split_optimizer(self.optimizer.state_dict())
+        _atomic_write(folder / f"{stem}.safetensors", _safetensors(self.module.state_dict()))
+        _atomic_write(folder / f"{stem}.optimizer.safetensors", _safetensors(tensors))
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": optimizer_json,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "metrics": self.metrics,
+        }
+        _atomic_write(folder / f"{stem}.json", json.dumps(state, indent=1).encode())
+        pointer = {
+            "epoch": self.epoch,
+            "weights": f"{stem}.safetensors",
+            "optimizer": f"{stem}.optimizer.safetensors",
+            "state": f"{stem}.json",
+        }
+        _atomic_write(folder / LAST, json.dumps(pointer, indent=1).encode())
+        _atomic_write(self.folder / METRICS, json.dumps(self.metrics, indent=1).encode())
+        with open(self.folder / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        for old in folder.glob("epoch-*"):
+            if not old.name.startswith(stem + "."):
+                old.unlink(missing_ok=True)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        assert self.folder is not None
+        folder = self.folder / CHECKPOINTS
+        pointer = state["pointer"]
+        self.module.load_state_dict(load_file(str(folder / pointer["weights"]), device=str(self.dist.device)))
+        tensors = load_file(str(folder / pointer["optimizer"]), device=str(self.dist.device))
+        self.optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(_from_json(state["scheduler"], self.scheduler.state_dict()))
+        self.epoch, self.step, self.metrics = state["epoch"], state["step"], list(state["metrics"])
+
+
+def _from_json(saved: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """A scheduler state read from JSON, with the integer keys JSON made strings (MultiStepLR's
+    milestones counter) turned back."""
+    restored = dict(saved)
+    for key, value in fresh.items():
+        if isinstance(value, Counter) and isinstance(saved.get(key), dict):
+            restored[key] = Counter({int(k): v for k, v in saved[key].items()})
+    return restored
+
+
+def _remove(folder: Path, *, itself: bool) -> None:
+    if itself:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An optimizer's state dict as safetensors tensors (``param.key``) and JSON for the rest."""
+    import torch
+
+    tensors: dict[str, Any] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "state": plain}
+
+
+def _join_optimizer(tensors: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, _, key = name.partition(".")
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in plain["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _safetensors(tensors: Mapping[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    return save({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()})
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise RunError(f"cannot write: {error.strerror or error}", file=str(path)) from None
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM (``kill``) stop the run with KeyboardInterrupt, but never in the middle of
+    writing a checkpoint: one that arrives then is raised once the checkpoint is complete."""
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.pending = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.writing:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+def _log_line(entry: Mapping[str, Any], epochs: int) -> str:
+    parts = [
+        f"epoch {entry['epoch']}/{epochs}",
+        f"loss {entry['train_loss']:.4f}",
+        f"acc {entry['train_accuracy']:.2f}%",
+    ]
+    if "val_loss" in entry:
+        parts += [
+            f"val_loss {entry['val_loss']:.4f}",
+            f"val_top1 {entry['val_top1']:.2f}%",
+            f"val_top5 {entry['val_top5']:.2f}%",
+        ]
+    parts += [f"lr {entry['lr']:.3g}", f"{entry['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second; silent off a terminal."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.done, self.last = total, label, 0, 0.0
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def update(self, loss: float) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.1 and self.done < self.total):
+            return
+        self.last = now
+        filled = round(24 * self.done / self.total)
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (24 - filled)}] {self.done}/{self.total} loss {loss:.4f}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+def run_training_check(check: Any, *, progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
+    """Run a plugin's :class:`papers.checks.TrainingCheck` in memory (nothing is written), on one thread:
+    the checks train small models, which intra-op threads slow down on a shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_check(check, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_check(check: Any, progress: bool, log: Callable[[str], None] | None) -> Run:
+    return train(
+        check.variant,
+        check.data,
+        overrides=dict(check.overrides),
+        progress=progress,
+        log=log or (lambda _: None),
+    )
