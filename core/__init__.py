@@ -12,6 +12,7 @@ from papers.api import (
     get_spec,
     list_papers,
     measure,
+    measure_many,
     reference_model,
     validate_file,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "get_spec",
     "list_papers",
     "measure",
+    "measure_many",
     "reference_model",
     "validate_file",
 ]

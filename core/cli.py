@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from papers.errors import PapersError, SpecError
+from papers.text import count, plain
 
 
 class _Group(click.Group):
@@ -83,13 +84,6 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except SpecError as error:
             raise PapersError(f"option {key}: {error.message}", field="--option") from None
     return options
-
-
-def _count(value: int) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.2f}{suffix}"
-    return str(value)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,7 +153,7 @@ def show(identifier: str, as_json: bool) -> None:
     if spec.hyperparameters is not None:
         table = _table("hyperparameter", "value", title="Training recipe")
         for key, value in spec.hyperparameters.model_dump(exclude_none=True).items():
-            table.add_row(key, _plain(value))
+            table.add_row(key, plain(value))
         click.echo(str(table))
     if spec.variants:
         table = _table("variant", "name", "origin", "reference", title="Variants")
@@ -183,27 +177,14 @@ def show(identifier: str, as_json: bool) -> None:
             table.add_row(
                 r.variant,
                 r.metric,
-                _plain(r.value),
+                plain(r.value),
                 r.unit,
                 data,
                 r.protocol or "",
-                _plain(r.conditions) if r.conditions else "",
+                plain(r.conditions) if r.conditions else "",
                 r.source,
             )
         click.echo(str(table))
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, dict) and "name" in value:  # an optimizer, a schedule, an augmentation
-        rest = {k: v for k, v in value.items() if k != "name" and v not in ({}, None)}
-        settings = rest.pop("args", {}) | rest
-        inner = ", ".join(f"{k}={_plain(v)}" for k, v in settings.items())
-        return f"{value['name']}({inner})" if inner else str(value["name"])
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return "[" + ", ".join(_plain(v) for v in value) + "]"
-    return str(value)
 
 
 @cli.command()
@@ -250,29 +231,28 @@ def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) 
             layer.op,
             str(layer.output_shape),
             f"{layer.params:,}" if layer.params else "",
-            _count(layer.macs) if layer.macs else "",
+            count(layer.macs) if layer.macs else "",
         )
     click.echo(str(table))
     click.echo(f"input:  {measurement.input_shapes}")
     click.echo(f"output: {measurement.output_shape}")
-    click.echo(f"params: {measurement.params:,} ({_count(measurement.params)})")
-    click.echo(f"MACs:   {measurement.macs:,} ({_count(measurement.macs)} multiply-adds, batch 1)")
+    click.echo(f"params: {measurement.params:,} ({count(measurement.params)})")
+    click.echo(f"MACs:   {measurement.macs:,} ({count(measurement.macs)} multiply-adds, batch 1)")
     if out is not None:
         click.echo(f"weights: {out}")
 
 
 def _save(model: Any, out: str) -> None:
-    from safetensors.torch import save_file
+    from pathlib import Path
 
-    temporary = f"{out}.tmp-{os.getpid()}"
+    from safetensors.torch import save
+
+    from papers.files import write_atomic
+
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, temporary)
-        os.replace(temporary, out)
+        write_atomic(Path(out), save({k: v.contiguous() for k, v in model.state_dict().items()}))
     except OSError as error:
         raise PapersError(f"cannot write weights: {error.strerror or error}", file=out) from None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 _SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
@@ -335,13 +315,13 @@ def check(
         table = _table("paper", "variant", "metric", "scope", "reported", "measured", "Δ", "", "source")
         for c in shown:
             delta = f"{c.difference:+.2%}" if c.difference is not None else ""
-            measured = "–" if c.measured is None else _plain(c.measured)
+            measured = "–" if c.measured is None else plain(c.measured)
             table.add_row(
                 c.paper,
                 c.variant,
                 c.metric,
                 "proxy" if c.proxy else c.scope,
-                f"{_plain(c.reported)} {c.unit}",
+                f"{plain(c.reported)} {c.unit}",
                 measured,
                 delta,
                 _SYMBOL[c.status],
@@ -562,11 +542,17 @@ def site_group() -> None:
 @site_group.command("build")
 @click.option("--out", default="build", show_default=True, help="Folder for docs/ (Markdown), site/ (HTML).")
 @click.option("--site-url", default="http://127.0.0.1:8000/", show_default=True, help="Canonical URL.")
-def site_build(out: str, site_url: str) -> None:
+@click.option(
+    "--results",
+    "results_file",
+    type=click.Path(dir_okay=False),
+    help="A results file from `papers eval --out`: its accuracies are checked on the pages.",
+)
+def site_build(out: str, site_url: str, results_file: str | None) -> None:
     """Render the pages from the specs and measurements, then run mkdocs build --strict."""
     from papers.site import build_site
 
-    html = build_site(out, site_url=site_url)
+    html = build_site(out, site_url=site_url, results=results_file)
     click.echo(f"site: {html}")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from papers.errors import SpecError
+from papers.files import write_atomic
 from papers.spec import Spec, validate_spec, validate_spec_json
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -131,9 +132,7 @@ def _write_cache(path: Path | None, data: Any) -> None:
         if json.loads(text) != data:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomic(path, text.encode())
     except (OSError, ValueError, TypeError):
         return
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from papers.files import write_atomic
 from papers.graph import FlatGraph
 from papers.load import cache_dir
 from papers.ops import Catalogue
@@ -184,8 +184,6 @@ def _write_cached(path: Path | None, measurement: Measurement) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(asdict(measurement), separators=(",", ":")), encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(asdict(measurement), separators=(",", ":")).encode())
     except OSError:
         return

@@ -16,13 +16,13 @@ result's conditions are ones a single model's evaluation meets (``crops`` equal 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from papers.errors import PapersError
+from papers.files import write_atomic
 from papers.spec import Metric, Protocol, Result, Value, field_path
 
 _CROPS = {"single_crop": 1, "center_crop": 1, "ten_crop": 10}
@@ -75,15 +75,11 @@ def write_results(path: str | Path, measured: list[Measured]) -> ResultsFile:
     earlier = read_results(path).results if path.exists() else []
     keys = {_key(m) for m in measured}
     document = ResultsFile(results=[m for m in earlier if _key(m) not in keys] + list(measured))
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
     try:
-        temporary.write_text(json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
-        os.replace(temporary, path)
+        write_atomic(path, text.encode())
     except OSError as error:
         raise PapersError(f"cannot write results: {error.strerror or error}", file=str(path)) from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return document
 
 

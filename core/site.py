@@ -24,9 +24,13 @@ import sys
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from papers.errors import PapersError
+from papers.text import count, plain
+
+if TYPE_CHECKING:
+    from papers.results import ResultsFile
 
 ASSETS = {
     # what the site ships -> where it comes from, under site/node_modules (installed by `npm ci`)
@@ -146,8 +150,9 @@ class SiteData:
     """Topic -> (title, file name, SVG text)."""
 
 
-def collect() -> SiteData:
-    """Everything the pages show, from the registry: specs, measurements, checks, diagrams."""
+def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
+    """Everything the pages show, from the registry: specs, measurements, checks (with the accuracies
+    of a results file from ``papers eval``, where given), diagrams."""
     from papers import api
     from papers.cite import bibtex, reference
     from papers.registry import get_registry
@@ -162,7 +167,7 @@ def collect() -> SiteData:
         for variant in spec.variants:
             flats[variant.id] = api.expand_variant(variant.id)
             measured[variant.id] = api.measure(variant.id)  # cached by papers.measure
-        checks = api.check(spec.id) if spec.variants else []
+        checks = api.check(spec.id, results=results) if spec.variants else []
         counts = {status: sum(c.status == status for c in checks) for status in SYMBOL}
         page = PaperPage(
             id=spec.id,
@@ -209,24 +214,6 @@ def _links(citation: Any) -> list[tuple[str, str]]:
     if citation.url and all(url != citation.url for _, url in links):
         links.append((citation.url, citation.url))
     return links
-
-
-def plain(value: Any) -> str:
-    """A value as short plain text: ``sgd(lr=0.01, momentum=0.9)``, ``[224, 224]``."""
-    if isinstance(value, dict) and "name" in value:
-        rest = {k: v for k, v in value.items() if k != "name" and v not in ({}, None)}
-        settings = rest.pop("args", {}) | rest
-        inner = ", ".join(f"{k}={plain(v)}" for k, v in settings.items())
-        return f"{value['name']}({inner})" if inner else str(value["name"])
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {plain(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        if value and all(isinstance(v, dict) for v in value):
-            return ", ".join(plain(v) for v in value)
-        return "[" + ", ".join(plain(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _hyperparameters(spec: Any) -> list[tuple[str, str]]:
@@ -335,11 +322,11 @@ def _environment(sources: Path) -> Any:
     environment.filters["prose"] = lambda value: jinja2.utils.markupsafe.Markup(markdown_prose(value))
     environment.filters["code"] = lambda value: jinja2.utils.markupsafe.Markup(str(value).rstrip("\n"))
     environment.filters["fence"] = lambda value: jinja2.utils.markupsafe.Markup(_fence(str(value)))
-    environment.filters["count"] = _count
+    environment.filters["count"] = lambda value: count(value, space=" ")
     environment.filters["shape"] = _shape
     environment.filters["plain"] = plain
     environment.filters["delta"] = lambda c: "" if c.difference is None else f"{c.difference:+.2%}"
-    environment.filters["measured"] = lambda c: "–" if c.measured is None else plain(c.measured)
+    environment.filters["measured"] = lambda c: "–" if c.measured is None else plain(_short(c.measured))
     environment.filters["symbol"] = lambda status: SYMBOL[status]
     environment.filters["json_string"] = lambda value: jinja2.utils.markupsafe.Markup(
         json.dumps(html.escape(str(value)), ensure_ascii=False)
@@ -348,11 +335,9 @@ def _environment(sources: Path) -> Any:
     return environment
 
 
-def _count(value: int) -> str:
-    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if value >= scale:
-            return f"{value / scale:.2f}{suffix}"
-    return str(value)
+def _short(value: Any) -> Any:
+    """A measured number to six significant digits (the checks keep them all)."""
+    return f"{value:g}" if isinstance(value, float) else value
 
 
 def _shape(value: Any) -> str:
@@ -481,6 +466,7 @@ def build_site(
     site_url: str = "http://127.0.0.1:8000/",
     example: Path | None = None,
     quiet: bool = False,
+    results: str | Path | ResultsFile | None = None,
 ) -> Path:
     """Render the pages into ``out/docs`` and build the HTML into ``out/site``; returns ``out/site``."""
     sources = site_sources()
@@ -489,7 +475,12 @@ def build_site(
     if example is None:
         example = sources.parent / "tests" / "plugin_packages" / "example"
     vendored = _vendored(sources)
-    data = collect()
+    if results is not None:
+        from papers.results import ResultsFile, read_results
+
+        if not isinstance(results, ResultsFile):
+            results = read_results(results)  # a bad file is refused before anything is measured or written
+    data = collect(results)
     if docs.exists():
         shutil.rmtree(docs)  # pages of papers no longer in the registry must go
     docs.mkdir(parents=True)

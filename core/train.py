@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from papers.data import DataError
 from papers.errors import PapersError
+from papers.files import write_atomic
 from papers.recipe import RecipeError, TrainConfig
 
 RECIPE = "recipe.json"
@@ -562,19 +563,11 @@ def _safetensors(tensors: Mapping[str, Any]) -> bytes:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write through a temporary file renamed into place, flushed to the disk first."""
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_atomic(path, content, durable=True)
     except OSError as error:
         raise RunError(f"cannot write: {error.strerror or error}", file=str(path)) from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 class _Interrupts:

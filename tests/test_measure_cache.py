@@ -83,3 +83,14 @@ def test_editing_a_plugins_layer_changes_the_key(tmp_path, monkeypatch):
     layer.write_text(layer.read_text().replace("2 * x", "3 * x"))
     measure_module._source_hash.cache_clear()
     assert graph_key(flat, catalogue) != before
+
+
+def test_measure_many_fills_the_cache_in_worker_processes(cache, monkeypatch):
+    import papers
+
+    variants = ["resnet20", "resnet32", "resnet44", "resnet56"]
+    measured = papers.measure_many(variants, jobs=2)
+    assert len(list(cache.glob("*.json"))) == len(variants)
+    assert [m.variant for m in measured.values()] == variants
+    _refuse_to_measure(monkeypatch)
+    assert papers.measure_many(variants, jobs=2) == measured, "the second call reads the cache only"

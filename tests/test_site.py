@@ -409,3 +409,20 @@ def test_a_hostile_spec_runs_no_script_in_a_browser(browser_site, built):
     assert "<script>alert('name')</script>" in visit.page.locator("h1").first.inner_text()
     assert visit.page.locator("img[src=x]").count() == 0
     assert visit.close() == [], "no alert ran and nothing failed"
+
+
+def test_a_results_file_turns_its_accuracies_into_checks_on_the_pages(built, tmp_path, monkeypatch):
+    from papers.results import Measured, ResultsFile
+    from papers.site import collect
+
+    monkeypatch.setenv("PAPERS_CACHE_DIR", built.environment["PAPERS_CACHE_DIR"])  # measured already
+    labels = {"dataset": "ImageNet (ILSVRC-2012)", "split": "val", "protocol": "single_crop"}
+    results = ResultsFile(
+        results=[Measured(variant="densenet121", metric="top1_accuracy", value=74.98, **labels)]
+    )
+    path = tmp_path / "results.json"
+    path.write_text(results.model_dump_json())
+    page = next(p for p in collect(path).papers if p.id == "densenet")
+    row = next(c for c in page.checks if c.variant == "densenet121" and c.metric == "top1_error")
+    assert row.status == "pass" and row.measured == pytest.approx(25.02)
+    assert page.counts["pass"] > next(p for p in collect().papers if p.id == "densenet").counts["pass"]
