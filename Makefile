@@ -55,7 +55,7 @@ lint: $(VENV)/.installed-test
 test: lint site-assets /usr/bin/chromium
 	PAPERS_STRICT_PLUGINS=1 $(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench site-assets
 	$(BIN)/python benchmarks/run.py
 
 format: $(VENV)/.installed-test

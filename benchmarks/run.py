@@ -48,6 +48,20 @@ class Row:
         return self.ratio <= self.target
 
 
+@dataclass
+class Budget:
+    """A whole job that has a time budget here and no peer to race: seconds against the budget."""
+
+    name: str
+    seconds: float
+    budget: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job finished within its budget."""
+        return self.seconds <= self.budget
+
+
 def cpu_count() -> int:
     """The cores this process may run on (its affinity where the platform tells it)."""
     if hasattr(os, "sched_getaffinity"):
@@ -240,9 +254,45 @@ def compiled(
     return forward(c_ours, c_peer, 1, min_run_time, f"{label} compiled ", size)
 
 
+def budgets() -> list[Budget]:
+    """The jobs the issues give a time budget: every static check, the site, LeNet-5 on the digits.
+
+    Each runs in a fresh process with an empty cache first (cold), then again with the cache it left
+    (warm), where a cache changes the answer.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PAPERS_CACHE_DIR": str(Path(folder, "cache")), "NO_MKDOCS_2_WARNING": "1"}
+        rows.append(Budget("papers check --all, cold cache", wall([PAPERS, "check", "--all"], env), 60))
+        rows.append(Budget("papers check --all, warm cache", wall([PAPERS, "check", "--all"], env), 60))
+        site = [PAPERS, "site", "build", "--out", str(Path(folder, "site"))]
+        with tempfile.TemporaryDirectory() as cold:
+            cold_env = {**env, "PAPERS_CACHE_DIR": cold}
+            rows.append(Budget("papers site build, cold cache", wall(site, cold_env), 30))
+        rows.append(Budget("papers site build after papers check --all", wall(site, env), 30))
+        rows.append(Budget("papers site build, warm cache", wall(site, env), 30))
+        rows.append(
+            Budget(
+                "papers check lenet5 --run (digits proxy)",
+                wall([PAPERS, "check", "lenet5", "--run"], env),
+                60,
+            )
+        )
+    return rows
+
+
 def fmt(seconds: float) -> str:
     """Seconds in a readable unit."""
     return f"{seconds:.3f} s" if seconds >= 1 else f"{seconds * 1e3:.2f} ms"
+
+
+def report_budgets(rows: list[Budget]) -> None:
+    """Print the budget rows as a table."""
+    width = max(len(r.name) for r in rows)
+    print(f"\n{'job':<{width}}  {'seconds':>10}  {'budget':>7}  status")
+    for r in rows:
+        budget = f"≤ {r.budget:g} s"
+        print(f"{r.name:<{width}}  {fmt(r.seconds):>10}  {budget:>7}  {'ok' if r.ok else 'MISSED'}")
 
 
 def report(rows: list[Row]) -> None:
@@ -309,7 +359,9 @@ def main() -> None:
     if quick:
         notes.append("torch.compile skipped: --quick")
 
+    budget_rows = budgets()
     report(rows)
+    report_budgets(budget_rows)
     for note in notes:
         print(f"note: {note}")
     if args.json:
@@ -317,6 +369,7 @@ def main() -> None:
             "meta": meta,
             "notes": notes,
             "rows": [{**asdict(r), "ratio": r.ratio, "ok": r.ok} for r in rows],
+            "budgets": [{**asdict(r), "ok": r.ok} for r in budget_rows],
         }
         args.json.write_text(json.dumps(data, indent=2) + "\n")
 

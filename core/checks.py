@@ -56,7 +56,7 @@ class TrainingCheck:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     compares_with: Mapping[str, Any] = field(default_factory=dict)
     max_seconds: float | None = None
-    """How long the run should take on a laptop-class CPU (reported, and checked by the plugin's test)."""
+    """How long the run should take on a laptop-class CPU (reported; ``make bench`` times it)."""
 
 
 def default_tolerance(value: float) -> float:

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,6 @@ HOSTILE_TITLE = "<script>alert('title')</script> & | *bold* [link](javascript:x)
 class Built:
     first: Path
     second: Path
-    seconds: tuple[float, float]
     environment: dict[str, str]
     ids: list[str]
 
@@ -67,8 +65,7 @@ def _hostile_plugin(root: Path) -> Path:
     return root
 
 
-def _build(out: Path, environment: dict[str, str]) -> float:
-    start = time.perf_counter()
+def _build(out: Path, environment: dict[str, str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "papers", "site", "build", "--out", str(out)],
         env=environment,
@@ -77,7 +74,6 @@ def _build(out: Path, environment: dict[str, str]) -> float:
         cwd=out.parent,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return time.perf_counter() - start
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +98,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         PAPERS_STRICT_PLUGINS="1",
         SOURCE_DATE_EPOCH=str(EPOCH),
     )
-    first = _build(root / "one", environment)
-    second = _build(root / "two", environment)  # every measurement is cached by now
+    _build(root / "one", environment)
+    _build(root / "two", environment)  # every measurement is cached by now
     listed = subprocess.run(
         [sys.executable, "-m", "papers", "list", "--json"],
         env=environment,
@@ -112,7 +108,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         check=True,
     )
     ids = [paper["id"] for paper in json.loads(listed.stdout)]
-    return Built(root / "one", root / "two", (first, second), environment, ids)
+    return Built(root / "one", root / "two", environment, ids)
 
 
 def every_file(root: Path) -> list[Path]:
@@ -193,12 +189,6 @@ def test_diagrams_stay_inside_mermaid_limits_and_hold_only_safe_labels(built):
                 assert re.fullmatch(r"[\w .,:=×…/+\-()\[\]<>?]*", label), (path, label)
                 assert "<" not in label.replace("<br>", ""), (path, label)
     assert blocks > 50
-
-
-def test_the_site_builds_in_under_30_seconds_with_measurements_cached(built):
-    first, second = built.seconds
-    print(f"site build: {first:.1f} s first, {second:.1f} s with every measurement cached")
-    assert built.seconds[1] < 30, built.seconds
 
 
 def test_a_missing_javascript_asset_is_one_line_and_exit_2(built, tmp_path):

@@ -44,16 +44,13 @@ def without_time(metrics: list[dict]) -> list[dict]:
 # -- the small-scale reproduction ---------------------------------------------------------------
 
 
-def test_lenet5_reaches_95_percent_on_digits_within_a_minute():
+def test_lenet5_reaches_95_percent_on_digits():  # its time is measured by benchmarks/run.py
     (training,) = get_registry().training_checks("lenet")
-    started = time.perf_counter()
     checks = papers.check("lenet5", run=True)
-    seconds = time.perf_counter() - started
     proxy = next(c for c in checks if c.proxy)
     assert proxy.status == "pass", proxy.reason
     assert proxy.dataset == "MNIST" and proxy.reported == 0.95, "shown beside the paper's MNIST error"
     assert proxy.measured <= 100 - training.min_accuracy
-    assert seconds < training.max_seconds, f"took {seconds:.1f} s"
     mnist = [i for i, c in enumerate(checks) if c.dataset == "MNIST" and c.reported == 0.95]
     assert mnist == [mnist[0], mnist[0] + 1], "the proxy row follows the reported row"
 
