@@ -41,6 +41,7 @@ class Traced:
 
 def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) -> Traced:
     """Make every module on the meta device and run it on meta tensors of batch size 1."""
+    check_in_place(flat, catalogue)
     values: dict[str, torch.Tensor] = {
         name: torch.empty((1, *shape), device="meta") for name, shape in flat.inputs.items()
     }
@@ -151,10 +152,30 @@ def _call_function(op: Any, inputs: list[Any], args: Mapping[str, Any]) -> Any:
     return function(*inputs, **args)
 
 
+def check_in_place(flat: FlatGraph, catalogue: Catalogue) -> None:
+    """Refuse an in-place op whose first input is a graph input, an output, or read by another node:
+    overwriting it would change what they see."""
+    readers: dict[str, int] = {}
+    for node in flat.nodes:
+        for name in set(node.inputs):
+            readers[name] = readers.get(name, 0) + 1
+    returned = set(flat.outputs.values())
+    for node in flat.nodes:
+        if not catalogue[node.op].in_place:
+            continue
+        first = node.inputs[0]
+        if first in flat.inputs or first in returned or readers[first] > 1 or node.inputs.count(first) > 1:
+            raise GraphError(
+                f"node {node.name!r} ({node.op}) overwrites {first!r}, which something else reads; use `add`",
+                field=node.where,
+            )
+
+
 def assemble(
     flat: FlatGraph, traced: Traced, catalogue: Catalogue, *, class_name: str = "Model", as_dict: bool = False
 ) -> fx.GraphModule:
     """Place the traced modules in a GraphModule with a generated, straight-line ``forward``."""
+    check_in_place(flat, catalogue)
     graph = fx.Graph()
     env: dict[str, fx.Node] = {name: graph.placeholder(name) for name in flat.inputs}
     for node in flat.nodes:

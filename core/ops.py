@@ -43,6 +43,9 @@ class Op:
     list_input: bool = False
     """The function takes its inputs as one list (``torch.cat``)."""
     doc: str = ""
+    in_place: bool = False
+    """The function overwrites its first input (``out += identity``): that input must be a node that
+    nothing else reads and no output returns, which the builder checks."""
     counts_macs: bool = True
     """Whether the op can do multiply-adds (a convolution or a matrix product inside); ``False`` runs it
     outside the FLOP counter, whose dispatch costs more than such an op (a batch norm) itself."""
@@ -56,8 +59,25 @@ def _module(name: str, target: str, doc: str, **inferred: Callable[[Sequence[Sha
     return Op(name, target, "module", inferred, doc=doc, counts_macs=name in _WITH_MACS)
 
 
-def _function(name: str, target: str, doc: str, *, arity: int | None = 1, list_input: bool = False) -> Op:
-    return Op(name, target, "function", arity=arity, list_input=list_input, doc=doc, counts_macs=False)
+def _function(
+    name: str,
+    target: str,
+    doc: str,
+    *,
+    arity: int | None = 1,
+    list_input: bool = False,
+    in_place: bool = False,
+) -> Op:
+    return Op(
+        name,
+        target,
+        "function",
+        arity=arity,
+        list_input=list_input,
+        doc=doc,
+        in_place=in_place,
+        counts_macs=False,
+    )
 
 
 _WITH_MACS = frozenset({"conv2d", "linear"})
@@ -102,6 +122,13 @@ BUILTIN_OPS: tuple[Op, ...] = (
     _module("identity", "torch.nn:Identity", "Passes its input through."),
     _function("flatten", "torch:flatten", "Flatten dimensions from start_dim on."),
     _function("add", "operator:add", "Sum of two or more inputs (residual connections).", arity=None),
+    _function(
+        "add_",
+        "operator:iadd",
+        "Sum into the first input, in place (torchvision's `out += identity`: one tensor fewer).",
+        arity=None,
+        in_place=True,
+    ),
     _function("mul", "operator:mul", "Elementwise product of two inputs (gates).", arity=2),
     _function("scale", "torch:mul", "Multiply by a constant `other` (residual scaling)."),
     _function("mean", "torch:mean", "Mean over `dim` (with `keepdim`): global average pooling."),

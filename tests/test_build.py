@@ -228,3 +228,22 @@ def test_ops_run_outside_the_flop_counter_would_count_nothing_inside_it(variant,
     counted = _measure(variant, flat, catalogue)
     assert [layer.macs for layer in counted.layers] == [layer.macs for layer in fast.layers]
     assert fast.macs > 0
+
+
+def test_an_in_place_add_may_only_overwrite_what_nothing_else_reads():
+    def spec_adding_into(first: str) -> dict:
+        return minimal_spec(
+            nodes=[
+                {"name": "conv", "op": "conv2d", "args": {"out_channels": 3, "kernel_size": 3, "padding": 1}},
+                {"name": "relu", "op": "relu"},
+                {"name": "sum", "op": "add_", "in": [first, "conv"]},
+                {"name": "pool", "op": "adaptive_avgpool2d", "args": {"output_size": 1}},
+            ]
+        )
+
+    model = build(flat_for(spec_adding_into("relu")), CATALOGUE)
+    assert "+=" in model.code
+    with pytest.raises(GraphError, match="overwrites 'conv'"):
+        build(flat_for(spec_adding_into("conv")), CATALOGUE)  # conv is read by relu too
+    with pytest.raises(GraphError, match="overwrites 'image'"):
+        build(flat_for(spec_adding_into("image")), CATALOGUE)
