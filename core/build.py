@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from papers.errors import GraphError
 from papers.graph import FlatGraph, FlatNode
+from papers.measure import graph_key
 from papers.ops import Catalogue
 
 MAX_PARAMS = 1_000_000_000
@@ -221,12 +222,6 @@ _SHAPE_PASSES: dict[str, Traced] = {}
 _SHAPE_PASS_LIMIT = 64
 
 
-def _graph_key(flat: FlatGraph, catalogue: Catalogue) -> str:
-    parts = [repr(sorted(flat.inputs.items()))]
-    parts += [repr((n.name, catalogue[n.op].target, sorted(n.args.items()), n.inputs)) for n in flat.nodes]
-    return "\n".join(parts)
-
-
 def _fresh(flat: FlatGraph, catalogue: Catalogue, template: Traced, device: str | torch.device) -> Traced:
     """New modules like a cached shape pass's, with uninitialised tensors on ``device``."""
     modules = {}
@@ -278,7 +273,7 @@ def _copy_layer(template: nn.Module, device: str | torch.device) -> nn.Module:
 def _shape_pass(flat: FlatGraph, catalogue: Catalogue, device: str | torch.device) -> Traced:
     """The shape pass, run once per distinct graph in a process (it costs 40 ms to a few seconds);
     its modules are kept as templates, and every build gets fresh copies of them on ``device``."""
-    key = _graph_key(flat, catalogue)
+    key = graph_key(flat, catalogue)  # the measurement cache's key: what decides the modules
     template = _SHAPE_PASSES.get(key)
     if template is None:
         template = trace(flat, catalogue)
