@@ -254,6 +254,71 @@ def compiled(
     return forward(c_ours, c_peer, 1, min_run_time, f"{label} compiled ", size)
 
 
+def refused(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall time of a fresh process that must refuse its input (exit status 2)."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    seconds = time.perf_counter() - start
+    if result.returncode != 2:
+        raise SystemExit(f"{' '.join(argv)}: expected a refusal (exit 2), got {result.returncode}")
+    return seconds
+
+
+HOSTILE_GRAPHS = {
+    "an expression bomb: str([[[1]*10000]*10000]*10000)": [
+        {"op": "conv2d", "args": {"out_channels": "${len(str([[[1]*10000]*10000]*10000))}", "kernel_size": 1}}
+    ],
+    "a sum bomb: len(sum([[1]*10000]*10000, []))": [
+        {"op": "conv2d", "args": {"out_channels": "${len(sum([[1]*10000]*10000, []))}", "kernel_size": 1}}
+    ],
+    "three nested 10,000-repeats switched off by when": [
+        {
+            "repeat": 10_000,
+            "as": "a",
+            "body": [
+                {
+                    "repeat": 10_000,
+                    "as": "b",
+                    "body": [{"repeat": 10_000, "as": "c", "body": [{"op": "relu", "when": "False"}]}],
+                }
+            ],
+        }
+    ],
+    "90,000 single-node blocks": [
+        {
+            "repeat": 300,
+            "as": "i",
+            "body": [{"repeat": 300, "as": "j", "body": [{"block": "b", "name": "b${i}_${j}"}]}],
+        }
+    ],
+}
+
+
+def hostile_specs(folder: Path, env: dict[str, str]) -> list[Budget]:
+    """``papers validate`` on small files that would exhaust the machine: each is refused quickly."""
+    import yaml
+
+    rows = []
+    for label, nodes in HOSTILE_GRAPHS.items():
+        spec = {
+            "id": "hostile",
+            "name": "Hostile",
+            "topics": ["classification"],
+            "citation": {"title": "H", "authors": ["A"], "year": 2020, "venue": "T", "kind": "conference"},
+            "summary": "A spec that must be refused.",
+            "blocks": {"b": {"nodes": [{"op": "relu"}]}},
+            "graphs": {"net": {"inputs": {"image": [3, 8, 8]}, "nodes": nodes}},
+            "variants": [{"id": "hostile1", "name": "H", "graph": "net"}],
+            "results": [],
+        }
+        path = Path(folder, "hostile.yaml")
+        path.write_text(yaml.safe_dump(spec))
+        rows.append(
+            Budget(f"papers validate refuses {label}", refused([PAPERS, "validate", str(path)], env), 10)
+        )
+    return rows
+
+
 def budgets() -> list[Budget]:
     """The jobs the issues give a time budget: every static check, the site, LeNet-5 on the digits.
 
@@ -271,6 +336,7 @@ def budgets() -> list[Budget]:
             rows.append(Budget("papers site build, cold cache", wall(site, cold_env), 30))
         rows.append(Budget("papers site build after papers check --all", wall(site, env), 30))
         rows.append(Budget("papers site build, warm cache", wall(site, env), 30))
+        rows.extend(hostile_specs(folder, env))
         rows.append(
             Budget(
                 "papers check lenet5 --run (digits proxy)",

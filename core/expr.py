@@ -20,6 +20,8 @@ from papers.errors import ExpressionError
 MAX_EXPRESSION_LENGTH = 400
 MAX_INT_BITS = 128
 MAX_SEQUENCE_LENGTH = 10_000
+"""The most elements a value may hold, counted through nested lists (a string counts its characters):
+sizes are checked before a repetition or concatenation builds its result, so no value ever exceeds it."""
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -45,11 +47,22 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.In: lambda a, b: a in b,
     ast.NotIn: lambda a, b: a not in b,
 }
+
+
+def _sum(values: Any) -> Any:
+    """``sum`` of numbers only: adding lists would build quadratic intermediate copies."""
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise TypeError("sum() takes a list of numbers")
+    return sum(values)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": len,
     "min": min,
     "max": max,
-    "sum": sum,
+    "sum": _sum,
     "abs": abs,
     "int": int,
     "float": float,
@@ -87,13 +100,6 @@ def substitute(value: Any, scope: Mapping[str, Any]) -> Any:
     return value
 
 
-def names_in(source: str) -> set[str]:
-    """The free names an expression uses (functions excluded)."""
-    tree = _parse(source)
-    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called
-
-
 @lru_cache(maxsize=4096)
 def _parse(source: str) -> ast.Expression:
     if len(source) > MAX_EXPRESSION_LENGTH:
@@ -109,9 +115,28 @@ def _check(value: Any) -> Any:
         return value
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise ExpressionError(f"integer result exceeds {MAX_INT_BITS} bits")
-    if isinstance(value, (list, tuple, str)) and len(value) > MAX_SEQUENCE_LENGTH:
-        raise ExpressionError(f"sequence result longer than {MAX_SEQUENCE_LENGTH}")
+    if isinstance(value, (list, tuple, str)) and size(value) > MAX_SEQUENCE_LENGTH:
+        raise ExpressionError(f"sequence result holds more than {MAX_SEQUENCE_LENGTH} elements")
     return value
+
+
+def size(value: Any, limit: int = MAX_SEQUENCE_LENGTH) -> int:
+    """Elements in ``value``, counted through nested lists (a string counts its characters).
+
+    Counting stops once it passes ``limit``, so the cost is bounded whatever the value shares: a
+    list holding one inner list 10,000 times counts as 10,000 times the inner list.
+    """
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, (list, tuple)):
+        return 1
+    total = len(value)
+    for item in value:
+        if total > limit:
+            break
+        if isinstance(item, (list, tuple, str)):
+            total += size(item, limit - total)
+    return total
 
 
 def _too_large_power(base: Any, exponent: Any) -> bool:
@@ -157,11 +182,14 @@ class _Evaluator:
             raise ExpressionError(f"expression {self.source!r}: power too large")
         if isinstance(node.op, ast.Mod) and not isinstance(left, (int, float)):
             raise ExpressionError(f"expression {self.source!r}: % applies to numbers only")
-        if isinstance(node.op, ast.Mult):
+        if isinstance(node.op, ast.Mult):  # bound a repetition before building it
             sequence, count = (left, right) if isinstance(left, (list, str)) else (right, left)
             repeated = isinstance(sequence, (list, str)) and isinstance(count, int)
-            if repeated and count * max(1, len(sequence)) > MAX_SEQUENCE_LENGTH:
-                raise ExpressionError(f"sequence result longer than {MAX_SEQUENCE_LENGTH}")
+            if repeated and count * max(1, size(sequence)) > MAX_SEQUENCE_LENGTH:
+                raise ExpressionError(f"sequence result holds more than {MAX_SEQUENCE_LENGTH} elements")
+        joined = isinstance(node.op, ast.Add) and all(isinstance(v, (list, str)) for v in (left, right))
+        if joined and size(left) + size(right) > MAX_SEQUENCE_LENGTH:
+            raise ExpressionError(f"sequence result holds more than {MAX_SEQUENCE_LENGTH} elements")
         return op(left, right)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import heapq
+import keyword
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +23,109 @@ from papers.expr import evaluate, substitute
 from papers.ops import Catalogue
 from papers.spec import Block, BlockNode, GroupNode, InitRule, OpNode, RepeatNode, Spec
 
-MAX_NODES = 100_000
+MAX_NODES = 20_000  # six times the largest real graph (PreAct-ResNet-1001: 3,339 nodes)
 MAX_REPEAT = 10_000
+MAX_STEPS = 200_000
+"""Spec nodes visited while expanding (a node skipped by ``when`` counts): nested repeats whose
+nodes are all switched off must not loop for hours."""
 MAX_DIM = 1 << 16
 MAX_INPUT_ELEMENTS = 1 << 31
+
+
+_PART = re.compile(r"[A-Za-z][A-Za-z0-9_]*|[0-9]+")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED = frozenset(
+    [
+        "T_destination",
+        "add_module",
+        "add_submodule",
+        "apply",
+        "bfloat16",
+        "buffers",
+        "call_super_init",
+        "children",
+        "code",
+        "compile",
+        "cpu",
+        "cuda",
+        "delete_all_unused_submodules",
+        "delete_submodule",
+        "double",
+        "dump_patches",
+        "eval",
+        "extra_repr",
+        "float",
+        "forward",
+        "get_buffer",
+        "get_extra_state",
+        "get_parameter",
+        "get_submodule",
+        "graph",
+        "half",
+        "ipu",
+        "load_state_dict",
+        "meta",
+        "modules",
+        "mtia",
+        "named_buffers",
+        "named_children",
+        "named_modules",
+        "named_parameters",
+        "parameters",
+        "print_readable",
+        "recompile",
+        "register_backward_hook",
+        "register_buffer",
+        "register_forward_hook",
+        "register_forward_pre_hook",
+        "register_full_backward_hook",
+        "register_full_backward_pre_hook",
+        "register_load_state_dict_post_hook",
+        "register_load_state_dict_pre_hook",
+        "register_module",
+        "register_parameter",
+        "register_state_dict_post_hook",
+        "register_state_dict_pre_hook",
+        "requires_grad_",
+        "set_extra_state",
+        "set_submodule",
+        "shape_env",
+        "share_memory",
+        "state_dict",
+        "to",
+        "to_empty",
+        "to_folder",
+        "train",
+        "training",
+        "type",
+        "xpu",
+        "zero_grad",
+    ]
+)
+"""The public attributes of a ``torch.fx.GraphModule``: a layer of one of these names would replace
+them (``forward``, ``training``). A test keeps the list equal to torch's."""
+
+
+def check_name(name: str, where: str, *, dotted: bool = True) -> str:
+    """Refuse a name that could not be a module path (or, not ``dotted``, an identifier) as written.
+
+    Every name that reaches generated code (layers, inputs, outputs, feature stages) passes here after
+    expansion, whatever produced it: torch.fx pastes names into the source of ``forward``, so a name is
+    letters, digits and underscores only, starts with a letter (or is all digits, as a group's numbered
+    children are), and is neither a Python keyword nor an attribute every model already has.
+    """
+    parts = name.split(".") if dotted else [name]
+    pattern = _PART if dotted else _IDENTIFIER
+    for part in parts:
+        if not pattern.fullmatch(part) or keyword.iskeyword(part) or part in RESERVED:
+            why = (
+                "is reserved by torch (a model attribute or a Python keyword)"
+                if pattern.fullmatch(part)
+                else "must be letters, digits and underscores, starting with a letter"
+            )
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise GraphError(f"name {shown!r}: {part[:40]!r} {why}", field=where)
+    return name
 
 
 @dataclass(frozen=True)
@@ -174,7 +275,8 @@ def expand(
     env = bind_params(graph.params, params, what=f"graph {graph_name!r}", where=f"{where}.params")
     expander = _Expander(spec, catalogue, library or {})
     inputs = {
-        name: _input_shape(shape, env, f"{where}.inputs.{name}") for name, shape in graph.inputs.items()
+        check_name(name, f"{where}.inputs", dotted=False): _input_shape(shape, env, f"{where}.inputs.{name}")
+        for name, shape in graph.inputs.items()
     }
     scope = _Scope(env=env, prefix="", names={name: name for name in inputs}, owner=spec)
     last = expander.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=next(iter(inputs)))
@@ -257,6 +359,7 @@ class _Expander:
         self.taken: dict[str, str] = {}
         self.features: dict[str, _Ref] = {}
         self.instances: dict[str, str] = {}
+        self.steps = 0
 
     # -- walking the spec ---------------------------------------------------------------------
 
@@ -272,6 +375,9 @@ class _Expander:
         """Expand ``nodes`` in order; each reads the previous one unless it names its inputs."""
         for index, node in enumerate(nodes):
             here = f"{where}[{index}]"
+            self.steps += 1
+            if self.steps > MAX_STEPS:
+                raise GraphError(f"graph expansion visits more than {MAX_STEPS:,} nodes", field=here)
             if not _condition(node.when, scope.env, f"{here}.when"):
                 continue
             if isinstance(node, RepeatNode):
@@ -337,6 +443,9 @@ class _Expander:
         scope.names[local] = output
         if node.feature is not None:
             feature = _evaluate_value(node.feature, scope.env, f"{where}.feature")
+            if not isinstance(feature, str):
+                raise GraphError(f"a feature stage is a name, got {feature!r}", field=f"{where}.feature")
+            check_name(feature, f"{where}.feature", dotted=False)
             if feature in self.features:
                 raise GraphError(f"feature stage {feature!r} is named twice", field=f"{where}.feature")
             self.features[feature] = _Ref(local, scope, f"{where}.feature")
@@ -455,6 +564,7 @@ class _Expander:
         return owner, definition, f"{prefix}blocks.{block}"
 
     def _add(self, pending: _Pending) -> None:
+        check_name(pending.name, f"{pending.where}.name")
         if pending.name in self.taken:
             raise GraphError(
                 f"name {pending.name!r} is used twice (first at {self.taken[pending.name]})",
@@ -534,6 +644,10 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
         if node.name in needed:
             needed.update(node.inputs)
     nodes = tuple(node for node in flat.nodes if node.name in needed)
+    kept_paths = set()  # every dotted prefix of a kept node: the groups and block instances it is in
+    for node in nodes:
+        parts = node.name.split(".")
+        kept_paths.update(".".join(parts[:depth]) for depth in range(1, len(parts)))
     return FlatGraph(
         inputs={name: shape for name, shape in flat.inputs.items() if name in needed},
         nodes=nodes,
@@ -541,10 +655,6 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
         features={name: node for name, node in flat.features.items() if node in needed},
         classifier=flat.classifier,
         init=flat.init,
-        blocks={
-            name: block
-            for name, block in flat.blocks.items()
-            if any(n.name.startswith(name + ".") for n in nodes)
-        },
+        blocks={name: block for name, block in flat.blocks.items() if name in kept_paths},
         aliases={name: target for name, target in flat.aliases.items() if target in needed},
     )

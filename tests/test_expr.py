@@ -3,7 +3,7 @@
 import pytest
 
 from papers.errors import ExpressionError
-from papers.expr import evaluate, names_in, substitute
+from papers.expr import evaluate, substitute
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,3 @@ def test_substitute_evaluates_whole_templates_and_interpolates_partial_ones():
     assert substitute("layer${i + 1}", scope) == "layer3"
     assert substitute(["${w}", 3, "plain"], scope) == [16, 3, "plain"]
     assert substitute("no template", scope) == "no template"
-
-
-def test_names_in_lists_free_names_but_not_functions():
-    assert names_in("len(stages) + width * i") == {"stages", "width", "i"}
