@@ -104,12 +104,6 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def cold_start(n: int) -> Row:
-    """``papers list`` in a fresh process against a fresh ``import torch``."""
-    ours, peer = interleaved(lambda: wall([PAPERS, "list"]), lambda: wall([PYTHON, "-c", "import torch"]), n)
-    return Row("CLI cold start: papers list / import torch", ours, peer, 0.2)
-
-
 def synthetic_registry(folder: Path, papers: int) -> dict[str, str]:
     """A plugin distribution in ``folder`` holding ``papers`` copies of the VGG spec under new ids.
 
@@ -143,15 +137,46 @@ def synthetic_registry(folder: Path, papers: int) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(folder), "PAPERS_CACHE_DIR": str(folder / "cache")}
 
 
-def cold_start_at_scale(n: int, papers: int) -> tuple[Row, float]:
-    """``papers list`` over a registry of ``papers`` specs; also the first run, before the parse cache."""
+TIMM_LIST = [PYTHON, "-c", "import timm; timm.list_models()"]
+MEMORY_BUDGET_MB = 80
+PEAK_MEMORY = (
+    "import resource, sys, papers.cli; sys.argv = ['papers', 'list']\n"
+    "try:\n    papers.cli.main()\nexcept SystemExit:\n    pass\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+)
+
+
+def peak_memory_mb(env: dict[str, str] | None = None) -> float:
+    """The peak resident memory of ``papers list`` in a fresh process, in MB."""
+    result = subprocess.run(
+        [PYTHON, "-c", PEAK_MEMORY], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=True
+    )
+    return int(result.stderr.decode().strip().splitlines()[-1]) / 1024
+
+
+def listing_rows(n: int, papers: int) -> tuple[list[Row], float]:
+    """``papers list`` on the real registry and on a synthetic one of ``papers`` specs, against
+    ``import torch`` and ``timm.list_models()``, and its peak memory; also the synthetic registry's
+    first run (every spec parsed and validated, the index written)."""
+    rows = []
     with tempfile.TemporaryDirectory() as folder:
-        env = synthetic_registry(Path(folder), papers - 1)
-        first = wall([PAPERS, "list"], env)
-        ours, peer = interleaved(
-            lambda: wall([PAPERS, "list"], env), lambda: wall([PYTHON, "-c", "import torch"]), n
-        )
-    return Row(f"CLI cold start, {papers} papers: papers list / import torch", ours, peer, 0.2), first
+        synthetic = synthetic_registry(Path(folder), papers - 1)
+        first = wall([PAPERS, "list"], synthetic)
+        for label, env in (("", None), (f", {papers} papers", synthetic)):
+            wall([PAPERS, "list"], env)  # the index of this registry
+            ours, torch_import = interleaved(
+                lambda env=env: wall([PAPERS, "list"], env), lambda: wall([PYTHON, "-c", "import torch"]), n
+            )
+            rows.append(Row(f"CLI cold start{label}: papers list / import torch", ours, torch_import, 0.2))
+            ours, timm_list = interleaved(
+                lambda env=env: wall([PAPERS, "list"], env), lambda: wall(TIMM_LIST), n
+            )
+            rows.append(Row(f"papers list{label} / timm.list_models()", ours, timm_list, 1 / 15))
+            memory = peak_memory_mb(env)
+            rows.append(
+                Row(f"papers list{label}: peak MB / {MEMORY_BUDGET_MB} MB", memory, MEMORY_BUDGET_MB, 1.0)
+            )
+    return rows, first
 
 
 def build_summary(n: int) -> Row:
@@ -400,15 +425,15 @@ def main() -> None:
     )
     print(f"registry: {n_papers} paper(s); {'quick' if quick else 'full'} run\n")
 
-    scaled, first = cold_start_at_scale(3 if quick else 5, 70)
-    rows = [cold_start(3 if quick else 5), scaled, build_summary(1 if quick else 3)]
+    rows, first = listing_rows(3 if quick else 5, 200)
+    rows.append(build_summary(1 if quick else 3))
 
     import papers
 
     registered = [
         m for m in MODELS if m[0] in {v for p in papers.list_papers() for v in (x.id for x in p.variants)}
     ]
-    notes = [f"70 papers, first run with an empty parse cache: {fmt(first)}"]
+    notes = [f"200 papers, first run with an empty parse cache and no index: {fmt(first)}"]
     notes += [f"not registered, skipped: {m[0]}" for m in MODELS if m not in registered]
     for variant, peer_kwargs, size in registered:
         ours, peer, difference = paired(variant, peer_kwargs, size)

@@ -9,10 +9,11 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from papers.checks import Check, check_spec, measured_check, proxy_check, reported_for
+from papers.checks import Check, check_result_nodes, check_spec, measured_check, proxy_check, reported_for
 from papers.errors import PapersError
 from papers.graph import FlatGraph, expand
 from papers.measure import Measurement, measure_graph
@@ -46,13 +47,19 @@ def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
     if key is not None and key in registry.expanded:
         return registry.expanded[key]
     try:
-        flat = expand(
-            entry.spec,
-            variant.graph,
-            {**variant.args, **options},
-            registry.catalogue,
-            registry.library(entry.spec),
-        )
+        if variant.base is not None:  # a method variant: its base's graph, rewritten by its methods
+            from papers.methods import expand_method_variant
+
+            flat = expand_method_variant(variant_id, options)
+        else:
+            assert variant.graph is not None
+            flat = expand(
+                entry.spec,
+                variant.graph,
+                {**variant.args, **options},
+                registry.catalogue,
+                registry.library(entry.spec),
+            )
     except PapersError as error:
         raise error.located(file=entry.file) from None
     if key is not None:
@@ -69,29 +76,40 @@ def _options_key(variant_id: str, options: dict[str, Any]) -> str | None:
 
 
 def build_model(
-    variant_id: str, *, features: Sequence[str] | None = None, device: Any = "cpu", **options: Any
+    variant_id: str,
+    *,
+    features: Sequence[str] | None = None,
+    device: Any = "cpu",
+    raw: bool = False,
+    **options: Any,
 ) -> torch.nn.Module:
-    """Build a variant as a ``torch.fx.GraphModule`` with initialised weights.
+    """Build a variant as a ``torch.fx.GraphModule`` with initialised weights; a detector's or a
+    segmenter's graph comes wrapped in its task layer (``papers.tasks``), unless ``raw``.
 
     ``options`` override the graph's parameters (``num_classes=10``). ``features`` cuts the graph
     at those feature stages (or node names) and makes the model return a dict of their outputs.
-    ``device="meta"`` builds without allocating weights.
+    ``device="meta"`` builds without allocating weights. Options that configure a task layer keep
+    torchvision's names (``score_thresh``, ``min_size``, ``aux_loss``).
     """
     from papers.build import build
+    from papers.tasks import task_options, wrap
 
     registry = get_registry()
     entry, _ = registry.variant(variant_id)
-    flat = expand_variant(variant_id, **options)
+    task = expand_variant(variant_id).task if features is None and not raw else None
+    task_args = {k: v for k, v in options.items() if k in task_options(task)}
+    flat = expand_variant(variant_id, **{k: v for k, v in options.items() if k not in task_args})
     try:
         if features is not None:
             flat = flat.cut(list(features))
-        return build(
+        network = build(
             flat,
             registry.catalogue,
             class_name=_class_name(variant_id),
-            as_dict=features is not None,
+            as_dict=features is not None or task is not None,
             device=device,
         )
+        return network if task is None else wrap(network, task, task_args)
     except PapersError as error:
         raise error.located(file=entry.file) from None
 
@@ -105,6 +123,38 @@ def measure(variant_id: str, **options: Any) -> Measurement:
         return measure_graph(variant_id, flat, registry.catalogue)
     except PapersError as error:
         raise error.located(file=entry.file) from None
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature stage of a variant, as timm's ``feature_info`` describes it."""
+
+    name: str
+    """The stage's name (``stage4``), which ``build_model(features=...)`` takes."""
+    node: str
+    """The node that gives it (``layer4.2.relu``)."""
+    channels: int
+    stride: int
+    """The input's height over the stage's (the reduction)."""
+    shape: tuple[int, ...]
+    """Its output shape for one image of the graph's input size."""
+
+
+def feature_info(variant_id: str, **options: Any) -> list[FeatureInfo]:
+    """The feature stages of a variant with their channels and strides, measured on the meta device.
+
+    Stage names are the spec's; the stride says where in the network each one is, so stages of
+    different families compare by stride (ResNet's ``stage1`` is at stride 4, WRN-28-10's at 1).
+    """
+    flat = expand_variant(variant_id, **options)
+    shapes = measure(variant_id, **options).node_shapes
+    height = next(iter(flat.inputs.values()))[-2]
+    stages = []
+    for name, node in flat.features.items():
+        shape = tuple(shapes[node])
+        stride = height // shape[-2] if len(shape) == 4 else 1
+        stages.append(FeatureInfo(name, node, shape[1], stride, shape[1:]))
+    return stages
 
 
 def measure_many(variant_ids: Sequence[str], *, jobs: int | None = None) -> dict[str, Measurement]:
@@ -252,7 +302,8 @@ def reference_model(variant_id: str, **kwargs: Any) -> torch.nn.Module:
 
 
 def validate_file(path: str | Path) -> Spec:
-    """Validate a spec file and build every variant's graph on the meta device (nothing is written).
+    """Validate a spec file and build every variant's graph on the meta device (nothing is written);
+    a result's ``node`` must name something in its variant's graph.
 
     Raises only :class:`papers.PapersError` subclasses, each naming the file and the field.
     """
@@ -262,12 +313,45 @@ def validate_file(path: str | Path) -> Spec:
     spec = load_spec_file(path)
     registry = get_registry()
     catalogue, library = registry.catalogue, registry.library(spec)
+    graphs: dict[str, FlatGraph] = {}
     for index, variant in enumerate(spec.variants):
         try:
-            trace(expand(spec, variant.graph, variant.args, catalogue, library), catalogue)
+            if variant.base is not None:
+                flat = _method_variant_graph(spec, index, variant)
+            else:
+                assert variant.graph is not None
+                flat = expand(spec, variant.graph, variant.args, catalogue, library)
+            trace(flat, catalogue)
         except PapersError as error:
             raise error.located(file=str(path), field=None if error.field else f"variants[{index}]") from None
+        graphs[variant.id] = flat
+    try:
+        check_result_nodes(spec, graphs)
+        if spec.hyperparameters is not None:  # the recipe resolves: its optimizer and criterion exist
+            from papers.recipe import resolve
+
+            resolve(spec)
+    except PapersError as error:
+        raise error.located(file=str(path)) from None
     return spec
+
+
+def _method_variant_graph(spec: Spec, index: int, variant: Any) -> FlatGraph:
+    """A method variant of a spec file that need not be registered: its base is one of the file's
+    variants or the registry's, its methods the registry's."""
+    from papers.methods import check_method_variant, rewrite_graph
+
+    registry = get_registry()
+    own = {v.id: v for v in spec.variants}
+    known = {**{v: found for v, (_, found) in registry.variants.items()}, **own}
+    steps = check_method_variant(variant, index, known, registry.methods)
+    base = own.get(variant.base)
+    if base is not None:
+        assert base.graph is not None  # check_method_variant refuses a base that is a method variant
+        flat = expand(spec, base.graph, base.args, registry.catalogue, registry.library(spec))
+    else:
+        flat = expand_variant(variant.base)
+    return rewrite_graph(flat, steps, registry.catalogue)
 
 
 def _class_name(variant_id: str) -> str:

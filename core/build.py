@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import operator
 import sys
 import types
 from collections.abc import Iterator, Mapping
@@ -21,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from papers.errors import GraphError
-from papers.graph import FlatGraph, FlatNode
+from papers.graph import FlatGraph, FlatNode, source
 from papers.measure import graph_key
 from papers.ops import Catalogue
 
@@ -44,10 +45,13 @@ def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) ->
     """Make every module on the meta device and run it on meta tensors of batch size 1."""
     check_in_place(flat, catalogue)
     values: dict[str, torch.Tensor] = {
-        name: torch.empty((1, *shape), device="meta") for name, shape in flat.inputs.items()
+        name: torch.empty(shape if name in flat.unbatched else (1, *shape), device="meta")
+        for name, shape in flat.inputs.items()
     }
     traced = Traced(modules={}, shapes={name: tuple(v.shape) for name, v in values.items()})
     total_params = 0
+    for op in {node.op for node in flat.nodes}:
+        catalogue[op].resolve()  # import every op's module (torchvision.ops needs the real dynamo) first
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())  # no autograd bookkeeping, no grad hooks in the counter
         stack.enter_context(_dynamo_import_deferred())
@@ -65,16 +69,15 @@ def trace(flat: FlatGraph, catalogue: Catalogue, *, count_macs: bool = False) ->
                 output = _run_node(node, catalogue, values, traced)
                 if counter is not None:
                     traced.macs[node.name] = 0
-            if not isinstance(output, torch.Tensor):
-                raise GraphError(f"node {node.name!r} does not give one tensor", field=node.where)
-            if output.numel() == 0:
-                shape = list(output.shape)
-                raise GraphError(
-                    f"node {node.name!r} ({node.op}) gives an empty output {shape}", field=node.where
-                )
-            values[node.name] = output
-            traced.shapes[node.name] = tuple(output.shape)
-            module = traced.modules.get(node.name)
+            for name, tensor in _outputs(node, catalogue, output).items():
+                if tensor.numel() == 0:
+                    shape = list(tensor.shape)
+                    raise GraphError(
+                        f"node {name!r} ({node.op}) gives an empty output {shape}", field=node.where
+                    )
+                values[name] = tensor
+                traced.shapes[name] = tuple(tensor.shape)
+            module = traced.modules.get(node.name)  # a node that shares a module counts no parameters
             count = sum(p.numel() for p in module.parameters()) if module is not None else 0
             traced.params[node.name] = count
             total_params += count
@@ -91,7 +94,9 @@ def _dynamo_import_deferred() -> Iterator[None]:
     that meta kernels such as ``addmm`` decompose into) in ``torch._disable_dynamo``, which on first
     call imports dynamo only to ask ``dynamo.disable(fn)`` and caches the answer on ``fn``. Nothing
     here runs under ``torch.compile``, so for the duration of the pass a stand-in answers "fn itself";
-    afterwards the stand-in and every cached answer are removed, leaving torch as it was.
+    afterwards the stand-in and every cached answer are removed, leaving torch as it was. Every op's
+    module is imported before the pass (``trace``), so a library that imports dynamo at import time
+    (torchvision.ops) gets the real one.
     """
     if "torch._dynamo" in sys.modules:
         yield
@@ -116,12 +121,30 @@ def _dynamo_import_deferred() -> Iterator[None]:
             fn.__dict__.pop("__dynamo_disable", None)
 
 
+def _outputs(node: FlatNode, catalogue: Catalogue, output: Any) -> dict[str, torch.Tensor]:
+    """A node's output by name: the node itself, and ``node:item`` for each item of an op that gives
+    several (the node itself stands for the first)."""
+    items = catalogue[node.op].items_for(node.args)
+    if not items:
+        if not isinstance(output, torch.Tensor):
+            raise GraphError(f"node {node.name!r} does not give one tensor", field=node.where)
+        return {node.name: output}
+    if not isinstance(output, (tuple, list)) or len(output) != len(items):
+        raise GraphError(f"node {node.name!r} does not give its {len(items)} outputs", field=node.where)
+    named = {f"{node.name}:{item}": tensor for item, tensor in zip(items, output, strict=True)}
+    if not all(isinstance(tensor, torch.Tensor) for tensor in named.values()):
+        raise GraphError(f"node {node.name!r} gives something that is not a tensor", field=node.where)
+    return {node.name: output[0], **named}
+
+
 def _run_node(
     node: FlatNode, catalogue: Catalogue, values: Mapping[str, torch.Tensor], traced: Traced
 ) -> Any:
     op = catalogue[node.op]
     inputs = [values[name] for name in node.inputs]
     try:
+        if node.module is not None:  # another node's module, called on this node's inputs
+            return traced.modules[node.module].eval()(*inputs)
         if op.kind == "module":
             shapes = [tuple(tensor.shape) for tensor in inputs]
             kwargs = {key: infer(shapes) for key, infer in op.inferred.items() if key not in node.args}
@@ -136,8 +159,9 @@ def _run_node(
     except Exception as exc:  # anything torch raises on bad arguments or shapes
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapes = ", ".join(str(list(tensor.shape)) for tensor in inputs)
+        shared = f", sharing {node.module!r}," if node.module else ""
         raise GraphError(
-            f"node {node.name!r} ({node.op}) fails on input {shapes}: {detail}", field=node.where
+            f"node {node.name!r} ({node.op}{shared}) fails on input {shapes}: {detail}", field=node.where
         ) from None
 
 
@@ -158,14 +182,15 @@ def check_in_place(flat: FlatGraph, catalogue: Catalogue) -> None:
     overwriting it would change what they see."""
     readers: dict[str, int] = {}
     for node in flat.nodes:
-        for name in set(node.inputs):
+        for name in {source(reference) for reference in node.inputs}:
             readers[name] = readers.get(name, 0) + 1
-    returned = set(flat.outputs.values())
+    returned = {source(reference) for reference in flat.outputs.values()}
     for node in flat.nodes:
         if not catalogue[node.op].in_place:
             continue
         first = node.inputs[0]
-        if first in flat.inputs or first in returned or readers[first] > 1 or node.inputs.count(first) > 1:
+        repeated = [source(reference) for reference in node.inputs].count(source(first)) > 1
+        if first in flat.inputs or source(first) in returned or readers[source(first)] > 1 or repeated:
             raise GraphError(
                 f"node {node.name!r} ({node.op}) overwrites {first!r}, which something else reads; use `add`",
                 field=node.where,
@@ -182,17 +207,25 @@ def assemble(
     for node in flat.nodes:
         op = catalogue[node.op]
         inputs = [env[name] for name in node.inputs]
+        name = node.name.replace(".", "_")  # the spec's name for the value in the generated forward
         if op.kind == "module":
-            env[node.name] = graph.call_module(node.name, tuple(inputs))
+            value = graph.create_node("call_module", node.module or node.name, tuple(inputs), name=name)
         elif op.list_input:
-            env[node.name] = graph.call_function(op.resolve(), (inputs,), dict(node.args))
+            value = graph.call_function(op.resolve(), (inputs,), dict(node.args), name=name)
         elif op.arity is None:
-            result = inputs[0]
-            for other in inputs[1:]:
-                result = graph.call_function(op.resolve(), (result, other), dict(node.args))
-            env[node.name] = result
+            value = inputs[0]
+            for index, other in enumerate(inputs[1:]):
+                last = index == len(inputs) - 2
+                step = name if last else f"{name}_{index}"
+                value = graph.call_function(op.resolve(), (value, other), dict(node.args), name=step)
         else:
-            env[node.name] = graph.call_function(op.resolve(), tuple(inputs), dict(node.args))
+            value = graph.call_function(op.resolve(), tuple(inputs), dict(node.args), name=name)
+        items = op.items_for(node.args)
+        for index, item in enumerate(items):
+            env[f"{node.name}:{item}"] = graph.call_function(
+                operator.getitem, (value, index), name=f"{name}_{item}"
+            )
+        env[node.name] = env[f"{node.name}:{items[0]}"] if items else value
     names = list(flat.outputs)
     if as_dict:
         graph.output({name: env[flat.outputs[name]] for name in names})
@@ -299,11 +332,6 @@ def build(
     return model
 
 
-def materialise(model: nn.Module, flat: FlatGraph, device: str | torch.device = "cpu") -> nn.Module:
-    """Allocate a meta-device model's weights on ``device`` and initialise them."""
-    return initialise(model.to_empty(device=device), flat)
-
-
 def initialise(model: nn.Module, flat: FlatGraph) -> nn.Module:
     """Initialise allocated weights: PyTorch's defaults, then the spec's rules."""
     ruled: dict[str, set[str]] = {}
@@ -322,11 +350,17 @@ def initialise(model: nn.Module, flat: FlatGraph) -> nn.Module:
                 module.reset_running_stats()
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
+        elif type(module).__name__ == "FrozenBatchNorm2d":  # torchvision's: four buffers, no reset method
+            for buffer, value in (("weight", 1), ("bias", 0), ("running_mean", 0), ("running_var", 1)):
+                getattr(module, buffer).fill_(value)
         elif any(True for _ in module.parameters(recurse=False)):
             raise GraphError(f"module {node.name!r} ({node.op}) has no reset_parameters()", field=node.where)
+    import importlib
+
     with torch.no_grad():
         for rule in flat.init:
-            function = getattr(nn.init, _INIT_FUNCTIONS[rule.fn])
+            home, _, name = _INIT_FUNCTIONS[rule.fn].partition(":")
+            function = getattr(importlib.import_module(home), name)
             for module in by_op.get(rule.op, []):
                 tensor = getattr(module, rule.param, None)
                 if isinstance(tensor, torch.Tensor):
@@ -335,17 +369,19 @@ def initialise(model: nn.Module, flat: FlatGraph) -> nn.Module:
 
 
 _INIT_FUNCTIONS = {
-    "normal": "normal_",
-    "uniform": "uniform_",
-    "constant": "constant_",
-    "zeros": "zeros_",
-    "ones": "ones_",
-    "kaiming_normal": "kaiming_normal_",
-    "kaiming_uniform": "kaiming_uniform_",
-    "xavier_normal": "xavier_normal_",
-    "xavier_uniform": "xavier_uniform_",
-    "trunc_normal": "trunc_normal_",
+    "normal": "torch.nn.init:normal_",
+    "uniform": "torch.nn.init:uniform_",
+    "constant": "torch.nn.init:constant_",
+    "zeros": "torch.nn.init:zeros_",
+    "ones": "torch.nn.init:ones_",
+    "kaiming_normal": "torch.nn.init:kaiming_normal_",
+    "kaiming_uniform": "torch.nn.init:kaiming_uniform_",
+    "xavier_normal": "torch.nn.init:xavier_normal_",
+    "xavier_uniform": "torch.nn.init:xavier_uniform_",
+    "trunc_normal": "torch.nn.init:trunc_normal_",
+    "bilinear": "papers.layers:bilinear_",  # FCN's upsampling filters: no library has them
 }
+"""Each init rule's function, as ``module:attribute`` (as op targets are)."""
 
 
 def _get(model: nn.Module, dotted: str) -> nn.Module | None:
@@ -355,4 +391,4 @@ def _get(model: nn.Module, dotted: str) -> nn.Module | None:
         return None
 
 
-__all__ = ["Traced", "assemble", "build", "initialise", "materialise", "trace"]
+__all__ = ["Traced", "assemble", "build", "initialise", "trace"]

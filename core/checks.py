@@ -72,23 +72,50 @@ def check_spec(
 ) -> list[Check]:
     """Check every result of ``spec`` (of one variant, if given); ``measure`` gives a variant's numbers."""
     checks = []
-    for result in spec.results:
+    for index, result in enumerate(spec.results):
         if variant is not None and result.variant != variant:
             continue
         if result.metric not in STATIC_METRICS:
             checks.append(_unmeasured(spec, result, "needs trained weights and the dataset"))
             continue
         flat, measurement = measure(result.variant)
-        checks.append(_compare(spec, result, flat, measurement))
+        try:
+            checks.append(_compare(spec, result, flat, measurement))
+        except GraphError as error:
+            raise error.located(field=f"results[{index}]") from None
     return checks
 
 
-def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float | list[int]:
-    if result.metric == "output_shape":
-        if result.scope == "node":
-            return m.node_shapes[_node(result, flat)][1:]
-        shape = m.output_shape
-        return shape[1:] if shape and isinstance(shape[0], int) else [s for s in shape[0][1:]]
+def check_result_nodes(spec: Spec, graphs: Mapping[str, FlatGraph]) -> None:
+    """Refuse a result whose ``node`` names nothing in its variant's expanded graph (``graphs``, by
+    variant id): a :class:`GraphError` at ``results[i].node``.
+
+    A shape result names one output (a node, a feature stage, or a group or block instance the graph
+    knows the last node of); a count sums over any node, feature stage, group or block instance.
+    """
+    for index, result in enumerate(spec.results):
+        flat = graphs.get(result.variant)
+        if result.node is None or flat is None:
+            continue
+        try:
+            if result.metric == "output_shape":
+                _node(result, flat)
+            else:
+                _prefix(result, flat)
+        except GraphError as error:
+            raise error.located(field=f"results[{index}]") from None
+
+
+def _output_shapes(result: Result, flat: FlatGraph, m: Measurement) -> dict[str, list[int]]:
+    """What a shape result is compared with, without the batch: its node's output, or every output of
+    the graph (each must have the reported shape)."""
+    if result.scope == "node":
+        assert result.node is not None
+        return {result.node: m.node_shapes[_node(result, flat)][1:]}
+    return {name: shape[1:] for name, shape in m.output_shapes.items()}
+
+
+def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float:
     if result.metric == "params":
         if result.scope == "model":
             return m.params
@@ -114,8 +141,8 @@ def _prefix(result: Result, flat: FlatGraph) -> str:
     if not any(node.name == name or node.name.startswith(name + ".") for node in flat.nodes):
         raise GraphError(
             f"a {result.metric} result of {result.variant} names node {result.node!r}, "
-            "which the graph does not have",
-            field="results",
+            f"which the graph does not have{_known(flat)}",
+            field="node",
         )
     return name
 
@@ -128,8 +155,8 @@ def _node(result: Result, flat: FlatGraph) -> str:
     if all(node.name != name for node in flat.nodes):
         raise GraphError(
             f"a {result.metric} result of {result.variant} names node {result.node!r}, "
-            "which the graph does not have",
-            field="results",
+            f"which the graph does not have{_known(flat)}",
+            field="node",
         )
     return name
 
@@ -138,13 +165,23 @@ def _in_classifier(name: str, flat: FlatGraph) -> bool:
     return any(name == head or name.startswith(head + ".") for head in flat.classifier)
 
 
+def _known(flat: FlatGraph) -> str:
+    stages = ", ".join(flat.features)
+    return f" (feature stages: {stages})" if stages else ""
+
+
 def _compare(spec: Spec, result: Result, flat: FlatGraph, m: Measurement) -> Check:
-    measured = _measured_value(result, flat, m)
     if isinstance(result.value, list):
-        status: Status = "pass" if list(measured) == result.value else "fail"  # type: ignore[arg-type]
-        return _check(spec, result, measured, 0.0, None, status)
+        shapes = _output_shapes(result, flat, m)
+        wrong = [shape for shape in shapes.values() if shape != result.value]
+        if not wrong:
+            return _check(spec, result, next(iter(shapes.values())), 0.0, None, "pass")
+        every = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        reason = f"outputs: {every}" if len(shapes) > 1 else None
+        return _check(spec, result, wrong[0], 0.0, None, "fail", reason)
+    measured = _measured_value(result, flat, m)
     scale = UNIT_SCALE[result.unit]
-    in_unit = float(measured) / scale  # type: ignore[arg-type]
+    in_unit = float(measured) / scale
     tolerance = result.tolerance if result.tolerance is not None else default_tolerance(result.value)
     difference = (in_unit - result.value) / result.value if result.value else None
     status = "pass" if abs(in_unit - result.value) <= tolerance * (1 + 1e-9) else "fail"

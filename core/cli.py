@@ -9,16 +9,18 @@ check fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 from papers.errors import PapersError, SpecError
-from papers.text import count, plain
+from papers.text import STATUS, count, plain
 
 
 class _Group(click.Group):
@@ -97,24 +99,21 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(topic: str | None, as_json: bool) -> None:
     """List the papers in the registry."""
-    from papers.registry import get_registry
+    from papers import index
+    from papers.topics import COMPRESSION_KINDS, TOPICS
 
-    entries = get_registry().list(topic)
-    rows = [
-        {
-            "id": e.spec.id,
-            "name": e.spec.name,
-            "title": e.spec.citation.title,
-            "year": e.spec.citation.year,
-            "venue": e.spec.citation.venue,
-            "topic": e.spec.topics[0],
-            "topics": list(e.spec.topics),
-            "kind": e.spec.kind,
-            "variants": [v.id for v in e.spec.variants],
-            "plugin": e.plugin,
-        }
-        for e in entries
-    ]
+    if topic is not None and topic not in (*TOPICS, *COMPRESSION_KINDS):
+        known = ", ".join((*TOPICS, *COMPRESSION_KINDS))
+        raise PapersError(f"unknown topic {topic!r}; known: {known}", field="--topic")
+    rows = index.cached_rows()
+    if rows is None:  # the plugins or a spec changed: discover and validate, then keep the index
+        from papers.registry import get_registry
+
+        registry = get_registry()
+        rows = index.rows(registry)
+        index.store(registry)
+    if topic is not None:
+        rows = [row for row in rows if topic in row["topics"] or row["kind"] == topic]
     if as_json:
         _print_json(rows)
         return
@@ -210,17 +209,18 @@ def cite(identifier: str, style: str) -> None:
     help="Override a graph parameter (num_classes=10, image_size=32).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write initialised weights (.safetensors).")
-def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) -> None:
+@click.option("--out", help="Write initialised weights (.safetensors).")
+@click.option("--force", is_flag=True, help="Overwrite the --out file if it exists.")
+def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None, force: bool) -> None:
     """Build a variant and summarise it (computed on the meta device)."""
     from papers.api import build_model, measure
 
-    if out is not None and not out.endswith(".safetensors"):
-        raise PapersError("weights are written as .safetensors", field="--out")
+    if out is not None:
+        _check_weights_out(out, force)
     options = _options(pairs)
     measurement = measure(variant, **options)
     if out is not None:
-        _save(build_model(variant, **options), out)
+        _save(build_model(variant, **options), out, force=force)
     if as_json:
         _print_json(measurement.as_dict())
         return
@@ -242,7 +242,19 @@ def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None) 
         click.echo(f"weights: {out}")
 
 
-def _save(model: Any, out: str) -> None:
+def _check_weights_out(out: str, force: bool) -> None:
+    """Refuse a --out that is no .safetensors file, is a folder, or exists (unless ``force``)."""
+    if not out.endswith(".safetensors"):
+        raise PapersError("weights are written as .safetensors", field="--out")
+    if os.path.isdir(out):
+        raise PapersError("is a folder; --out names the .safetensors file to write", file=out)
+    if os.path.lexists(out) and not force:
+        raise PapersError("exists; pass --force to overwrite it", file=out)
+
+
+def _save(model: Any, out: str, *, force: bool = False) -> None:
+    """Write the weights to a temporary file renamed into place; without ``force``, never over a file
+    that appeared meanwhile."""
     from pathlib import Path
 
     from safetensors.torch import save
@@ -250,12 +262,12 @@ def _save(model: Any, out: str) -> None:
     from papers.files import write_atomic
 
     try:
-        write_atomic(Path(out), save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        content = save({k: v.contiguous() for k, v in model.state_dict().items()})
+        write_atomic(Path(out), content, overwrite=force)
+    except FileExistsError:
+        raise PapersError("exists; pass --force to overwrite it", file=out) from None
     except OSError as error:
         raise PapersError(f"cannot write weights: {error.strerror or error}", file=out) from None
-
-
-_SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
 
 
 @cli.command()
@@ -288,6 +300,8 @@ def check(
 
     if check_all == (identifier is not None):
         raise click.UsageError("name a paper or variant, or pass --all")
+    if variant is not None:
+        _check_variant(variant, None if check_all else identifier)
     ids = [e.spec.id for e in get_registry().list()] if check_all else [identifier]
     if check_all:  # measure every variant with a static result at once, in parallel processes
         from papers.api import measure_many
@@ -324,7 +338,7 @@ def check(
                 f"{plain(c.reported)} {c.unit}",
                 measured,
                 delta,
-                _SYMBOL[c.status],
+                STATUS[c.status],
                 c.source,
             )
         if shown:
@@ -333,13 +347,62 @@ def check(
             if c.proxy:
                 click.echo(f"proxy: {c.variant} {c.metric} reported on {c.dataset}; measured on {c.proxy}")
                 click.echo(f"       {c.reason}")
-        counts = {status: sum(c.status == status for c in checks) for status in _SYMBOL}
+        counts = {status: sum(c.status == status for c in checks) for status in STATUS}
         click.echo(
             f"{counts['pass']} passed, {counts['fail']} failed, "
             f"{counts['not_measurable']} not measurable here (need trained weights and data)"
         )
     if any(c.status == "fail" for c in checks):
         ctx.exit(1)
+
+
+def _check_variant(variant: str, identifier: str | None) -> None:
+    """Refuse ``--variant`` naming no variant, or one that is not the named paper's."""
+    from papers.errors import UnknownIdError
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    try:
+        owner, _ = registry.variant(variant)
+    except PapersError as error:
+        raise error.located(field="--variant") from None
+    if identifier is None:
+        return
+    entry = registry.paper(identifier)
+    if owner.spec.id != entry.spec.id:
+        ids = ", ".join(v.id for v in entry.spec.variants)
+        raise UnknownIdError(
+            f"{variant!r} is a variant of {owner.spec.id!r}, not of {entry.spec.id!r}; its variants: {ids}",
+            field="--variant",
+        )
+
+
+@contextlib.contextmanager
+def _warnings_held() -> Iterator[Callable[[], None]]:
+    """Hold back the warnings (torch's, torchvision's) a command raises: a refusal (``PapersError``)
+    drops them, so that it stays one line on stderr; otherwise they are shown at the end, or earlier
+    when the command calls the function this yields (before its first line of progress)."""
+    import warnings
+
+    def show(w: warnings.WarningMessage) -> None:
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+
+    with warnings.catch_warnings(record=True) as caught:
+
+        def release() -> None:
+            while caught:
+                show(caught.pop(0))
+
+        try:
+            yield release
+        except PapersError:
+            raise
+        except BaseException:
+            release()
+            raise
+        held = list(caught)
+    for w in held:
+        show(w)
 
 
 @cli.command()
@@ -393,13 +456,32 @@ def train(
         return
     if resume is None and out is None:
         out = os.path.join("runs", f"{variant}-{_time.strftime('%Y%m%d-%H%M%S')}")
+
     try:
-        run = run_train(
-            variant, data, overrides=overrides, out=out, resume=resume, workers=workers, stop_after=stop_after
-        )
+        with _warnings_held() as release:
+
+            def log(line: str) -> None:
+                release()
+                click.echo(line, err=True)
+
+            run = run_train(
+                variant,
+                data,
+                overrides=overrides,
+                out=out,
+                resume=resume,
+                workers=workers,
+                stop_after=stop_after,
+                log=log,
+            )
     except KeyboardInterrupt:
         folder = resume or out
-        click.echo(f"papers: interrupted; continue with: papers train {variant} --resume {folder}", err=True)
+        if folder is not None and os.path.isfile(os.path.join(folder, "checkpoints", "last.json")):
+            click.echo(
+                f"papers: interrupted; continue with: papers train {variant} --resume {folder}", err=True
+            )
+        else:
+            click.echo("papers: interrupted before the first checkpoint; nothing to resume", err=True)
         sys.exit(130)
     if os.environ.get("RANK", "0") != "0":
         return
@@ -455,20 +537,32 @@ def eval_command(
 ) -> None:
     """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol."""
     from papers.evaluate import evaluate
-    from papers.results import Measured, write_results
+    from papers.results import Measured, check_results_target, write_results
 
-    measured = evaluate(
-        variant,
-        weights,
-        data,
-        protocol=protocol,
-        resize=resize,
-        batch_size=batch_size,
-        workers=workers,
-        options=_options(option_pairs),
-    )
+    options = _options(option_pairs)
+    if results_out is not None:  # refused before the evaluation, not after it
+        check_results_target(results_out)
+    with _warnings_held():
+        measured = evaluate(
+            variant,
+            weights,
+            data,
+            protocol=protocol,
+            resize=resize,
+            batch_size=batch_size,
+            workers=workers,
+            options=options,
+        )
     if data == "builtin:digits":
         dataset, split = dataset or data, split or "test"
+    # shown before the results file is written: a write that fails loses no measurement
+    if as_json:
+        _print_json(measured)
+    else:
+        click.echo(
+            f"{variant}: top-1 {measured['top1_accuracy']:.2f}%  top-5 {measured['top5_accuracy']:.2f}%  "
+            f"({measured['images']} images, {measured['protocol']})"
+        )
     if results_out is not None:
         labels = {"dataset": dataset or data, "split": split, "protocol": measured["protocol"]}
         write_results(
@@ -485,15 +579,8 @@ def eval_command(
                 for metric in ("top1_accuracy", "top5_accuracy")
             ],
         )
-    if as_json:
-        _print_json(measured)
-        return
-    click.echo(
-        f"{variant}: top-1 {measured['top1_accuracy']:.2f}%  top-5 {measured['top5_accuracy']:.2f}%  "
-        f"({measured['images']} images, {measured['protocol']})"
-    )
-    if results_out is not None:
-        click.echo(f"results: {results_out}")
+        if not as_json:
+            click.echo(f"results: {results_out}")
 
 
 @cli.command()
@@ -540,7 +627,9 @@ def site_group() -> None:
 
 
 @site_group.command("build")
-@click.option("--out", default="build", show_default=True, help="Folder for docs/ (Markdown), site/ (HTML).")
+@click.option(
+    "--out", default="build", show_default=True, help="Folder for docs/ (Markdown) and site/ (HTML)."
+)
 @click.option("--site-url", default="http://127.0.0.1:8000/", show_default=True, help="Canonical URL.")
 @click.option(
     "--results",
@@ -548,11 +637,17 @@ def site_group() -> None:
     type=click.Path(dir_okay=False),
     help="A results file from `papers eval --out`: its accuracies are checked on the pages.",
 )
-def site_build(out: str, site_url: str, results_file: str | None) -> None:
-    """Render the pages from the specs and measurements, then run mkdocs build --strict."""
+@click.option("--force", is_flag=True, help="Write into a folder that holds more than a previous site build.")
+def site_build(out: str, site_url: str, results_file: str | None, force: bool) -> None:
+    """Render the pages from the specs and measurements, then run mkdocs build --strict.
+
+    The --out folder must be new, empty or a previous site build, which is replaced once the new one
+    is built; --force replaces docs/, site/ and mkdocs.yml of any other folder and leaves the rest. A
+    second build of a folder while one is writing it is refused.
+    """
     from papers.site import build_site
 
-    html = build_site(out, site_url=site_url, results=results_file)
+    html = build_site(out, site_url=site_url, results=results_file, force=force)
     click.echo(f"site: {html}")
 
 
@@ -568,6 +663,66 @@ def site_serve(out: str, port: int, no_build: bool) -> None:
 
     html = Path(out, "site") if no_build else build_site(out, site_url=f"http://127.0.0.1:{port}/")
     serve_site(html, port=port)
+
+
+@cli.command()
+@click.argument("variant")
+@click.option("--weights", help="The base's weights (.safetensors, .pth) [default: initialised, seed 0].")
+@click.option("--data", help="builtin:digits or an ImageFolder root: top-1 before and after.")
+@click.option(
+    "--out",
+    required=True,
+    help="Folder for model.safetensors (the compressed model), base.safetensors and report.json.",
+)
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
+@click.option("--device", default="cpu", show_default=True, help="Where latency and top-1 are measured.")
+@click.option("--force", is_flag=True, help="Replace the files in a folder that is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compress(
+    variant: str,
+    weights: str | None,
+    data: str | None,
+    out: str,
+    pairs: tuple[str, ...],
+    device: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Apply a method variant to its base model, write the compressed model and a report."""
+    from papers.compression import compress as run_compress
+
+    with _warnings_held():
+        report = run_compress(
+            variant, out=out, weights=weights, data=data, options=_options(pairs), device=device, force=force
+        )
+    if as_json:
+        _print_json(report)
+        return
+    methods = ", ".join(m["name"] for m in report["methods"])
+    table = _table("", "before", "after", title=f"{variant} (base {report['base']}; {methods})")
+
+    def shown(value: Any, unit: str = "") -> str:
+        return "–" if value is None else f"{value:,}{unit}" if isinstance(value, int) else f"{value:g}{unit}"
+
+    rows = [
+        ("params", report["params_before"], report["params_after"], ""),
+        ("non-zero", report["nonzero_before"], report["nonzero_after"], ""),
+        ("bits per weight", report["bits_per_weight_before"], report["bits_per_weight_after"], ""),
+        ("bytes on disk", report["bytes_before"], report["bytes_after"], ""),
+        ("MACs", report["macs_before"], report["macs_after"], ""),
+        ("latency, batch 1", report["latency_ms_before"], report["latency_ms_after"], " ms"),
+        *[(f"latency, batch {t['batch']}", t["ms_before"], t["ms_after"], " ms") for t in report["latency"]],
+        (report["metric"] or "metric", report["metric_before"], report["metric_after"], ""),
+    ]
+    for label, before, after, unit in rows:
+        table.add_row(label, shown(before, unit), shown(after, unit))
+    click.echo(str(table))
+    threads = report["latency_threads"]
+    click.echo(
+        f"{report['compression_ratio']:g}× fewer bytes; {shown(report['speedup'])}× faster at batch 1 "
+        f"(measured on {report['latency_device']}, {threads} thread{'s' if threads != 1 else ''})"
+    )
+    click.echo(f"written: {os.path.join(out, report['file_after'])}, {report['file_before']}, report.json")
 
 
 def main() -> None:

@@ -4,11 +4,17 @@
 scikit-learn, nothing downloaded), upsampled to the model's input size and channels and split
 80/20 per class with a fixed seed, so every run and every process sees the same split.
 A folder is read as ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (or ``DIR/test``) for
-training, and ``DIR/val``, ``DIR/test`` or ``DIR`` itself for evaluation.
+training, and ``DIR/val``, ``DIR/test`` or ``DIR`` itself for evaluation; training needs at least
+two classes. An image that cannot be read (undecodable, truncated, or a decompression bomb whose header
+claims more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` allows) stops the run with one line
+naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +28,9 @@ BUILTIN = ("builtin:digits",)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
+DIGITS_IMAGES = 1797
+MEMORY_FRACTION = 0.5
+"""The largest share of the machine's memory one batch (or the digits, held in memory) may take."""
 
 
 class DataError(PapersError):
@@ -65,6 +74,41 @@ def check_source(source: str) -> None:
         raise DataError("no such data folder", file=source)
 
 
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, size: int, *, field: str, file: str | None = None) -> None:
+    """Refuse, before allocating it, a tensor of ``size`` bytes that would take more than
+    :data:`MEMORY_FRACTION` of the machine's memory."""
+    memory = physical_memory()
+    if memory is not None and size > MEMORY_FRACTION * memory:
+        raise DataError(
+            f"{what} would take {_bytes(size)}, more than {MEMORY_FRACTION:.0%} of this machine's "
+            f"{_bytes(memory)} of memory",
+            file=file,
+            field=field,
+        )
+
+
+def _bytes(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError
+
+
+def digits_bytes(shape: tuple[int, int, int]) -> int:
+    """The memory :func:`digits` takes at ``shape``: every image at one channel, then at ``shape``."""
+    channels, height, width = shape
+    return DIGITS_IMAGES * (1 + channels) * height * width * 4
+
+
 def digits(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's digits at ``shape`` (C, H, W), values in [0, 1]: train and test images and labels."""
     import numpy as np
@@ -77,6 +121,7 @@ def digits(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, tor
         raise DataError(
             "builtin:digits needs scikit-learn: pip install 'papers[train]'", field="--data"
         ) from None
+    check_memory(f"the digits at {shape[0]}×{shape[1]}×{shape[2]}", digits_bytes(shape), field="--data")
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
@@ -126,7 +171,43 @@ def image_folder(folder: Path, channels: int, transform: Any) -> Any:
     if channels == 1:
         to_tensor.insert(0, v2.Grayscale(1))
     steps = [*to_tensor, *([transform] if transform is not None else [])]
-    return ImageFolder(str(folder), transform=v2.Compose(steps))
+    return ImageFolder(str(folder), transform=v2.Compose(steps), loader=load_image)
+
+
+def load_image(path: str) -> Any:
+    """An RGB PIL image (ImageFolder's loader), raising only ``OSError`` with a one-line message naming
+    the file: for an image that cannot be decoded, and for a decompression bomb (whose
+    ``DecompressionBombError`` is no ``OSError``)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise OSError(f"{path}: a decompression bomb: {exc}") from None
+    except Exception as exc:  # Pillow raises more than OSError for a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OSError(reason if path in reason else f"{path}: {reason}") from None
+
+
+@contextlib.contextmanager
+def readable(source: str) -> Iterator[None]:
+    """Turn an image that cannot be read, while the block reads ``source``, into one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"cannot read the data: {one_line(exc)}", file=source) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line; for one re-raised from a DataLoader worker (whose message
+    is the worker's traceback) its last line, the original error."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _check_folder(folder: Path) -> None:
@@ -158,7 +239,12 @@ def class_names(source: str) -> list[str]:
     if train is None:
         raise DataError("no train/ folder (training reads DIR/train/<class>/*)", file=source)
     _check_folder(train)
-    return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"one class folder ({classes[0]}); training a classifier needs at least two", file=str(train)
+        )
+    return classes
 
 
 def training_data(source: str, config: Any, shape: tuple[int, int, int]) -> Data:

@@ -5,6 +5,11 @@ which is read only with ``torch.load(weights_only=True)``: nothing pickled is ex
 ``single_crop`` (resize the shorter side to size / 0.875, take the central crop; ``center_crop`` is
 the same) and ``ten_crop`` (the four corners and the centre, and their mirror images, softmax
 averaged). ``builtin:digits`` is evaluated on its held-out split at the model's size.
+
+A torchvision / timm checkpoint's inputs are normalised with ImageNet's statistics where the model
+takes three channels (and not at all otherwise); a run folder's weights with the run's. A batch too
+large for the machine's memory, a normalisation with the wrong number of channels, and a model that
+cannot run on the inputs are refused with one line, before or instead of a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from papers.errors import PapersError
 if TYPE_CHECKING:
     import torch
 
+    from papers.recipe import Criterion
+
 PROTOCOLS = ("single_crop", "center_crop", "ten_crop")
 # torchvision's and timm's ImageNet weights expect inputs normalised with these.
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -28,6 +35,14 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
 
 class WeightsError(PapersError):
     """Weights that cannot be read or do not fit the model."""
+
+
+def image_shape(flat: Any, task: str) -> tuple[int, int, int]:
+    """The model's input as (channels, height, width); ``task`` (training, evaluation) takes images."""
+    shape = next(iter(flat.inputs.values()))
+    if len(shape) != 3:
+        raise PapersError(f"{task} takes images (C, H, W); the model's input is {list(shape)}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def count_correct(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[int, int]:
@@ -124,26 +139,36 @@ def evaluate(
     import torch
 
     from papers.api import build_model, expand_variant, get_spec
-    from papers.data import check_source, digits, image_folder, split_folder
+    from papers.data import check_source, digits, image_folder, readable, split_folder
 
     if protocol not in PROTOCOLS:
         raise PapersError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}", field="--protocol")
     check_source(data)
     state = load_weights(weights)
     spec = get_spec(variant)
-    penalty = spec.hyperparameters is not None and spec.hyperparameters.criterion == "rbf_penalty"
     record = _run_record(Path(weights))
+    criterion = _criterion(spec, record, Path(weights))
     built = {**(record.options if record is not None else {}), **(options or {})}
-    if normalize == "auto":
-        if Path(weights).suffix in CHECKPOINT_SUFFIXES:
-            normalize = IMAGENET
+    auto = normalize == "auto"
+    if data == "builtin:digits":
+        built.setdefault("num_classes", 10)
+    else:
+        folder = split_folder(data, "val", "test") or Path(data)
+        built.setdefault("num_classes", _count_classes(folder))
+    shape = image_shape(expand_variant(variant, **built), "evaluation")
+    if auto:
+        if Path(weights).suffix in CHECKPOINT_SUFFIXES:  # ImageNet's statistics are for RGB inputs
+            normalize = IMAGENET if shape[0] == len(IMAGENET["mean"]) else None
         else:
             normalize = record.normalize if record is not None else None
     assert not isinstance(normalize, str)
+    _check_normalize(
+        normalize, shape[0], _record_file(Path(weights)) if auto and record is not None else None
+    )
+    crops = 10 if protocol == "ten_crop" and data != "builtin:digits" else 1
+    _check_memory(batch_size * crops, shape, data, resize)
     if data == "builtin:digits":
         classes = [str(i) for i in range(10)]
-        built.setdefault("num_classes", 10)
-        shape = _input_shape(expand_variant(variant, **built))
         _, _, images, labels = digits(shape)
         if normalize is not None:
             mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
@@ -151,9 +176,6 @@ def evaluate(
         dataset: Any = torch.utils.data.TensorDataset(images, labels)
         protocol = "single_crop"
     else:
-        folder = split_folder(data, "val", "test") or Path(data)
-        built.setdefault("num_classes", _count_classes(folder))
-        shape = _input_shape(expand_variant(variant, **built))
         transform = protocol_transform(protocol, (shape[1], shape[2]), resize)
         if normalize is not None:
             from torchvision.transforms import v2
@@ -167,16 +189,15 @@ def evaluate(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     top1 = top5 = seen = 0
     start = time.perf_counter()
-    with torch.inference_mode(), _readable(data):
+    with torch.inference_mode(), readable(data):
         for images, labels in loader:
-            if images.dim() == 5:  # ten crops: average the softmax over the crops of each image
-                n, crops = images.shape[:2]
-                out = model(images.flatten(0, 1))
-                out = -out if penalty else out
-                scores = out.softmax(-1).view(n, crops, -1).mean(1)
-            else:
-                out = model(images)
-                scores = -out if penalty else out
+            with _runnable(variant, weights, images.shape):
+                if images.dim() == 5:  # ten crops: average the softmax over the crops of each image
+                    n, crops = images.shape[:2]
+                    scores = criterion.scores(model(images.flatten(0, 1)))
+                    scores = scores.softmax(-1).view(n, crops, -1).mean(1)
+                else:
+                    scores = criterion.scores(model(images))
             one, five = count_correct(scores, labels)
             top1, top5, seen = top1 + one, top5 + five, seen + len(labels)
     if seen == 0:
@@ -195,23 +216,72 @@ def evaluate(
 
 
 @contextlib.contextmanager
-def _readable(data: str) -> Iterator[None]:
+def _runnable(variant: str, weights: str | Path, shape: Any) -> Iterator[None]:
+    """A model that fails on the inputs (a shape it cannot take, too little memory): one line."""
     try:
         yield
-    except OSError as exc:  # an image that cannot be read or decoded
-        raise PapersError(f"cannot read the data: {exc}", file=data) from None
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise WeightsError(
+            f"{variant} cannot evaluate inputs of shape {list(shape)}: {reason}", file=str(weights)
+        ) from None
+
+
+def _check_normalize(
+    normalize: Mapping[str, Sequence[float]] | None, channels: int, file: str | None
+) -> None:
+    if normalize is None:
+        return
+    mean, std = list(normalize.get("mean", [])), list(normalize.get("std", []))
+    if len(mean) != channels or len(std) != channels:
+        raise PapersError(
+            f"normalisation has {len(mean)} means and {len(std)} standard deviations; "
+            f"the model takes {channels} channels",
+            file=file,
+            field="normalize",
+        )
+    if any(not s > 0 for s in std):
+        raise PapersError(
+            "normalisation's standard deviations must be positive", file=file, field="normalize"
+        )
+
+
+def _check_memory(batch: int, shape: tuple[int, int, int], data: str, resize: int | None) -> None:
+    """Refuse, before allocating them, a batch or resized images too large for the machine."""
+    from papers.data import check_memory, digits_bytes
+
+    channels, height, width = shape
+    size = f"{channels}×{height}×{width}"
+    check_memory(
+        f"a batch of {batch} images of {size}", batch * channels * height * width * 4, field="--batch-size"
+    )
+    if data == "builtin:digits":
+        check_memory(f"the digits at {size}", digits_bytes(shape), field="-o image_size")
+    elif resize is not None:
+        check_memory(
+            f"an image resized to {resize}×{resize}", channels * resize * resize * 4, field="--resize"
+        )
 
 
 def _run_record(weights: Path) -> Any:
     """The run record of weights written by ``papers train`` (in the run folder or its checkpoints)."""
-    from papers.train import RECIPE, RunRecord
+    from papers.train import RunRecord
+
+    path = _record_file(weights)
+    if path is None:
+        return None
+    try:
+        return RunRecord.model_validate_json(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_file(weights: Path) -> str | None:
+    from papers.train import RECIPE
 
     for folder in (weights.parent, weights.parent.parent):
         if (folder / RECIPE).is_file():
-            try:
-                return RunRecord.model_validate_json((folder / RECIPE).read_bytes())
-            except ValueError:
-                return None
+            return str(folder / RECIPE)
     return None
 
 
@@ -221,8 +291,14 @@ def _count_classes(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _input_shape(flat: Any) -> tuple[int, int, int]:
-    shape = next(iter(flat.inputs.values()))
-    if len(shape) != 3:
-        raise PapersError(f"evaluation takes images (C, H, W); the model's input is {list(shape)}")
-    return int(shape[0]), int(shape[1]), int(shape[2])
+def _criterion(spec: Any, record: Any, weights: Path) -> Criterion:
+    """How the model's outputs are read: by the criterion of the run that wrote the weights, else by
+    the one of the paper's recipe."""
+    from papers.recipe import RecipeError, criterion_of, get_criterion
+
+    if record is None:
+        return criterion_of(spec)
+    try:
+        return get_criterion(record.recipe.criterion)
+    except RecipeError as error:
+        raise error.located(file=_record_file(weights), field="recipe") from None

@@ -20,6 +20,8 @@ from papers.errors import ExpressionError
 MAX_EXPRESSION_LENGTH = 400
 MAX_INT_BITS = 128
 MAX_SEQUENCE_LENGTH = 10_000
+MAX_STEPS = 200_000
+"""Nodes of the syntax tree one evaluation may visit (a comprehension visits its body per item)."""
 """The most elements a value may hold, counted through nested lists (a string counts its characters):
 sizes are checked before a repetition or concatenation builds its result, so no value ever exceeds it."""
 
@@ -149,8 +151,12 @@ class _Evaluator:
     def __init__(self, scope: Mapping[str, Any], source: str):
         self.scope = scope
         self.source = source
+        self.steps = 0
 
     def visit(self, node: ast.AST) -> Any:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise ExpressionError(f"expression {self.source!r} takes more than {MAX_STEPS:,} steps")
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
             raise ExpressionError(
@@ -239,6 +245,33 @@ class _Evaluator:
         return [self.visit(element) for element in node.elts]
 
     visit_Tuple = visit_List
+
+    def visit_ListComp(self, node: ast.ListComp) -> list:
+        """``[f(x) for x in xs if c(x)]``: one loop over a list, a name as its variable (ASPP's inputs:
+        ``['branch' + str(i) for i in range(4)]``)."""
+        if len(node.generators) != 1:
+            raise ExpressionError(f"expression {self.source!r}: a list comprehension takes one `for`")
+        loop = node.generators[0]
+        if not isinstance(loop.target, ast.Name) or loop.is_async:
+            raise ExpressionError(f"expression {self.source!r}: a comprehension's variable is one name")
+        items = self.visit(loop.iter)
+        if not isinstance(items, (list, tuple, str)):
+            raise ExpressionError(f"expression {self.source!r}: a comprehension loops over a list")
+        outer, result, total = self.scope, [], 0
+        try:
+            for item in items:
+                self.scope = {**outer, loop.target.id: item}
+                if all(self.visit(condition) for condition in loop.ifs):
+                    value = self.visit(node.elt)
+                    total += size(value)
+                    if total > MAX_SEQUENCE_LENGTH:  # bounded as it is built
+                        raise ExpressionError(
+                            f"sequence result holds more than {MAX_SEQUENCE_LENGTH} elements"
+                        )
+                    result.append(value)
+        finally:
+            self.scope = outer
+        return result
 
     def visit_Call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords:

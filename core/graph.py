@@ -21,7 +21,19 @@ from typing import Any
 from papers.errors import ExpressionError, GraphError
 from papers.expr import evaluate, substitute
 from papers.ops import Catalogue
-from papers.spec import Block, BlockNode, GroupNode, InitRule, OpNode, RepeatNode, Spec
+from papers.spec import (
+    Block,
+    BlockNode,
+    DenseDetection,
+    Graph,
+    GraphNode,
+    GroupNode,
+    InitRule,
+    OpNode,
+    RepeatNode,
+    Segmentation,
+    Spec,
+)
 
 MAX_NODES = 20_000  # six times the largest real graph (PreAct-ResNet-1001: 3,339 nodes)
 MAX_REPEAT = 10_000
@@ -34,6 +46,7 @@ MAX_INPUT_ELEMENTS = 1 << 31
 
 _PART = re.compile(r"[A-Za-z][A-Za-z0-9_]*|[0-9]+")
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_BLOCK_NAME = re.compile(r"([a-z][a-z0-9_\-]*\.)?[a-z][a-z0-9_\-]*")
 RESERVED = frozenset(
     [
         "T_destination",
@@ -141,6 +154,13 @@ class FlatNode:
     """Field path of the spec node it came from (for error messages)."""
     block: str | None = None
     """The block instance it belongs to (``layer1.0``), if any."""
+    module: str | None = None
+    """The node whose module this one calls (``shares``); ``None``: its own module, under its name."""
+
+
+def source(reference: str) -> str:
+    """The node an input reference reads: ``pool:indices`` (an item of a node's output) reads ``pool``."""
+    return reference.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,10 @@ class FlatGraph:
     """Block instance name to the block definition it instantiates."""
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Group and block-instance names to the node giving their output (``layer1`` -> ``layer1.2.relu``)."""
+    unbatched: frozenset[str] = frozenset()
+    """Inputs whose shape is the whole shape, with no batch dimension (``rois``: [K, 5])."""
+    task: DenseDetection | Segmentation | None = None
+    """The graph's task layer (``papers.tasks``), if it has one; a cut graph has none."""
 
     def node(self, name: str) -> FlatNode:
         for node in self.nodes:
@@ -210,6 +234,10 @@ class _Scope:
     instance: str | None = None
     owner: Spec | None = None
     """The spec whose blocks unqualified block names refer to."""
+    features: dict[str, _Ref] = field(default_factory=dict)
+    """The feature stages of the graph being expanded (shared by every scope inside it)."""
+    shares: tuple[str, _Ref] | None = None
+    """Inside a block instance that shares another's modules: (this instance's name, the other's)."""
 
 
 @dataclass
@@ -220,6 +248,7 @@ class _Pending:
     inputs: list[str | _Ref]
     where: str
     block: str | None
+    shares: tuple[str, _Ref] | None = None
 
 
 def bind_params(declared: Mapping[str, Any], given: Mapping[str, Any], *, what: str, where: str) -> dict:
@@ -278,33 +307,47 @@ def expand(
         check_name(name, f"{where}.inputs", dotted=False): _input_shape(shape, env, f"{where}.inputs.{name}")
         for name, shape in graph.inputs.items()
     }
+    for index, name in enumerate(graph.unbatched):
+        if name not in inputs:
+            raise GraphError(f"{name!r} is not an input of the graph", field=f"{where}.unbatched[{index}]")
     scope = _Scope(env=env, prefix="", names={name: name for name in inputs}, owner=spec)
-    last = expander.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=next(iter(inputs)))
-    if graph.outputs is None:
-        wanted = {"output": last}
-    else:
-        wanted = {}
-        for index, output in enumerate(graph.outputs):
-            if _condition(output.when, env, f"{where}.outputs[{index}].when"):
-                wanted[output.name] = _Ref(output.node, scope, f"{where}.outputs[{index}].node")
-        if not wanted:
-            raise GraphError("no output is enabled", field=f"{where}.outputs")
+    wanted = expander.graph(graph, where, scope, next(iter(inputs)))
     nodes = expander.resolve()
     outputs = {name: expander.lookup(ref) if isinstance(ref, _Ref) else ref for name, ref in wanted.items()}
-    features = {name: expander.lookup(ref) for name, ref in expander.features.items()}
+    features = {name: expander.lookup(ref) for name, ref in scope.features.items()}
+    for name, reference in (*outputs.items(), *features.items()):
+        if reference in inputs:
+            raise GraphError(f"output or feature stage {name!r} is a graph input", field=f"{where}.outputs")
     flat = FlatGraph(
         inputs=inputs,
         nodes=_topological(nodes, inputs),
         outputs=outputs,
         features=features,
-        classifier=tuple(graph.classifier),
-        init=tuple(graph.init),
+        classifier=(*expander.classifier, *graph.classifier),
+        init=tuple(_unique([*expander.init, *graph.init])),
         blocks=expander.instances,
         aliases={
-            name: target for name, target in scope.names.items() if isinstance(target, str) and name != target
+            name: target
+            for name, target in scope.names.items()
+            if isinstance(target, str) and name != target and ":" not in target
         },
+        unbatched=frozenset(graph.unbatched),
+        task=graph.detection or graph.segmentation,
     )
+    if flat.task is not None:
+        from papers.tasks import check_outputs
+
+        check_outputs(flat.task, outputs, where)
     return _prune(flat, outputs)
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    """``items`` without repeats, in order (for unhashable items such as init rules)."""
+    kept: list[Any] = []
+    for item in items:
+        if item not in kept:
+            kept.append(item)
+    return kept
 
 
 def _input_shape(shape: Sequence[Any], env: Mapping[str, Any], where: str) -> tuple[int, ...]:
@@ -357,9 +400,25 @@ class _Expander:
         self.catalogue = catalogue
         self.pending: list[_Pending] = []
         self.taken: dict[str, str] = {}
-        self.features: dict[str, _Ref] = {}
         self.instances: dict[str, str] = {}
         self.steps = 0
+        self.init: list[InitRule] = []
+        """Init rules of inlined graphs (the outer graph's own rules come after them, so they win)."""
+        self.classifier: list[str] = []
+        """Classifier nodes of inlined graphs, under the names they were inlined with."""
+
+    def graph(self, graph: Graph, where: str, scope: _Scope, previous: str | _Ref) -> dict[str, str | _Ref]:
+        """Expand a graph's nodes in ``scope``; its outputs by name (references, resolved later)."""
+        last = self.sequence(graph.nodes, f"{where}.nodes", scope, group=None, previous=previous)
+        if graph.outputs is None:
+            return {"output": last}
+        wanted: dict[str, str | _Ref] = {}
+        for index, output in enumerate(graph.outputs):
+            if _condition(output.when, scope.env, f"{where}.outputs[{index}].when"):
+                wanted[output.name] = _Ref(output.node, scope, f"{where}.outputs[{index}].node")
+        if not wanted:
+            raise GraphError("no output is enabled", field=f"{where}.outputs")
+        return wanted
 
     # -- walking the spec ---------------------------------------------------------------------
 
@@ -417,21 +476,28 @@ class _Expander:
 
     def _named(
         self,
-        node: OpNode | BlockNode | GroupNode,
+        node: OpNode | BlockNode | GroupNode | GraphNode,
         where: str,
         scope: _Scope,
         group: list[int] | None,
         previous: str | _Ref,
         path: str,
     ) -> str:
-        local = self._local_name(node, where, scope, group, path)
         inputs = self._inputs(node, where, scope, previous, path)
+        if isinstance(node, GraphNode) and node.name is None:  # inlined as the other graph names it
+            return self._graph(node, where, scope, scope.prefix + path, path, inputs)[0]
+        local = self._local_name(node, where, scope, group, path)
         full = scope.prefix + local
+        items: dict[str, str | _Ref] = {}
+        if node.shares is not None and not isinstance(node, (OpNode, BlockNode)):
+            raise GraphError("only an op or a block instance can share modules", field=f"{where}.shares")
         if isinstance(node, OpNode):
-            self._op(node, where, scope, full, inputs)
-            output: str = full
+            items = self._op(node, where, scope, full, inputs)
+            output: str | _Ref = full
         elif isinstance(node, BlockNode):
-            output = self._block(node, where, scope, full, inputs)
+            output, items = self._block(node, where, scope, full, inputs)
+        elif isinstance(node, GraphNode):
+            output, items = self._graph(node, where, scope, full + ".", local + ".", inputs)
         else:
             first = inputs[0] if len(inputs) == 1 else None
             if first is None:
@@ -439,21 +505,29 @@ class _Expander:
             last = self.sequence(node.group, f"{where}.group", scope, [0], first, path=local + ".")
             output = last if isinstance(last, str) else self.lookup(last)
         if local in scope.names:
-            raise GraphError(f"name {full!r} is used twice", field=f"{where}.name")
+            raise GraphError(f"name {scope.prefix + local!r} is used twice", field=f"{where}.name")
         scope.names[local] = output
+        for item, target in items.items():  # an inlined graph's outputs win over its nodes' names
+            if f"{local}.{item}" in scope.names and not isinstance(node, GraphNode):
+                raise GraphError(f"name {scope.prefix + local}.{item!r} is used twice", field=f"{where}.name")
+            scope.names[f"{local}.{item}"] = target
         if node.feature is not None:
             feature = _evaluate_value(node.feature, scope.env, f"{where}.feature")
             if not isinstance(feature, str):
                 raise GraphError(f"a feature stage is a name, got {feature!r}", field=f"{where}.feature")
-            check_name(feature, f"{where}.feature", dotted=False)
-            if feature in self.features:
-                raise GraphError(f"feature stage {feature!r} is named twice", field=f"{where}.feature")
-            self.features[feature] = _Ref(local, scope, f"{where}.feature")
-        return output
+            self._feature(scope, feature, _Ref(local, scope, f"{where}.feature"), f"{where}.feature")
+        return output if isinstance(output, str) else self.lookup(output)
+
+    @staticmethod
+    def _feature(scope: _Scope, name: str, target: str | _Ref, where: str) -> None:
+        check_name(name, where, dotted=False)
+        if name in scope.features:
+            raise GraphError(f"feature stage {name!r} is named twice", field=where)
+        scope.features[name] = target if isinstance(target, _Ref) else _Ref(target, scope, where)
 
     def _local_name(
         self,
-        node: OpNode | BlockNode | GroupNode,
+        node: OpNode | BlockNode | GroupNode | GraphNode,
         where: str,
         scope: _Scope,
         group: list[int] | None,
@@ -461,6 +535,8 @@ class _Expander:
     ) -> str:
         if node.name is not None:
             name = _evaluate_value(node.name, scope.env, f"{where}.name")
+            if isinstance(name, int) and not isinstance(name, bool) and name >= 0:
+                name = str(name)  # `name: ${i}` numbers children as a group would
             if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
                 raise GraphError(f"node name must be a dotted name, got {name!r}", field=f"{where}.name")
             return path + name
@@ -468,13 +544,20 @@ class _Expander:
             position = group[0]
             group[0] += 1
             return f"{path}{position}"
-        base = node.op if isinstance(node, OpNode) else node.block if isinstance(node, BlockNode) else "group"
+        kind = node.op if isinstance(node, OpNode) else node.block if isinstance(node, BlockNode) else "group"
+        kind = _evaluate_value(kind, scope.env, where)
+        base = kind.rpartition(".")[2] if isinstance(kind, str) else "node"
         count = scope.auto.get(path + base, 0)
         scope.auto[path + base] = count + 1
         return f"{path}{base}" if count == 0 else f"{path}{base}_{count}"
 
     def _inputs(
-        self, node: OpNode | BlockNode | GroupNode, where: str, scope: _Scope, previous: str | _Ref, path: str
+        self,
+        node: OpNode | BlockNode | GroupNode | GraphNode,
+        where: str,
+        scope: _Scope,
+        previous: str | _Ref,
+        path: str,
     ) -> list[str | _Ref]:
         if node.inputs is None:
             return [previous]
@@ -492,37 +575,63 @@ class _Expander:
                 inputs.append(_Ref(item, scope, f"{where}.in", path))
         return inputs
 
-    def _op(self, node: OpNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> None:
-        if node.op not in self.catalogue:
-            close = difflib.get_close_matches(node.op, self.catalogue.names(), n=3)
+    def _op(
+        self, node: OpNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]
+    ) -> dict[str, str | _Ref]:
+        """Add an op node; its output's items (``pool.indices``) by name, for an op that gives several."""
+        op = _evaluate_value(node.op, scope.env, f"{where}.op")
+        if not isinstance(op, str) or op not in self.catalogue:
+            close = difflib.get_close_matches(str(op), self.catalogue.names(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise GraphError(f"unknown op {node.op!r}{hint}", field=f"{where}.op")
-        arity = self.catalogue[node.op].arity
-        least = 1 if self.catalogue[node.op].list_input else 2
+            raise GraphError(f"unknown op {op!r}{hint}", field=f"{where}.op")
+        arity = self.catalogue[op].arity
+        least = 1 if self.catalogue[op].list_input else 2
         if (arity is not None and len(inputs) != arity) or (arity is None and len(inputs) < least):
             wanted = arity if arity is not None else f"at least {least}"
-            raise GraphError(
-                f"op {node.op!r} takes {wanted} input(s), got {len(inputs)}", field=f"{where}.in"
-            )
+            raise GraphError(f"op {op!r} takes {wanted} input(s), got {len(inputs)}", field=f"{where}.in")
         args = {
             key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()
         }
-        self._add(_Pending(full, node.op, args, inputs, where, scope.instance))
+        shares = scope.shares
+        if node.shares is not None:
+            if scope.shares is not None:
+                raise GraphError(
+                    "a node inside a sharing block instance cannot share", field=f"{where}.shares"
+                )
+            shares = (
+                full,
+                _Ref(_evaluate_value(node.shares, scope.env, f"{where}.shares"), scope, f"{where}.shares"),
+            )
+        self._add(_Pending(full, op, args, inputs, where, scope.instance, shares))
+        return {item: f"{full}:{item}" for item in self.catalogue[op].items_for(args)}
 
-    def _block(self, node: BlockNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]) -> str:
-        owner, definition, body = self._definition(node.block, scope, where)
-        qualified = f"{owner.id}.{node.block.rpartition('.')[2]}"
+    def _block(
+        self, node: BlockNode, where: str, scope: _Scope, full: str, inputs: list[str | _Ref]
+    ) -> tuple[str | _Ref, dict[str, str | _Ref]]:
+        name = _evaluate_value(node.block, scope.env, f"{where}.block")
+        if not isinstance(name, str) or not _BLOCK_NAME.fullmatch(name):
+            raise GraphError(
+                f"a block is named `block` or `paper.block`, got {name!r}", field=f"{where}.block"
+            )
+        owner, definition, body = self._definition(name, scope, where)
+        qualified = f"{owner.id}.{name.rpartition('.')[2]}"
         if qualified in scope.block_stack:
-            raise GraphError(f"block {node.block!r} instantiates itself", field=f"{where}.block")
+            raise GraphError(f"block {name!r} instantiates itself", field=f"{where}.block")
         if len(inputs) != len(definition.inputs):
             raise GraphError(
-                f"block {node.block!r} takes {len(definition.inputs)} input(s), got {len(inputs)}",
+                f"block {name!r} takes {len(definition.inputs)} input(s), got {len(inputs)}",
                 field=f"{where}.in",
             )
         given = {
             key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()
         }
-        env = bind_params(definition.params, given, what=f"block {node.block!r}", where=f"{where}.args")
+        env = bind_params(definition.params, given, what=f"block {name!r}", where=f"{where}.args")
+        shares = scope.shares
+        if node.shares is not None:
+            if scope.shares is not None:
+                raise GraphError("a block inside a sharing instance cannot share", field=f"{where}.shares")
+            target = _evaluate_value(node.shares, scope.env, f"{where}.shares")
+            shares = (full, _Ref(target, scope, f"{where}.shares"))
         inner = _Scope(
             env=dict(env),
             prefix=full + ".",
@@ -530,13 +639,90 @@ class _Expander:
             block_stack=(*scope.block_stack, qualified),
             instance=full,
             owner=owner,
+            features=scope.features,
+            shares=shares,
         )
         # instances name their block as the expanded spec does: plain if its own, `paper.block` if not
         self.instances[full] = qualified if owner.id != self.spec.id else qualified.partition(".")[2]
         last = self.sequence(definition.nodes, f"{body}.nodes", inner, None, inputs[0])
+        if definition.outputs is not None:
+            items: dict[str, str | _Ref] = {}
+            for item, node_name in definition.outputs.items():
+                check_name(item, f"{body}.outputs", dotted=False)
+                items[item] = _Ref(node_name, inner, f"{body}.outputs.{item}")
+            return next(iter(items.values())), items
         if definition.output is not None:
-            return self.lookup(_Ref(definition.output, inner, f"{body}.output"))
-        return last if isinstance(last, str) else self.lookup(last)
+            return _Ref(definition.output, inner, f"{body}.output"), {}
+        return last, {}
+
+    def _graph(
+        self, node: GraphNode, where: str, scope: _Scope, prefix: str, local: str, inputs: list[str | _Ref]
+    ) -> tuple[str | _Ref, dict[str, str | _Ref]]:
+        """Inline another graph under ``prefix``; its outputs and feature stages become items."""
+        owner, graph, body = self._graph_definition(node.graph, scope, where)
+        qualified = f"{owner.id}:{node.graph.rpartition('.')[2]}"
+        if qualified in scope.block_stack:
+            raise GraphError(f"graph {node.graph!r} inlines itself", field=f"{where}.graph")
+        if len(inputs) != len(graph.inputs):
+            raise GraphError(
+                f"graph {node.graph!r} takes {len(graph.inputs)} input(s), got {len(inputs)}",
+                field=f"{where}.in",
+            )
+        given = {
+            key: _evaluate_value(value, scope.env, f"{where}.args.{key}") for key, value in node.args.items()
+        }
+        env = bind_params(graph.params, given, what=f"graph {node.graph!r}", where=f"{where}.args")
+        inner = _Scope(
+            env=dict(env),
+            prefix=prefix,
+            names=dict(zip(graph.inputs, inputs, strict=True)),
+            block_stack=(*scope.block_stack, qualified),
+            owner=owner,
+        )
+        outputs = self.graph(graph, body, inner, inputs[0])
+        self.init.extend(graph.init)
+        self.classifier.extend(prefix + name for name in graph.classifier)
+        items = {**{name: ref for name, ref in inner.features.items()}, **outputs}
+        if not local:  # unprefixed: its names, stages and groups are the enclosing graph's own
+            for name, target in inner.names.items():
+                if name in graph.inputs:
+                    continue
+                if name in scope.names:
+                    raise GraphError(f"name {scope.prefix + name!r} is used twice", field=f"{where}.graph")
+                scope.names[name] = target
+            for name, target in inner.features.items():
+                self._feature(scope, name, target, f"{where}.graph")
+        else:
+            prefix_local = local  # `body.` : the inlined groups and blocks are `body.layer1`, ...
+            for name, target in inner.names.items():
+                if name not in graph.inputs:
+                    scope.names.setdefault(prefix_local + name, target)
+        return next(iter(outputs.values())), items
+
+    def _graph_definition(self, name: str, scope: _Scope, where: str) -> tuple[Spec, Graph, str]:
+        """The spec that defines graph ``name`` as seen from ``scope``, the graph, and its field path."""
+        owner = scope.owner
+        assert owner is not None
+        paper, _, graph_name = name.rpartition(".")
+        if paper and paper != owner.id:
+            if paper not in owner.uses:
+                raise GraphError(
+                    f"graph {name!r} is from {paper!r}, which `uses` does not list", field=f"{where}.graph"
+                )
+            if paper not in self.library:
+                raise GraphError(
+                    f"graph {name!r} needs paper {paper!r}, which is not in the registry",
+                    field=f"{where}.graph",
+                )
+            owner = self.library[paper]
+        graph = owner.graphs.get(graph_name)
+        if graph is None:
+            known = ", ".join(sorted(owner.graphs)) or "none"
+            raise GraphError(
+                f"unknown graph {name!r} (graphs of {owner.id}: {known})", field=f"{where}.graph"
+            )
+        prefix = "" if owner is scope.owner else f"{owner.id}:"
+        return owner, graph, f"{prefix}graphs.{graph_name}"
 
     def _definition(self, name: str, scope: _Scope, where: str) -> tuple[Spec, Block, str]:
         """The spec that defines block ``name`` as seen from ``scope``, the block, and its field path."""
@@ -595,17 +781,58 @@ class _Expander:
         return target
 
     def resolve(self) -> list[FlatNode]:
-        return [
-            FlatNode(
-                name=p.name,
-                op=p.op,
-                args=p.args,
-                inputs=tuple(self.lookup(i) if isinstance(i, _Ref) else i for i in p.inputs),
-                where=p.where,
-                block=p.block,
+        pending = {p.name: p for p in self.pending}
+        nodes = []
+        for p in self.pending:
+            module = None
+            if p.shares is not None:
+                module = self._shared_module(p, pending)
+            nodes.append(
+                FlatNode(
+                    name=p.name,
+                    op=p.op,
+                    args=p.args,
+                    inputs=tuple(self.lookup(i) if isinstance(i, _Ref) else i for i in p.inputs),
+                    where=p.where,
+                    block=p.block,
+                    module=module,
+                )
             )
-            for p in self.pending
-        ]
+        return nodes
+
+    def _shared_module(self, node: _Pending, pending: Mapping[str, _Pending]) -> str:
+        """The node whose module ``node`` calls: the same op with the same arguments, defined before it."""
+        assert node.shares is not None
+        root, reference = node.shares
+        target = reference.name
+        owner_root = self._lookup_name(reference)
+        owner = owner_root + node.name[len(root) :]
+        other = pending.get(owner)
+        if other is None or owner == node.name:
+            raise GraphError(
+                f"{node.name!r} shares {target!r}, which has no node {owner!r} to share",
+                field=reference.where,
+            )
+        if other.shares is not None:
+            raise GraphError(
+                f"{node.name!r} shares {owner!r}, which shares another node", field=reference.where
+            )
+        if other.op != node.op or dict(other.args) != dict(node.args):
+            raise GraphError(
+                f"{node.name!r} ({node.op}) shares {owner!r} ({other.op}), whose arguments differ",
+                field=reference.where,
+            )
+        if not self.catalogue[node.op].kind == "module":
+            raise GraphError(f"{node.name!r}: op {node.op!r} has no module to share", field=reference.where)
+        return owner
+
+    def _lookup_name(self, reference: _Ref) -> str:
+        """A reference to a node, group or block instance, as the dotted name it was given."""
+        names = reference.scope.names
+        for candidate in reference.candidates():
+            if candidate in names:
+                return reference.scope.prefix + candidate
+        raise GraphError(f"{reference.name!r} names no node defined here", field=reference.where)
 
 
 _MISSING: Any = object()
@@ -617,10 +844,11 @@ def _topological(nodes: list[FlatNode], inputs: Mapping[str, Any]) -> tuple[Flat
     readers: dict[str, list[int]] = {node.name: [] for node in nodes}
     waiting = [0] * len(nodes)
     for index, node in enumerate(nodes):
-        for source in node.inputs:
-            if source not in inputs:
+        needs = {source(reference) for reference in node.inputs} | ({node.module} if node.module else set())
+        for name in needs:
+            if name not in inputs:
                 waiting[index] += 1
-                readers[source].append(index)
+                readers[name].append(index)
     ready = [index for index, count in enumerate(waiting) if count == 0]
     heapq.heapify(ready)
     ordered: list[FlatNode] = []
@@ -639,10 +867,12 @@ def _topological(nodes: list[FlatNode], inputs: Mapping[str, Any]) -> tuple[Flat
 
 
 def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
-    needed = set(outputs.values())
+    needed = {source(reference) for reference in outputs.values()}
     for node in reversed(flat.nodes):
         if node.name in needed:
-            needed.update(node.inputs)
+            needed.update(source(reference) for reference in node.inputs)
+            if node.module is not None:
+                needed.add(node.module)
     nodes = tuple(node for node in flat.nodes if node.name in needed)
     kept_paths = set()  # every dotted prefix of a kept node: the groups and block instances it is in
     for node in nodes:
@@ -652,9 +882,11 @@ def _prune(flat: FlatGraph, outputs: Mapping[str, str]) -> FlatGraph:
         inputs={name: shape for name, shape in flat.inputs.items() if name in needed},
         nodes=nodes,
         outputs=dict(outputs),
-        features={name: node for name, node in flat.features.items() if node in needed},
+        features={name: node for name, node in flat.features.items() if source(node) in needed},
         classifier=flat.classifier,
         init=flat.init,
         blocks={name: block for name, block in flat.blocks.items() if name in kept_paths},
         aliases={name: target for name, target in flat.aliases.items() if target in needed},
+        unbatched=frozenset(name for name in flat.unbatched if name in needed),
+        task=flat.task if dict(outputs) == dict(flat.outputs) else None,
     )

@@ -8,20 +8,24 @@ Even the C loader needs about 1 ms per KiB (its constructor is Python), so the p
 spec that validated is cached as JSON, keyed by a hash of the file's bytes; JSON reads some fifty
 times faster. ``PAPERS_CACHE_DIR`` moves the cache (default ``$XDG_CACHE_HOME/papers``) and
 ``PAPERS_NO_CACHE=1`` turns it off. Validation always runs; only parsing is skipped.
+
+An entry is used only when it validates as a spec: one that is damaged, not JSON, not a spec, or
+larger than any document a spec file gives is ignored, the file parsed again and the entry rewritten.
+What an entry cannot prove is that it is the parse of this file: whoever can write the cache folder
+can put another valid spec in its place, so the folder must be the user's own (as the default is).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from papers.errors import SpecError
-from papers.files import write_atomic
+from papers.files import cache_dir, write_atomic
 from papers.spec import Spec, validate_spec, validate_spec_json
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -81,7 +85,10 @@ def load_spec_text(text: str | bytes, *, file: str | None = None) -> Spec:
     cached = _cache_path(raw)
     document = _read_cache(cached)
     if document is not None:
-        spec = validate_spec_json(document, file=file)
+        try:
+            spec = validate_spec_json(document, file=file)
+        except SpecError:  # valid JSON but no spec: a damaged or foreign entry, never the file's fault
+            spec = None
         if spec is not None:
             return spec
     data = read_yaml(raw, file=file)
@@ -93,19 +100,6 @@ def load_spec_text(text: str | bytes, *, file: str | None = None) -> Spec:
 _CACHE_VERSION = f"1-{MAX_FILE_BYTES}-{MAX_DEPTH}-{MAX_ELEMENTS}-{yaml.__version__}-{_Loader.__name__}"
 
 
-def cache_dir() -> Path | None:
-    """The cache folder (``PAPERS_CACHE_DIR``, default ``$XDG_CACHE_HOME/papers``); None when
-    ``PAPERS_NO_CACHE`` is set. Parsed specs and measurements live in subfolders of it."""
-    if os.environ.get("PAPERS_NO_CACHE", "") not in ("", "0"):
-        return None
-    return Path(
-        os.environ.get("PAPERS_CACHE_DIR")
-        or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "papers"
-        )
-    )
-
-
 def _cache_path(raw: bytes) -> Path | None:
     root = cache_dir()
     if root is None:
@@ -114,13 +108,19 @@ def _cache_path(raw: bytes) -> Path | None:
     return root / "yaml" / f"{key}.json"
 
 
+MAX_CACHE_BYTES = 4 * MAX_FILE_BYTES
+"""The largest entry read or written: aliases can make a document's JSON larger than its YAML."""
+
+
 def _read_cache(path: Path | None) -> bytes | None:
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            document = handle.read(MAX_CACHE_BYTES + 1)
     except OSError:
         return None
+    return document if len(document) <= MAX_CACHE_BYTES else None
 
 
 def _write_cache(path: Path | None, data: Any) -> None:
@@ -129,7 +129,7 @@ def _write_cache(path: Path | None, data: Any) -> None:
         return
     try:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-        if json.loads(text) != data:
+        if len(text) > MAX_CACHE_BYTES or json.loads(text) != data:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text.encode())

@@ -98,7 +98,10 @@ def _measure(variant: str, flat: FlatGraph, catalogue: Catalogue) -> Measurement
         params=sum(layer.params for layer in layers),
         macs=sum(layer.macs for layer in layers),
         flops=2 * sum(layer.macs for layer in layers),
-        input_shapes={name: [1, *shape] for name, shape in flat.inputs.items()},
+        input_shapes={
+            name: list(shape) if name in flat.unbatched else [1, *shape]
+            for name, shape in flat.inputs.items()
+        },
         output_shape=shapes[0] if len(shapes) == 1 else shapes,
         output_shapes=outputs,
         layers=layers,
@@ -144,8 +147,9 @@ def graph_key(flat: FlatGraph, catalogue: Catalogue) -> str:
     ``where``, feature stages, the classifier and init rules do not change what is counted)."""
     document = {
         "inputs": {name: list(shape) for name, shape in flat.inputs.items()},
+        "unbatched": sorted(flat.unbatched),
         "nodes": [
-            [node.name, node.op, catalogue[node.op].target, dict(node.args), list(node.inputs)]
+            [node.name, node.op, catalogue[node.op].target, dict(node.args), list(node.inputs), node.module]
             for node in flat.nodes
         ],
         "outputs": dict(flat.outputs),

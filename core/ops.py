@@ -6,13 +6,14 @@ generated ``forward``). Arguments the builder can infer from input shapes (a con
 a linear layer's input features) are filled in, so specs give only what the paper gives.
 
 Targets are import paths, resolved on first use: this module must stay importable without torch.
+They are torch's and torchvision's layers, and ``papers.layers`` for the few that neither has.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Shape = tuple[int, ...]
@@ -47,16 +48,34 @@ class Op:
     """The function overwrites its first input (``out += identity``): that input must be a node that
     nothing else reads and no output returns, which the builder checks."""
     counts_macs: bool = True
-    """Whether the op can do multiply-adds (a convolution or a matrix product inside); ``False`` runs it
-    outside the FLOP counter, whose dispatch costs more than such an op (a batch norm) itself."""
+    """Whether the op can do multiply-adds (a convolution or a matrix product inside): its MACs are what
+    torch's FLOP counter counts. ``False`` runs it outside the counter, whose dispatch costs more than
+    such an op (a batch norm) itself, and counts zero. Every module op counts unless it says otherwise;
+    the counter does not see torchvision's own ops (``roi_align``), so they say ``False``."""
+    items: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
+    """Names of the outputs of an op that gives several (a tuple), or a function of the node's
+    arguments giving them (``maxpool2d`` with ``return_indices``): a graph reads them as ``node.item``,
+    and the node itself stands for the first."""
+
+    def items_for(self, args: Mapping[str, Any]) -> tuple[str, ...]:
+        """The names of this op's outputs for a node with ``args`` (empty: one tensor)."""
+        return self.items(args) if callable(self.items) else self.items
 
     def resolve(self) -> Any:
         module, _, attribute = self.target.partition(":")
         return getattr(importlib.import_module(module), attribute)
 
 
-def _module(name: str, target: str, doc: str, **inferred: Callable[[Sequence[Shape]], Any]) -> Op:
-    return Op(name, target, "module", inferred, doc=doc, counts_macs=name in _WITH_MACS)
+def _module(
+    name: str,
+    target: str,
+    doc: str,
+    *,
+    arity: int | None = 1,
+    counts_macs: bool = True,
+    **inferred: Callable[[Sequence[Shape]], Any],
+) -> Op:
+    return Op(name, target, "module", inferred, arity=arity, doc=doc, counts_macs=counts_macs)
 
 
 def _function(
@@ -67,7 +86,9 @@ def _function(
     arity: int | None = 1,
     list_input: bool = False,
     in_place: bool = False,
+    counts_macs: bool = False,
 ) -> Op:
+    """A function op: the built-in ones are elementwise, reshapes or lookups, so none counts MACs."""
     return Op(
         name,
         target,
@@ -76,17 +97,32 @@ def _function(
         list_input=list_input,
         doc=doc,
         in_place=in_place,
-        counts_macs=False,
+        counts_macs=counts_macs,
     )
 
 
-_WITH_MACS = frozenset({"conv2d", "linear"})
-"""The built-in modules that multiply and add; every built-in function (``add``, ``cat``) does not."""
+_ROI = (
+    ": features [N, C, H, W] and rois [K, 5] (batch index, x1, y1, x2, y2) give [K, C', *output_size];"
+    " `spatial_scale` maps boxes to the features. torch's FLOP counter does not see torchvision's ops:"
+    " zero MACs."
+)
+"""The end of the four RoI ops' docs."""
+
+
+def _pooling_items(args: Mapping[str, Any]) -> tuple[str, ...]:
+    """A max pooling that returns its indices gives two outputs (SegNet's unpooling reads the second)."""
+    return ("out", "indices") if args.get("return_indices") else ()
 
 
 BUILTIN_OPS: tuple[Op, ...] = (
     _module(
         "conv2d", "torch.nn:Conv2d", "2-D convolution; in_channels inferred.", in_channels=input_channels
+    ),
+    _module(
+        "conv_transpose2d",
+        "torch.nn:ConvTranspose2d",
+        "Transposed 2-D convolution (learned upsampling, FCN's deconvolution); in_channels inferred.",
+        in_channels=input_channels,
     ),
     _module(
         "linear",
@@ -98,28 +134,101 @@ BUILTIN_OPS: tuple[Op, ...] = (
         "batchnorm2d",
         "torch.nn:BatchNorm2d",
         "Batch normalisation over channels.",
+        counts_macs=False,
         num_features=input_channels,
     ),
     _module(
-        "batchnorm1d", "torch.nn:BatchNorm1d", "Batch normalisation of features.", num_features=input_channels
+        "batchnorm1d",
+        "torch.nn:BatchNorm1d",
+        "Batch normalisation of features.",
+        counts_macs=False,
+        num_features=input_channels,
+    ),
+    _module(
+        "frozen_batchnorm2d",
+        "torchvision.ops.misc:FrozenBatchNorm2d",
+        "Batch normalisation with fixed statistics and affine (detection backbones); state: weight, bias, "
+        "running_mean, running_var, no num_batches_tracked; num_features inferred.",
+        counts_macs=False,
+        num_features=input_channels,
+    ),
+    _module(
+        "group_norm",
+        "torch.nn:GroupNorm",
+        "Group normalisation over `num_groups` groups of channels; num_channels inferred.",
+        counts_macs=False,
+        num_channels=input_channels,
     ),
     _module(
         "lrn",
         "torch.nn:LocalResponseNorm",
         "Local response normalisation; torch divides alpha by size, Krizhevsky et al. do not.",
+        counts_macs=False,
     ),
-    _module("relu", "torch.nn:ReLU", "Rectified linear unit."),
-    _module("relu6", "torch.nn:ReLU6", "ReLU clipped at 6."),
-    _module("sigmoid", "torch.nn:Sigmoid", "Logistic sigmoid."),
-    _module("tanh", "torch.nn:Tanh", "Hyperbolic tangent."),
-    _module("softmax", "torch.nn:Softmax", "Softmax over a dimension."),
-    _module("maxpool2d", "torch.nn:MaxPool2d", "Max pooling."),
-    _module("avgpool2d", "torch.nn:AvgPool2d", "Average pooling."),
-    _module("adaptive_avgpool2d", "torch.nn:AdaptiveAvgPool2d", "Average pooling to a fixed output size."),
-    _module("adaptive_maxpool2d", "torch.nn:AdaptiveMaxPool2d", "Max pooling to a fixed output size."),
-    _module("dropout", "torch.nn:Dropout", "Dropout (identity in eval mode)."),
-    _module("dropout2d", "torch.nn:Dropout2d", "Channel dropout."),
-    _module("identity", "torch.nn:Identity", "Passes its input through."),
+    _module("relu", "torch.nn:ReLU", "Rectified linear unit.", counts_macs=False),
+    _module("relu6", "torch.nn:ReLU6", "ReLU clipped at 6.", counts_macs=False),
+    _module("sigmoid", "torch.nn:Sigmoid", "Logistic sigmoid.", counts_macs=False),
+    _module("tanh", "torch.nn:Tanh", "Hyperbolic tangent.", counts_macs=False),
+    _module("softmax", "torch.nn:Softmax", "Softmax over a dimension.", counts_macs=False),
+    replace(
+        _module(
+            "maxpool2d",
+            "torch.nn:MaxPool2d",
+            "Max pooling; with `return_indices`, items `out`, `indices`.",
+            counts_macs=False,
+        ),
+        items=_pooling_items,
+    ),
+    _module("avgpool2d", "torch.nn:AvgPool2d", "Average pooling.", counts_macs=False),
+    _module(
+        "adaptive_avgpool2d",
+        "torch.nn:AdaptiveAvgPool2d",
+        "Average pooling to a fixed output size.",
+        counts_macs=False,
+    ),
+    _module(
+        "adaptive_maxpool2d",
+        "torch.nn:AdaptiveMaxPool2d",
+        "Max pooling to a fixed output size.",
+        counts_macs=False,
+    ),
+    _module("dropout", "torch.nn:Dropout", "Dropout (identity in eval mode).", counts_macs=False),
+    _module("dropout2d", "torch.nn:Dropout2d", "Channel dropout.", counts_macs=False),
+    _module("identity", "torch.nn:Identity", "Passes its input through.", counts_macs=False),
+    _module(
+        "upsample",
+        "torch.nn:Upsample",
+        "Upsampling by `scale_factor` or to `size`; `mode` nearest (default) or bilinear (`align_corners`).",
+        counts_macs=False,
+    ),
+    _module(
+        "roi_pool",
+        "torchvision.ops:RoIPool",
+        "RoI max pooling (Fast R-CNN)" + _ROI,
+        arity=2,
+        counts_macs=False,
+    ),
+    _module(
+        "roi_align",
+        "torchvision.ops:RoIAlign",
+        "RoIAlign (Mask R-CNN), with `sampling_ratio` and `aligned`" + _ROI,
+        arity=2,
+        counts_macs=False,
+    ),
+    _module(
+        "ps_roi_pool",
+        "torchvision.ops:PSRoIPool",
+        "Position-sensitive RoI pooling (R-FCN); C a multiple of the bins" + _ROI,
+        arity=2,
+        counts_macs=False,
+    ),
+    _module(
+        "ps_roi_align",
+        "torchvision.ops:PSRoIAlign",
+        "Position-sensitive RoIAlign, with `sampling_ratio`; C a multiple of the bins" + _ROI,
+        arity=2,
+        counts_macs=False,
+    ),
     _function("flatten", "torch:flatten", "Flatten dimensions from start_dim on."),
     _function("add", "operator:add", "Sum of two or more inputs (residual connections).", arity=None),
     _function(
@@ -134,6 +243,33 @@ BUILTIN_OPS: tuple[Op, ...] = (
     _function("mean", "torch:mean", "Mean over `dim` (with `keepdim`): global average pooling."),
     _function("pad", "torch.nn.functional:pad", "Pad with `pad` (last dimension first), `value`."),
     _function("cat", "torch:cat", "Concatenation along `dim`.", arity=None, list_input=True),
+    _function(
+        "max_unpool2d",
+        "torch.nn.functional:max_unpool2d",
+        "Max unpooling (SegNet) of the first input at the second's pooling indices; `kernel_size`, "
+        "`stride`, `padding` as the pooling's, `output_size` where the pooled size was odd.",
+        arity=2,
+    ),
+    _function(
+        "resize_as",
+        "papers.layers:resize_as",
+        "Resize the first input to the second's spatial size; `mode` bilinear (default) or nearest, "
+        "`align_corners`.",
+        arity=2,
+    ),
+    _function(
+        "crop_as",
+        "papers.layers:crop_as",
+        "Crop the first input to the second's spatial size from `offset` (one, or one per dimension): "
+        "FCN's crop.",
+        arity=2,
+    ),
+    _function(
+        "flatten_anchors",
+        "papers.layers:flatten_anchors",
+        "A dense head's map [N, A·K, H, W] as [N, H·W·A, K]: one row per anchor, position-major "
+        "(torchvision's RetinaNet and RPN order); `values` is K.",
+    ),
 )
 
 

@@ -4,18 +4,26 @@
 the paper leaves out gets a documented default, every setting torch cannot follow is mapped to one
 it can, and each such decision is written into ``deviations`` so a run says how it departs from the
 paper. ``-r field=value`` overrides (``optimizer.lr=0.01``) are validated as strictly as a spec.
-torch and torchvision are imported inside the factories only.
+
+A recipe names its optimizer and its criterion (loss); the names stand for :class:`Optimizer` and
+:class:`Criterion` objects in the registry: the core's common ones, and those plugins contribute
+through ``papers_optimizers`` and ``papers_criteria`` (LeNet-5's ``sdlm`` and ``rbf_penalty``). A
+name nobody contributes is refused when the recipe is resolved. torch and torchvision are imported
+inside the factories only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from papers.errors import PapersError
+from papers.errors import PapersError, PluginError
 from papers.spec import Augmentation, Hyperparameters, Spec, field_path
 
 if TYPE_CHECKING:
@@ -30,8 +38,12 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+# The names a recipe gives its optimizer and criterion, and a plugin its contributions.
+TRAINING_NAME = r"^[a-z][a-z0-9_]*$"
+
+
 class OptimizerConfig(_Config):
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+    name: str = Field(pattern=TRAINING_NAME, description="An optimizer of the registry.")
     lr: float = Field(gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
@@ -67,13 +79,231 @@ class TrainConfig(_Config):
     dropout: float | None = Field(None, ge=0, lt=1, description="Sets the graph's `dropout` parameter.")
     input_size: list[int] | None = Field(None, min_length=2, max_length=2)
     augmentation: list[Augmentation] = []
-    criterion: Literal["cross_entropy", "rbf_penalty"] = "cross_entropy"
+    criterion: str = Field("cross_entropy", pattern=TRAINING_NAME, description="A criterion of the registry.")
     seed: int = Field(0, ge=0)
     deviations: list[str] = Field([], description="How this configuration departs from the paper's recipe.")
 
+    @field_validator("augmentation")
+    @classmethod
+    def _augmentation_args(cls, augmentation: list[Augmentation]) -> list[Augmentation]:
+        for index, a in enumerate(augmentation):
+            problem = augmentation_problem(a)
+            if problem:
+                raise ValueError(f"augmentation[{index}] {a.name}: {problem}")
+        return augmentation
 
-# PyTorch's own default learning rates, used where a paper does not print one.
-_DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2}
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, size: list[int] | None) -> list[int] | None:
+        if size is not None and any(side < 1 for side in size):
+            raise ValueError(f"input_size must be positive, not {size}")
+        return size
+
+
+_PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
+
+
+def augmentation_problem(a: Augmentation) -> str | None:
+    """What is wrong with the arguments the transforms read (sizes, probabilities, ranges), if anything.
+
+    Other arguments (``method``, ``mode``) describe the paper's procedure in words and are kept."""
+    args = a.args
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    def pair(value: Any) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(number(v) for v in value)
+
+    if "size" in args and a.name in ("random_crop", "random_resized_crop", "resize", "center_crop"):
+        size = args["size"]
+        if not (
+            positive_int(size) or (isinstance(size, list) and len(size) == 2 and all(map(positive_int, size)))
+        ):
+            return f"size must be a positive integer or [height, width] of positive integers, not {size!r}"
+    if a.name == "random_crop":
+        padding = args.get("padding", 0)
+        if not (isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0):
+            return f"padding must be a whole number of pixels ≥ 0, not {padding!r}"
+        if args.get("padding_mode", "constant") not in _PADDING_MODES:
+            return f"padding_mode must be one of {', '.join(_PADDING_MODES)}, not {args['padding_mode']!r}"
+    if a.name == "random_resized_crop":
+        area, ratio = args.get("area", [0.08, 1.0]), args.get("aspect_ratio", [0.75, 4 / 3])
+        if not (pair(area) and 0 < area[0] <= area[1] <= 1):
+            return f"area must be [low, high] with 0 < low ≤ high ≤ 1, not {area!r}"
+        if not (pair(ratio) and 0 < ratio[0] <= ratio[1]):
+            return f"aspect_ratio must be [low, high] with 0 < low ≤ high, not {ratio!r}"
+    if a.name == "horizontal_flip":
+        p = args.get("p", 0.5)
+        if not (number(p) and 0 <= p <= 1):
+            return f"p is a probability in [0, 1], not {p!r}"
+    if a.name == "rgb_shift":
+        std = args.get("std", 0.1)
+        if not (number(std) and std >= 0):
+            return f"std must be a number ≥ 0, not {std!r}"
+    if a.name == "scale_jitter":
+        low, high = args.get("min", 256), args.get("max", 512)
+        if not (positive_int(low) and positive_int(high) and low <= high):
+            return f"min and max must be positive integers with min ≤ max, not {low!r} and {high!r}"
+    if a.name == "normalize" and ("mean" in args or "std" in args):
+        mean, std = args.get("mean"), args.get("std")
+        if not (isinstance(mean, list) and isinstance(std, list) and mean and len(mean) == len(std)):
+            return "mean and std are given together, as lists of one number per channel"
+        if not all(number(m) for m in mean) or not all(number(s) and s > 0 for s in std):
+            return f"mean must be numbers and std positive numbers, not {mean!r} and {std!r}"
+    return None
+
+
+# --- what a recipe's names stand for: criteria and optimizers --------------------------------
+
+
+def logits(output: torch.Tensor) -> torch.Tensor:
+    """A model's output read as it is: logits, the highest class wins."""
+    return output
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A loss a recipe names (``criterion: NAME``): the core's ``cross_entropy``, or one a plugin
+    contributes through ``papers_criteria``. Nothing in it runs until a model trains or is evaluated,
+    so a plugin module defines it without importing torch.
+
+    The loss and the scores read the model's output: its first item where it gives a tuple (a model
+    with auxiliary heads gives its logits first).
+    """
+
+    name: str
+    doc: str = ""
+    scores: Callable[[Any], Any] = logits
+    """How predictions are read: the model's output as class scores, the highest wins. Accuracy in
+    training and evaluation is read through it, and ten-crop evaluation averages its softmax."""
+    build: Callable[[Any, TrainConfig], Callable[[Any, Any], Any]] | None = None
+    """``build(model, config)`` gives the loss, called as ``loss(output, labels)`` and giving the
+    batch's mean (an ``nn.Module`` is moved to the model's device). ``None``: cross-entropy on the
+    scores."""
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer a recipe names (``optimizer: {name: NAME}``): the core's ``sgd``, ``adam``,
+    ``adamw``, ``rmsprop`` and ``adagrad``, or one a plugin contributes through ``papers_optimizers``."""
+
+    name: str
+    build: Callable[[Iterable[Any], TrainConfig], Any]
+    """``build(parameters, config)`` gives the torch optimizer over ``parameters``, from the recipe's
+    ``optimizer`` settings (``lr``, ``momentum``, ...) and its ``weight_decay``."""
+    doc: str = ""
+    default_lr: float | None = None
+    """The learning rate where the paper prints none (PyTorch's default); ``None``: a recipe must give one."""
+    deviation: str | None = None
+    """How what runs departs from the method the name stands for, written into the ``deviations`` of
+    every recipe that uses it."""
+
+
+def _torch_optimizer(class_name: str, *settings: str) -> Callable[[Iterable[Any], TrainConfig], Any]:
+    """A factory of ``torch.optim.<class_name>`` with the recipe's rate and weight decay (on every
+    parameter, as the papers) and those of ``settings`` the recipe gives."""
+
+    def build(parameters: Iterable[Any], config: TrainConfig) -> Any:
+        import torch
+
+        o = config.optimizer
+        given = {
+            "momentum": o.momentum,
+            "nesterov": o.nesterov,
+            "betas": None if o.betas is None else tuple(o.betas),
+            "eps": o.eps,
+            "alpha": o.alpha,
+        }
+        extra = {name: given[name] for name in settings if given[name] is not None}
+        return getattr(torch.optim, class_name)(
+            parameters, lr=o.lr, weight_decay=config.weight_decay, **extra
+        )
+
+    return build
+
+
+# The default rates are PyTorch's own, used where a paper does not print one.
+BUILTIN_OPTIMIZERS = tuple(
+    Optimizer(name, _torch_optimizer(torch_name, *settings), doc=f"torch.optim.{torch_name}", default_lr=lr)
+    for name, torch_name, settings, lr in (
+        ("sgd", "SGD", ("momentum", "nesterov"), 1e-3),
+        ("adam", "Adam", ("betas", "eps"), 1e-3),
+        ("adamw", "AdamW", ("betas", "eps"), 1e-3),
+        ("rmsprop", "RMSprop", ("momentum", "alpha", "eps"), 1e-2),
+        ("adagrad", "Adagrad", ("eps",), 1e-2),
+    )
+)
+BUILTIN_CRITERIA = (Criterion("cross_entropy", "Cross-entropy on the model's logits (the default)."),)
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registry's criterion ``name``; an unknown name is refused with the known ones."""
+    from papers.registry import get_registry
+
+    return _named("criterion", name, get_registry().criteria, "criterion")
+
+
+def get_optimizer(name: str) -> Optimizer:
+    """The registry's optimizer ``name``; an unknown name is refused with the known ones."""
+    from papers.registry import get_registry
+
+    return _named("optimizer", name, get_registry().optimizers, "optimizer.name")
+
+
+def criterion_of(spec: Spec) -> Criterion:
+    """The criterion a spec's recipe trains with (``cross_entropy`` where it names none): how its
+    model's outputs are read."""
+    h = spec.hyperparameters
+    name = h.criterion if h is not None and h.criterion is not None else "cross_entropy"
+    try:
+        return get_criterion(name)
+    except RecipeError as error:
+        raise error.located(field="hyperparameters") from None
+
+
+def _named(kind: str, name: str, known: Mapping[str, tuple[str, Any]], field: str) -> Any:
+    if name not in known:
+        raise RecipeError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}", field=field)
+    return known[name][1]
+
+
+def check_criterion(item: Any) -> Criterion:
+    """Refuse a contribution that is not a well-formed :class:`Criterion` (raises :class:`PluginError`)."""
+    _check_named(item, Criterion, "papers_criteria", "criterion")
+    if not callable(item.scores):
+        raise PluginError(f"criterion {item.name!r}: scores is not callable")
+    if item.build is not None and not callable(item.build):
+        raise PluginError(f"criterion {item.name!r}: build is not callable")
+    return item
+
+
+def check_optimizer(item: Any) -> Optimizer:
+    """Refuse a contribution that is not a well-formed :class:`Optimizer` (raises :class:`PluginError`)."""
+    _check_named(item, Optimizer, "papers_optimizers", "optimizer")
+    if not callable(item.build):
+        raise PluginError(f"optimizer {item.name!r}: build is not callable")
+    lr = item.default_lr
+    if lr is not None and not (type(lr) in (int, float) and math.isfinite(lr) and lr > 0):
+        raise PluginError(f"optimizer {item.name!r}: default_lr is {lr!r}, not a positive number")
+    if item.deviation is not None and type(item.deviation) is not str:
+        raise PluginError(f"optimizer {item.name!r}: deviation is {type(item.deviation).__name__}, not str")
+    return item
+
+
+def _check_named(item: Any, cls: type, hook: str, kind: str) -> None:
+    if not isinstance(item, cls):
+        raise PluginError(f"{hook}() returned {type(item).__name__}, not papers.recipe.{cls.__name__}")
+    for name in ("name", "doc"):
+        if type(getattr(item, name)) is not str:
+            raise PluginError(f"{kind} {name} is {type(getattr(item, name)).__name__}, not str")
+    if not re.fullmatch(TRAINING_NAME, item.name):
+        raise PluginError(f"{kind} name {item.name[:60]!r} is not lower-case letters, digits and _")
+
+
 _MONITORS: dict[str, Monitor] = {
     "error": "val_error",
     "val_error": "val_error",
@@ -90,27 +320,58 @@ def resolve(spec: Spec, overrides: Mapping[str, Any] | None = None) -> TrainConf
     """The spec's recipe as a :class:`TrainConfig`, with dotted-path ``overrides`` applied."""
     if spec.hyperparameters is None:
         raise RecipeError(f"paper {spec.id!r} gives no training recipe (no `hyperparameters`)")
+    overrides = overrides or {}
     data = _from_hyperparameters(spec.hyperparameters)
-    for path, value in (overrides or {}).items():
+    for path, value in overrides.items():
         _set(data, path, value)
+    _look_up_names(data, overrides)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise _override_error(exc, overrides or {}) from None
+        raise _override_error(exc, overrides) from None
+
+
+def _look_up_names(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Find the recipe's criterion and optimizer in the registry (an unknown name is refused, naming
+    the field and the known names), give the optimizer its default rate where the recipe has none,
+    and write down how the optimizer departs from its name. Values of the wrong type are left to the
+    validation that follows."""
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    criterion, optimizer = data.get("criterion"), data.get("optimizer")
+    if isinstance(criterion, str):
+        _named("criterion", criterion, registry.criteria, _where("criterion", overrides))
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("name"), str)):
+        return
+    name = optimizer["name"]
+    found: Optimizer = _named("optimizer", name, registry.optimizers, _where("optimizer.name", overrides))
+    notes = []
+    if found.deviation:
+        notes.append(f"optimizer {name}: {found.deviation}")
+    if "lr" not in optimizer:
+        if found.default_lr is None:
+            raise RecipeError(
+                f"optimizer {name!r} has no default learning rate; give one",
+                field=_where("optimizer.lr", overrides),
+            )
+        optimizer["lr"] = found.default_lr
+        notes.append(f"optimizer.lr: not given by the paper; PyTorch's default {found.default_lr}")
+    if isinstance(data.get("deviations"), list):
+        data["deviations"][:0] = notes
+
+
+def _where(field: str, overrides: Mapping[str, Any]) -> str:
+    """Where a recipe field's value came from: an override (``-r field``) or the spec."""
+    given = field in overrides or any(
+        field.startswith(f"{k}.") or k.startswith(f"{field}.") for k in overrides
+    )
+    return f"-r {field}" if given else f"hyperparameters.{field}"
 
 
 def _from_hyperparameters(h: Hyperparameters) -> dict[str, Any]:
     deviations: list[str] = []
     optimizer = h.optimizer.model_dump(exclude_none=True)
-    if optimizer["name"] == "sdlm":
-        optimizer["name"] = "sgd"
-        deviations.append(
-            "optimizer: stochastic diagonal Levenberg-Marquardt is not implemented; plain SGD runs at the "
-            "paper's global rate (no per-parameter η/(μ + h_kk) scaling)"
-        )
-    if "lr" not in optimizer:
-        optimizer["lr"] = _DEFAULT_LR[optimizer["name"]]
-        deviations.append(f"optimizer.lr: not given by the paper; PyTorch's default {optimizer['lr']}")
     schedule = _schedule(h, deviations)
     if h.batch_size is None:
         deviations.append("batch_size: not given by the paper; 32")
@@ -200,12 +461,12 @@ def _override_error(exc: ValidationError, overrides: Mapping[str, Any]) -> Recip
     field = field_path(first["loc"])
     if first["type"] == "extra_forbidden":
         return RecipeError(f"unknown recipe field {field!r}", field=f"-r {field}")
-    given = field in overrides or any(
-        field.startswith(f"{k}.") or k.startswith(f"{field}.") for k in overrides
-    )
     shown = repr(first.get("input"))[:60]
-    where = f"-r {field}" if given else f"hyperparameters.{field}"
-    return RecipeError(f"{first['msg']} (got {shown})", field=where)
+    where = _where(field, overrides)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error":  # our own validators name the value already
+        return RecipeError(message, field=where)
+    return RecipeError(f"{message} (got {shown})", field=where)
 
 
 def override_pairs(pairs: Sequence[str]) -> dict[str, Any]:
@@ -230,27 +491,25 @@ def override_pairs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def make_optimizer(config: TrainConfig, parameters: Any) -> torch.optim.Optimizer:
-    """The optimizer of the recipe over ``parameters`` (weight decay on every parameter, as the papers)."""
+    """The optimizer of the recipe over ``parameters``."""
+    return get_optimizer(config.optimizer.name).build(parameters, config)
+
+
+def make_loss(config: TrainConfig, model: Any, device: Any = None) -> Callable[[Any, Any], Any]:
+    """The recipe's criterion as a loss of (model output, labels), giving the batch's mean."""
+    criterion = get_criterion(config.criterion)
+    if criterion.build is None:
+        return partial(_cross_entropy, criterion.scores)
     import torch
 
-    o, decay = config.optimizer, config.weight_decay
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=decay
-        )
-    extra: dict[str, Any] = {}
-    if o.eps is not None:
-        extra["eps"] = o.eps
-    if o.name in ("adam", "adamw"):
-        if o.betas is not None:
-            extra["betas"] = tuple(o.betas)
-        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(parameters, lr=o.lr, weight_decay=decay, **extra)
-    if o.name == "rmsprop":
-        if o.alpha is not None:
-            extra["alpha"] = o.alpha
-        return torch.optim.RMSprop(parameters, lr=o.lr, momentum=o.momentum, weight_decay=decay, **extra)
-    return torch.optim.Adagrad(parameters, lr=o.lr, weight_decay=decay, **extra)
+    loss = criterion.build(model, config)
+    return loss.to(device) if isinstance(loss, torch.nn.Module) and device is not None else loss
+
+
+def _cross_entropy(scores: Callable[[Any], Any], output: Any, labels: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(scores(output), labels)
 
 
 def make_scheduler(config: TrainConfig, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:

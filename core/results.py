@@ -11,21 +11,35 @@ A measured result answers a reported one when the variant, the metric's kind (to
 accuracy and error convert), the dataset, the split and the protocol agree, and the reported
 result's conditions are ones a single model's evaluation meets (``crops`` equal to the protocol's,
 ``models: 1``) or are repeated in the measured result's ``conditions``.
+
+Values are range-checked: accuracies and errors in percent lie in [0, 100], changes of an error in
+[-100, 100], and ``images`` is at least 1. Several processes may add to one file at once: each takes
+an exclusive lock (``fcntl.flock`` on ``.NAME.lock`` beside the file), merges its results with what is
+on the disk at that moment and renames a complete file into place, so no process's results are lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from papers.errors import PapersError
 from papers.files import write_atomic
 from papers.spec import Metric, Protocol, Result, Value, field_path
 
 _CROPS = {"single_crop": 1, "center_crop": 1, "ten_crop": 10}
+# The metrics a results file holds (all in percent), and the range of their values.
+PERCENT_METRICS = frozenset(
+    {"top1_error", "top5_error", "top1_accuracy", "top5_accuracy", "error", "accuracy"}
+    | {"map", "map50", "miou", "pixel_accuracy"}
+)
+CHANGE_METRICS = frozenset({"top1_error_change", "top5_error_change"})
 
 
 class Measured(BaseModel):
@@ -33,16 +47,33 @@ class Measured(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    variant: str
+    variant: str = Field(min_length=1)
     metric: Metric
     value: float
     unit: Literal["percent"] = "percent"
-    dataset: str | None = None
+    dataset: str | None = Field(None, min_length=1)
     split: Literal["train", "val", "test", "test-dev"] | None = None
     protocol: Protocol | None = None
     conditions: dict[str, Value] = {}
-    images: int | None = Field(None, ge=0)
-    weights: str | None = Field(None, description="The weights file evaluated.")
+    images: int | None = Field(None, ge=1)
+    weights: str | None = Field(None, min_length=1, description="The weights file evaluated.")
+
+    @field_validator("metric")
+    @classmethod
+    def _a_percentage(cls, metric: str) -> str:
+        if metric not in PERCENT_METRICS | CHANGE_METRICS:
+            known = ", ".join(sorted(PERCENT_METRICS | CHANGE_METRICS))
+            raise ValueError(f"{metric!r} is not measured in percent; a results file holds {known}")
+        return metric
+
+    @field_validator("value")
+    @classmethod
+    def _in_range(cls, value: float, info: ValidationInfo) -> float:
+        metric = info.data.get("metric")
+        low = -100.0 if metric in CHANGE_METRICS else 0.0
+        if not low <= value <= 100.0:
+            raise ValueError(f"{metric or 'a percentage'} must lie in [{low:g}, 100], not {value:g}")
+        return value
 
 
 class ResultsFile(BaseModel):
@@ -66,21 +97,64 @@ def read_results(path: str | Path) -> ResultsFile:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        message = message.removeprefix("Value error, ")
         raise PapersError(message, file=str(path), field=field_path(first["loc"]) or None) from None
 
 
-def write_results(path: str | Path, measured: list[Measured]) -> ResultsFile:
-    """Add ``measured`` to the results file at ``path`` (replacing results with the same labels)."""
+def check_results_target(path: str | Path) -> None:
+    """Refuse a results file ``write_results`` could not add to (an invalid file, a missing folder),
+    before the measurement it is to hold is made."""
     path = Path(path)
-    earlier = read_results(path).results if path.exists() else []
+    if path.is_dir():
+        raise PapersError("is a folder; name a results file (.json)", file=str(path))
+    folder = path.parent
+    if not folder.is_dir():
+        raise PapersError(f"no such folder {str(folder)!r} for the results file", file=str(path))
+    if path.exists():
+        read_results(path)
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        raise PapersError(f"cannot write in {str(folder)!r}", file=str(path))
+
+
+def write_results(path: str | Path, measured: list[Measured]) -> ResultsFile:
+    """Add ``measured`` to the results file at ``path`` (replacing results with the same labels).
+
+    Safe with several writers at once: the file is read, merged and replaced under an exclusive lock
+    on ``.NAME.lock`` beside it, so every writer's results end up in the file.
+    """
+    path = Path(path)
+    measured = [Measured.model_validate(m.model_dump()) for m in measured]  # even a model_construct one
+    check_results_target(path)  # an invalid file is refused before the lock file is made
     keys = {_key(m) for m in measured}
-    document = ResultsFile(results=[m for m in earlier if _key(m) not in keys] + list(measured))
-    text = json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
     try:
-        write_atomic(path, text.encode())
+        with _locked(path):
+            from papers.train import remove_stale_temporaries
+
+            remove_stale_temporaries(path.parent, prefix=f".{path.name}.tmp-")
+            earlier = read_results(path).results if path.exists() else []
+            document = ResultsFile(results=[m for m in earlier if _key(m) not in keys] + list(measured))
+            text = json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+            write_atomic(path, text.encode())
     except OSError as error:
         raise PapersError(f"cannot write results: {error.strerror or error}", file=str(path)) from None
     return document
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.NAME.lock`` beside ``path`` (kept: removing it would let two
+    writers lock different files)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one writer at a time is up to the user
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _key(m: Measured) -> tuple:

@@ -6,9 +6,13 @@ results, draws the graphs (``papers.diagram``) and the charts (``papers.charts``
 templates of ``papers_site`` (the repository's ``site/`` folder) into ``<out>/docs``, and runs
 ``mkdocs build --strict`` into ``<out>/site``.
 
-Text from specs is untrusted: the templates autoescape HTML, and the ``md`` filter also escapes what
-Markdown would read as syntax. Two builds of one tree give the same bytes: no dates but
-``SOURCE_DATE_EPOCH`` (which MkDocs uses for the sitemap), no random ids, sorted inputs.
+Text from specs is untrusted: the templates autoescape HTML, the ``md`` filter also escapes what
+Markdown would read as syntax, and the ``link`` filter links http(s) addresses only, percent-encoding
+whatever could end a link's target. A previous build is replaced only by a finished one: the pages and
+the HTML are built in a scratch folder inside ``<out>`` and renamed into place, under an exclusive lock
+on its marker file ``.papers-site``; a folder holding anything else is refused unless forced. Two
+builds of one tree give the same bytes: no dates but ``SOURCE_DATE_EPOCH`` (which MkDocs uses for the
+sitemap), no random ids, sorted inputs.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ import json
 import os
 import re
 import shutil
+import string
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papers.errors import PapersError
-from papers.text import count, plain
+from papers.files import write_atomic
+from papers.text import STATUS, count, plain
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from papers.results import ResultsFile
 
 ASSETS = {
@@ -40,7 +49,6 @@ ASSETS = {
 }
 DEFAULT_EPOCH = 315532800
 """1980-01-01, the date reproducible builds use where neither SOURCE_DATE_EPOCH nor git gives one."""
-SYMBOL = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
 TOPIC_TITLES = {
     "classification": "Image classification",
     "detection": "Object detection",
@@ -84,6 +92,36 @@ def markdown_prose(value: Any) -> str:
         f"<code>{_escaped(part)}</code>" if index % 2 else _escaped(part)
         for index, part in enumerate(parts)
     )
+
+
+# Characters a link target keeps as they are: letters, digits and the URL punctuation that Python-Markdown
+# passes through unchanged. Everything else (a space, a quote, which starts a link title, a parenthesis
+# or bracket, which ends the target, <, >, `, \, {, }, and any non-ASCII character) is percent-encoded.
+_LINK_SAFE = frozenset(string.ascii_letters + string.digits + "-._~:/?#@!$&*+,;=%")
+_WEB_ADDRESS = re.compile(r"https?://[A-Za-z0-9]")
+
+
+def link_target(url: Any) -> str | None:
+    """``url`` made safe as the target of a Markdown link, or ``None`` where it is not an http(s) address.
+
+    Specs' addresses are validated (``papers.spec.WebAddress``, ``Doi``, ``ArxivId``); this holds even
+    for one that was not: no scheme but http(s), and nothing in it can end the target or start syntax.
+    """
+    text = str(url)
+    if not _WEB_ADDRESS.match(text):
+        return None
+    return "".join(
+        char if char in _LINK_SAFE else "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+        for char in text
+    )
+
+
+def markdown_link(label: Any, url: Any) -> str:
+    """``[label](url)`` with the label escaped as text and the target by :func:`link_target`; only the
+    label, as text, where the address is not http(s)."""
+    target = link_target(url)
+    text = markdown_text(label)
+    return f"[{text}]({target})" if target is not None else text
 
 
 def _fence(text: str) -> str:
@@ -168,7 +206,7 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
             flats[variant.id] = api.expand_variant(variant.id)
             measured[variant.id] = api.measure(variant.id)  # cached by papers.measure
         checks = api.check(spec.id, results=results) if spec.variants else []
-        counts = {status: sum(c.status == status for c in checks) for status in SYMBOL}
+        counts = {status: sum(c.status == status for c in checks) for status in STATUS}
         page = PaperPage(
             id=spec.id,
             path=f"{spec.topics[0]}/{spec.id}.md",
@@ -319,6 +357,7 @@ def _environment(sources: Path) -> Any:
         lstrip_blocks=True,
     )
     environment.filters["md"] = lambda value: jinja2.utils.markupsafe.Markup(markdown_text(value))
+    environment.filters["link"] = lambda url, label: jinja2.utils.markupsafe.Markup(markdown_link(label, url))
     environment.filters["prose"] = lambda value: jinja2.utils.markupsafe.Markup(markdown_prose(value))
     environment.filters["code"] = lambda value: jinja2.utils.markupsafe.Markup(str(value).rstrip("\n"))
     environment.filters["fence"] = lambda value: jinja2.utils.markupsafe.Markup(_fence(str(value)))
@@ -327,7 +366,7 @@ def _environment(sources: Path) -> Any:
     environment.filters["plain"] = plain
     environment.filters["delta"] = lambda c: "" if c.difference is None else f"{c.difference:+.2%}"
     environment.filters["measured"] = lambda c: "–" if c.measured is None else plain(_short(c.measured))
-    environment.filters["symbol"] = lambda status: SYMBOL[status]
+    environment.filters["symbol"] = lambda status: STATUS[status]
     environment.filters["json_string"] = lambda value: jinja2.utils.markupsafe.Markup(
         json.dumps(html.escape(str(value)), ensure_ascii=False)
     )
@@ -460,6 +499,142 @@ def source_date_epoch(sources: Path) -> str:
     return str(DEFAULT_EPOCH)
 
 
+# --- the output folder ----------------------------------------------------------------------------
+
+MARKER = ".papers-site"
+"""The file that marks a folder as a site build (which the next build may replace) and that a build
+holds an exclusive ``flock`` on while it writes, so that a second build of the folder refuses."""
+_MARKER_TEXT = (
+    b"Written by `papers site build`: docs/, site/ and mkdocs.yml are replaced by the next build.\n"
+)
+_BUILT = frozenset({"docs", "site", "mkdocs.yml"})
+_SCRATCH = MARKER + ".tmp-"
+"""Prefix of the folder a build renders into, beside docs/ and site/, before renaming them into place."""
+
+
+def _refuse(out: Path | str, message: str) -> SiteError:
+    return SiteError(message, file=str(out))
+
+
+def check_output(out: Path, *, force: bool = False, shown: str | None = None) -> None:
+    """Refuse, before anything is written, an output path that is a file (or lies under one), or a
+    folder holding anything but a previous site build (unless ``force``). ``out`` is an absolute
+    path; errors name it as ``shown``, as the user wrote it."""
+    name = shown or str(out)
+    existing = out
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == out:
+            raise _refuse(name, "is a file, not a folder; --out names the folder for docs/ and site/")
+        raise _refuse(name, f"cannot make this folder: {existing} is a file")
+    if existing != out or force:
+        return
+    foreign = _foreign_entries(out, name)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise _refuse(
+            name,
+            f"is not empty and not a previous site build (it holds {listed}); name another folder, "
+            "or pass --force to replace its docs/, site/ and mkdocs.yml",
+        )
+
+
+def _foreign_entries(out: Path, shown: str) -> list[str]:
+    """What ``out`` holds besides a site build: every entry where it is no site build."""
+    try:
+        entries = sorted(os.listdir(out))
+    except OSError as error:
+        raise _refuse(shown, f"cannot read the folder: {error.strerror or error}") from None
+    ours = [name for name in entries if name != MARKER and not name.startswith(_SCRATCH)]
+    if MARKER in entries or (set(ours) <= _BUILT and _previous_config(out)):
+        return [name for name in ours if name not in _BUILT]
+    return ours
+
+
+def _previous_config(out: Path) -> bool:
+    """Whether ``out/mkdocs.yml`` is the one a build before the marker file existed wrote there."""
+    try:
+        config = json.loads((out / "mkdocs.yml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "INHERIT" in config and config.get("docs_dir") == str(out / "docs")
+
+
+@contextlib.contextmanager
+def _locked(out: Path, name: str) -> Iterator[bool]:
+    """Hold an exclusive lock on ``out``'s marker file; refuse if another build holds it. Yields whether
+    the marker is new (and written now)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: builds of one folder are not guarded
+        fcntl = None  # type: ignore[assignment]
+    marker = out / MARKER
+    for _ in range(3):
+        try:
+            handle = os.open(marker, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as error:
+            raise _refuse(name, f"cannot write into the folder: {error.strerror or error}") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a failed build removes the marker it made: make sure this is still the marker
+            if os.path.samestat(os.fstat(handle), os.stat(marker)):
+                break
+        except BlockingIOError:
+            os.close(handle)
+            raise _refuse(
+                name,
+                "another `papers site build` is writing into this folder; run again when it has finished",
+            ) from None
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            os.close(handle)
+            raise _refuse(name, f"cannot lock the folder: {error.strerror or error}") from None
+        os.close(handle)
+    else:
+        raise _refuse(name, "the folder keeps changing under this build; run it again")
+    try:
+        new = os.fstat(handle).st_size == 0
+        if new:
+            os.write(handle, _MARKER_TEXT)
+        yield new
+    finally:
+        os.close(handle)
+
+
+def _missing_ancestor(out: Path) -> Path | None:
+    """The outermost folder of ``out`` (itself included) that does not exist yet, if any."""
+    missing = None
+    for folder in (out, *out.parents):
+        if os.path.lexists(folder):
+            break
+        missing = folder
+    return missing
+
+
+def _remove_made(out: Path, made: Path) -> None:
+    """Remove the folders a failed build made, from ``out`` up to ``made``, as long as they are empty."""
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == made:
+            return
+
+
+def _swap_in(out: Path, scratch: Path) -> None:
+    """Rename the new docs/ and site/ into place; the previous ones go into ``scratch``, removed next."""
+    previous = scratch / "previous"
+    previous.mkdir()
+    for name in ("docs", "site"):
+        if os.path.lexists(out / name):
+            os.replace(out / name, previous / name)
+        os.replace(scratch / name, out / name)
+
+
 def build_site(
     out: str | Path = "build",
     *,
@@ -467,11 +642,20 @@ def build_site(
     example: Path | None = None,
     quiet: bool = False,
     results: str | Path | ResultsFile | None = None,
+    force: bool = False,
 ) -> Path:
-    """Render the pages into ``out/docs`` and build the HTML into ``out/site``; returns ``out/site``."""
+    """Render the pages into ``out/docs`` and build the HTML into ``out/site``; returns ``out/site``.
+
+    Both are built in a scratch folder inside ``out`` and renamed into place at the end, so a failed
+    or interrupted build leaves the previous one as it was. ``out`` must be a folder that is empty, new,
+    or holds a previous build (``force`` replaces docs/, site/ and mkdocs.yml of any folder, leaving
+    the rest); while a build writes, a second one of the same folder refuses. Raises
+    :class:`SiteError` before writing anything where ``out`` is refused.
+    """
     sources = site_sources()
+    shown = str(out)
     out = Path(out).resolve()
-    docs, html_dir = out / "docs", out / "site"
+    check_output(out, force=force, shown=shown)
     if example is None:
         example = sources.parent / "tests" / "plugin_packages" / "example"
     vendored = _vendored(sources)
@@ -480,33 +664,79 @@ def build_site(
 
         if not isinstance(results, ResultsFile):
             results = read_results(results)  # a bad file is refused before anything is measured or written
+    made = _missing_ancestor(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _refuse(shown, f"cannot make the folder: {error.strerror or error}") from None
+    try:
+        with _locked(out, shown) as new_marker:
+            try:
+                # again, now that no other build can write here: one may have done so meanwhile
+                check_output(out, force=force, shown=shown)
+                for name in os.listdir(out):
+                    if name.startswith(_SCRATCH):  # left by a build that was killed
+                        shutil.rmtree(out / name, ignore_errors=True)
+                _build_into(out, shown, sources, vendored, example, site_url, quiet, results)
+            except BaseException:
+                if new_marker:  # the folder was no site build: take the marker away, under the lock
+                    with contextlib.suppress(OSError):
+                        (out / MARKER).unlink()
+                raise
+    except BaseException:
+        if made is not None and not os.path.lexists(out / MARKER):
+            _remove_made(out, made)
+        raise
+    return out / "site"
+
+
+def _build_into(
+    out: Path,
+    shown: str,
+    sources: Path,
+    vendored: dict[str, Path],
+    example: Path,
+    site_url: str,
+    quiet: bool,
+    results: ResultsFile | None,
+) -> None:
     data = collect(results)
-    if docs.exists():
-        shutil.rmtree(docs)  # pages of papers no longer in the registry must go
-    docs.mkdir(parents=True)
-    _copy_assets(sources, docs, vendored)
-    nav = render_pages(data, docs, sources, example)
-    config = {
-        "INHERIT": str(sources / "mkdocs.yml"),
-        "site_url": site_url,
-        "docs_dir": str(docs),
-        "site_dir": str(html_dir),
-        "nav": nav,
-    }
-    config_file = out / "mkdocs.yml"
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    environment = {
-        **os.environ,
-        "NO_MKDOCS_2_WARNING": "1",
-        "SOURCE_DATE_EPOCH": source_date_epoch(sources),
-    }
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(config_file)]
-    if quiet:
-        command.append("--quiet")
-    done = subprocess.run(command, env=environment, check=False)
-    if done.returncode != 0:
-        raise SiteError(f"mkdocs build --strict failed (exit {done.returncode}); its messages are above")
-    return html_dir
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=out))
+    except OSError as error:
+        raise _refuse(shown, f"cannot write into the folder: {error.strerror or error}") from None
+    try:
+        docs = scratch / "docs"
+        docs.mkdir()
+        _copy_assets(sources, docs, vendored)
+        nav = render_pages(data, docs, sources, example)
+        config = {
+            "INHERIT": str(sources / "mkdocs.yml"),
+            "site_url": site_url,
+            "docs_dir": str(docs),
+            "site_dir": str(scratch / "site"),
+            "nav": nav,
+        }
+        config_file = scratch / "mkdocs.yml"
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        environment = {
+            **os.environ,
+            "NO_MKDOCS_2_WARNING": "1",
+            "SOURCE_DATE_EPOCH": source_date_epoch(sources),
+        }
+        command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(config_file)]
+        if quiet:
+            command.append("--quiet")
+        done = subprocess.run(command, env=environment, check=False)
+        if done.returncode != 0:
+            raise SiteError(f"mkdocs build --strict failed (exit {done.returncode}); its messages are above")
+        _swap_in(out, scratch)
+        # the configuration as it would build the folder in place (`mkdocs serve -f out/mkdocs.yml`)
+        config.update(docs_dir=str(out / "docs"), site_dir=str(out / "site"))
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        write_atomic(out / "mkdocs.yml", text.encode("utf-8"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def serve_site(directory: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -521,4 +751,14 @@ def serve_site(directory: Path, host: str = "127.0.0.1", port: int = 8000) -> No
             server.serve_forever()
 
 
-__all__ = ["SiteData", "build_site", "collect", "markdown_text", "serve_site", "site_sources"]
+__all__ = [
+    "SiteData",
+    "build_site",
+    "check_output",
+    "collect",
+    "link_target",
+    "markdown_link",
+    "markdown_text",
+    "serve_site",
+    "site_sources",
+]

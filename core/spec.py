@@ -6,30 +6,35 @@ error, never a conversion. ``Spec.model_json_schema()`` is what ``papers schema`
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
 from papers.errors import SpecError
+from papers.topics import COMPRESSION_KINDS, TOPICS
 
 SLUG = r"^[a-z][a-z0-9_\-]*$"
 VARIANT_ID = r"^[a-z][a-z0-9_\-]*(\.(torchvision|timm))?$"
-NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$|^.*\$\{.*\}.*$"
+NAME = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$|^.*\$\{.*\}.*$"
 
 Value = TypeAliasType("Value", Union[bool, int, float, str, list["Value"], None])
 """A literal argument: a number, a string (``${...}`` marks an expression), a bool, or a list."""
 
-Topic = Literal["classification", "detection", "segmentation", "compression"]
-CompressionKind = Literal["pruning", "quantization", "low-rank", "distillation", "review"]
+Topic = Literal[TOPICS]
+CompressionKind = Literal[COMPRESSION_KINDS]
 
 
 class _Model(BaseModel):
@@ -39,6 +44,48 @@ class _Model(BaseModel):
 
 
 # --- citation -------------------------------------------------------------------------------
+
+# Identifiers and addresses end up in links on the site and in BibTeX, so each is checked against what
+# it can really be: a scheme other than http(s), and characters that could close a Markdown link
+# target or an HTML attribute (a space, a double quote, a bracket; a parenthesis in a DOI or an arXiv
+# id) are refused here. The site escapes link targets again (``papers.site.link_target``): a URL may
+# hold parentheses, which are percent-encoded there.
+ARXIV_ID = r"^(\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$"
+DOI = r"^10\.\d{4,9}/[A-Za-z0-9\-._;:/+]+$"
+WEB_ADDRESS = (
+    r"^https?://[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?(:\d{1,5})?"
+    r"([/?#][A-Za-z0-9\-._~:/?#@!$&'()*+,;=%]*)?$"
+)
+_LINK_MAX = 2000
+
+
+def _link_type(pattern: str, kind: str, expected: str) -> Any:
+    """A string type checked against ``pattern``, refused with one message saying what was expected."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > _LINK_MAX or not compiled.fullmatch(value):
+            raise PydanticCustomError(kind, expected)
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern})]
+
+
+ArxivId = _link_type(
+    ARXIV_ID, "arxiv_id", "not an arXiv id: expected one such as 1409.1556, 1409.1556v6 or hep-th/9901001"
+)
+Doi = _link_type(
+    DOI,
+    "doi",
+    "not a DOI: expected 10.NNNN/suffix, of letters, digits and - . _ ; : / + only "
+    "(no spaces, quotes, brackets or parentheses)",
+)
+WebAddress = _link_type(
+    WEB_ADDRESS,
+    "web_address",
+    "not a web address: expected http:// or https://, a host, and no spaces, double quotes, "
+    "square or angle brackets, braces or backslashes",
+)
 
 
 class Citation(_Model):
@@ -56,17 +103,20 @@ class Citation(_Model):
     number: str | None = None
     pages: str | None = None
     publisher: str | None = None
-    arxiv: str | None = Field(None, pattern=r"^(\d{4}\.\d{4,5}|[a-z\-]+/\d{7})$")
-    doi: str | None = Field(None, pattern=r"^10\.\d{4,9}/\S+$")
-    url: str | None = Field(None, pattern=r"^https?://\S+$")
+    arxiv: ArxivId | None = None
+    doi: Doi | None = None
+    url: WebAddress | None = Field(None, description="http or https only.")
 
 
 # --- hyperparameters ------------------------------------------------------------------------
 
 
 class Optimizer(_Model):
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "sdlm"] = Field(
-        description="sdlm: stochastic diagonal Levenberg-Marquardt (LeCun et al. 1998)."
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$",
+        max_length=100,
+        description="An optimizer of the registry, checked when the recipe is resolved: the core's sgd, "
+        "adam, adamw, rmsprop and adagrad, or one a plugin contributes (LeNet-5's sdlm).",
     )
     lr: float | None = Field(None, gt=0, description="Initial learning rate, where the paper gives it.")
     momentum: float | None = Field(None, ge=0, lt=1)
@@ -120,10 +170,13 @@ class Hyperparameters(_Model):
     augmentation: list[Augmentation] = []
     initialisation: str | None = Field(None, description="The paper's initialisation, in words.")
     loss: str | None = None
-    criterion: Literal["cross_entropy", "rbf_penalty"] | None = Field(
+    criterion: str | None = Field(
         None,
-        description="The loss, typed for training: cross_entropy on logits (the default); rbf_penalty when "
-        "the outputs are penalties (smallest wins), trained by cross-entropy on their negatives.",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        max_length=100,
+        description="The loss training runs, a criterion of the registry checked when the recipe is "
+        "resolved: the core's cross_entropy on logits (the default), or one a plugin contributes "
+        "(LeNet-5's rbf_penalty).",
     )
     source: str | None = Field(None, description="Where in the paper the recipe is given.")
     notes: str | None = None
@@ -139,12 +192,20 @@ class _NodeBase(_Model):
     )
     when: bool | str | None = Field(None, description="Expression; the node exists only where it is true.")
     feature: str | None = Field(None, description="Names this node's output as a feature stage.")
+    shares: str | None = Field(
+        None,
+        description="A node or block instance whose modules this one calls instead of owning its own: one "
+        "set of weights over several inputs (a head run on every pyramid level).",
+    )
 
 
 class OpNode(_NodeBase):
     """One operation from the op catalogue."""
 
-    op: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    op: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$|^\$\{.*\}$",
+        description="An op of the catalogue, or an expression giving one (`${norm}`).",
+    )
     args: dict[str, Value] = {}
 
 
@@ -152,8 +213,22 @@ class BlockNode(_NodeBase):
     """An instance of a block defined in the spec's ``blocks``."""
 
     block: str = Field(
-        pattern=r"^([a-z][a-z0-9_\-]*\.)?[a-z][a-z0-9_\-]*$",
+        pattern=r"^([a-z][a-z0-9_\-]*\.)?[a-z][a-z0-9_\-]*$|^\$\{.*\}$",
         description="A block of this spec, or `paper.block` for a block of a paper listed in `uses`.",
+    )
+    args: dict[str, Value] = {}
+
+
+class GraphNode(_NodeBase):
+    """Another graph inlined: this spec's, or `paper.graph` of a paper listed in `uses`.
+
+    Its layers are named under this node's name (`backbone.body.layer1`), or as in the other graph
+    when the node has no name. Its outputs and feature stages are items: `body.stage4`.
+    """
+
+    graph: str = Field(
+        pattern=r"^([a-z][a-z0-9_\-]*\.)?[a-z][a-z0-9_]*$",
+        description="A graph of this spec, or `paper.graph` for a graph of a paper listed in `uses`.",
     )
     args: dict[str, Value] = {}
 
@@ -176,7 +251,7 @@ class RepeatNode(_Model):
 
 def _node_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        for key in ("op", "block", "group", "repeat"):
+        for key in ("op", "block", "group", "repeat", "graph"):
             if key in value:
                 return f"{key} node"
         return None
@@ -186,6 +261,7 @@ def _node_kind(value: Any) -> str | None:
             BlockNode: "block node",
             GroupNode: "group node",
             RepeatNode: "repeat node",
+            GraphNode: "graph node",
         }
         return kinds.get(type(value))
     return None
@@ -197,14 +273,15 @@ Node = Annotated[
         Annotated[BlockNode, Tag("block node")],
         Annotated[GroupNode, Tag("group node")],
         Annotated[RepeatNode, Tag("repeat node")],
+        Annotated[GraphNode, Tag("graph node")],
     ],
     Discriminator(
         _node_kind,
         custom_error_type="node_kind",
-        custom_error_message="a node needs one of the keys op, block, group or repeat",
+        custom_error_message="a node needs one of the keys op, block, group, repeat or graph",
     ),
 ]
-NODE_TAGS = frozenset({"op node", "block node", "group node", "repeat node"})
+NODE_TAGS = frozenset({"op node", "block node", "group node", "repeat node", "graph node"})
 
 
 class Block(_Model):
@@ -214,6 +291,18 @@ class Block(_Model):
     inputs: list[str] = Field(["input"], min_length=1)
     nodes: list[Node] = Field(min_length=1)
     output: str | None = Field(None, description="The node whose output is the block's; default: the last.")
+    outputs: dict[str, str] | None = Field(
+        None,
+        min_length=1,
+        description="Several outputs, item name to node (`{out: pool, indices: pool.indices}`): an "
+        "instance's items (`enc.indices`); the first is the instance's own output.",
+    )
+
+    @model_validator(mode="after")
+    def _one_output(self) -> Block:
+        if self.output is not None and self.outputs is not None:
+            raise ValueError("a block takes `output` or `outputs`, not both")
+        return self
 
 
 class Output(_Model):
@@ -238,8 +327,87 @@ class InitRule(_Model):
         "xavier_normal",
         "xavier_uniform",
         "trunc_normal",
+        "bilinear",
     ]
     args: dict[str, Value] = {}
+
+
+# --- task layers: what is not a layer ---------------------------------------------------------
+
+
+class Anchors(_Model):
+    """Anchor boxes laid on each pyramid level (torchvision's AnchorGenerator)."""
+
+    sizes: list[list[float]] = Field(
+        min_length=1, description="Per level, the anchors' sizes (the square root of their area) in pixels."
+    )
+    aspect_ratios: list[list[float]] = Field(
+        min_length=1, description="Per level (or one list for every level), height / width of the anchors."
+    )
+
+    @model_validator(mode="after")
+    def _per_level(self) -> Anchors:
+        if len(self.aspect_ratios) not in (1, len(self.sizes)):
+            raise ValueError("aspect_ratios gives one list for every level, or one for all")
+        if any(value <= 0 for row in (*self.sizes, *self.aspect_ratios) for value in row):
+            raise ValueError("anchor sizes and aspect ratios are positive")
+        return self
+
+
+class DetectionTransform(_Model):
+    """How images are normalised, resized and batched before the network (GeneralizedRCNNTransform)."""
+
+    min_size: int = Field(800, gt=0, le=4096)
+    max_size: int = Field(1333, gt=0, le=8192)
+    image_mean: list[float] = Field([0.485, 0.456, 0.406], min_length=1)
+    image_std: list[float] = Field([0.229, 0.224, 0.225], min_length=1)
+    size_divisible: int = Field(32, gt=0, le=512)
+
+
+class DenseDetection(_Model):
+    """A single-stage detector's task layer: anchors on the graph's pyramid maps, the graph's per-anchor
+    class scores and box deltas decoded, matched and scored as torchvision's RetinaNet does."""
+
+    levels: list[str] = Field(
+        min_length=1, description="Graph outputs that are the pyramid maps, finest first."
+    )
+    scores: str = Field("cls_logits", description="Graph output [N, anchors, classes]: class logits.")
+    boxes: str = Field("bbox_regression", description="Graph output [N, anchors, 4]: box deltas.")
+    anchors: Anchors
+    box_weights: list[float] = Field(
+        [1.0, 1.0, 1.0, 1.0], min_length=4, max_length=4, description="The box coder's (wx, wy, ww, wh)."
+    )
+    fg_iou_thresh: float = Field(0.5, ge=0, le=1)
+    bg_iou_thresh: float = Field(0.4, ge=0, le=1)
+    allow_low_quality_matches: bool = True
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    box_loss: Literal["l1", "smooth_l1", "giou"] = "l1"
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.5, ge=0, le=1)
+    detections_per_img: int = Field(300, gt=0)
+    topk_candidates: int = Field(1000, gt=0)
+    transform: DetectionTransform = DetectionTransform()
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> DenseDetection:
+        if self.bg_iou_thresh > self.fg_iou_thresh:
+            raise ValueError("bg_iou_thresh is at most fg_iou_thresh")
+        if len(self.anchors.sizes) != len(self.levels):
+            raise ValueError(
+                f"anchors.sizes gives {len(self.anchors.sizes)} levels, `levels` {len(self.levels)}"
+            )
+        return self
+
+
+class Segmentation(_Model):
+    """A segmenter's task layer: the graph's class maps resized to the input, as torchvision's
+    segmentation models return them (``{"out": ..., "aux": ...}``)."""
+
+    out: str = Field("output", description="Graph output with the class logits.")
+    aux: str | None = Field(None, description="Graph output of an auxiliary classifier, if any.")
+    mode: Literal["bilinear", "nearest"] = "bilinear"
+    align_corners: bool = False
 
 
 class Graph(_Model):
@@ -249,10 +417,21 @@ class Graph(_Model):
     inputs: dict[str, list[int | str]] = Field(
         min_length=1, description="Input name to its shape without the batch dimension (C, H, W)."
     )
+    unbatched: list[str] = Field(
+        [], description="Inputs whose shape is the whole shape, with no batch dimension (rois: [K, 5])."
+    )
     nodes: list[Node] = Field(min_length=1)
     outputs: list[Output] | None = Field(None, description="Default: the last node, as `output`.")
     classifier: list[str] = Field([], description="Nodes that form the classification head.")
     init: list[InitRule] = []
+    detection: DenseDetection | None = Field(None, description="The task layer of a detector.")
+    segmentation: Segmentation | None = Field(None, description="The task layer of a segmenter.")
+
+    @model_validator(mode="after")
+    def _one_task(self) -> Graph:
+        if self.detection is not None and self.segmentation is not None:
+            raise ValueError("a graph has one task layer: `detection` or `segmentation`")
+        return self
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -276,6 +455,18 @@ Metric = Literal[
     "speedup",
     "top1_error_change",
     "top5_error_change",
+    # what compression papers report besides the ratio and the speed-up
+    "sparsity",
+    "nonzero_params",
+    "bits_per_weight",
+    "model_size",
+    "latency",
+    "fps",
+    "energy",
+    "top1_accuracy_change",
+    "top5_accuracy_change",
+    "map_change",
+    "miou_change",
 ]
 METRIC_DIRECTION: dict[str, str] = {
     "params": "lower",
@@ -296,10 +487,56 @@ METRIC_DIRECTION: dict[str, str] = {
     "speedup": "higher",
     "top1_error_change": "lower",
     "top5_error_change": "lower",
+    "sparsity": "higher",
+    "nonzero_params": "lower",
+    "bits_per_weight": "lower",
+    "model_size": "lower",
+    "latency": "lower",
+    "fps": "higher",
+    "energy": "lower",
+    "top1_accuracy_change": "higher",
+    "top5_accuracy_change": "higher",
+    "map_change": "higher",
+    "miou_change": "higher",
 }
 STATIC_METRICS = frozenset({"params", "macs", "flops", "output_shape"})
-Unit = Literal["count", "thousand", "million", "billion", "percent", "ratio", "shape"]
-UNIT_SCALE = {"count": 1, "thousand": 1e3, "million": 1e6, "billion": 1e9, "percent": 1, "ratio": 1}
+Unit = Literal[
+    "count",
+    "thousand",
+    "million",
+    "billion",
+    "percent",
+    "ratio",
+    "shape",
+    "bits",
+    "bytes",
+    "kilobytes",
+    "megabytes",
+    "milliseconds",
+    "seconds",
+    "per_second",
+    "millijoules",
+    "joules",
+]
+# Each unit's size in its base (a count, a bit, a byte, a second, a joule). Kilo- and megabytes are
+# decimal, as compression papers mostly mean them (AlexNet's 61 M float weights are "240 MB").
+UNIT_SCALE = {
+    "count": 1,
+    "thousand": 1e3,
+    "million": 1e6,
+    "billion": 1e9,
+    "percent": 1,
+    "ratio": 1,
+    "bits": 1,
+    "bytes": 1,
+    "kilobytes": 1e3,
+    "megabytes": 1e6,
+    "milliseconds": 1e-3,
+    "seconds": 1,
+    "per_second": 1,
+    "millijoules": 1e-3,
+    "joules": 1,
+}
 Protocol = Literal[
     "single_crop",
     "center_crop",
@@ -346,11 +583,57 @@ class Result(_Model):
 # --- variants, methods and the spec ----------------------------------------------------------
 
 
+class MethodStep(_Model):
+    """One method of a method variant, with its settings (typed by the method: see ``papers.methods``)."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$", max_length=60, description="A method a plugin contributes."
+    )
+    settings: dict[str, Value] = {}
+
+
+class Equivalence(_Model):
+    """One comparison of a variant with its `reference`: the library's model built with `kwargs`, ours
+    with `options`, the library's state_dict loaded into ours, the same outputs on a random input."""
+
+    kwargs: dict[str, Value] = Field(
+        {}, description="The library constructor's keyword arguments: {aux_logits: true}."
+    )
+    options: dict[str, Value] = Field(
+        {},
+        description="Our build options; the input has the graph's input shape under them, so "
+        "{image_size: 32} compares at 32×32.",
+    )
+    outputs: dict[str, str] | None = Field(
+        None,
+        description="Our outputs' names to the library's (its named tuple's fields), where both return "
+        "several; default: matched by position.",
+    )
+    training_flag: bool = Field(
+        False,
+        description="Set the library model's own `training` flag, every layer staying in eval mode: "
+        "torchvision's GoogLeNet and Inception-v3 return their auxiliary heads only then.",
+    )
+
+
 class Variant(_Model):
+    """A model: a graph with arguments, or (a method variant) a base variant and the methods applied to it."""
+
     id: str = Field(pattern=VARIANT_ID, max_length=80)
     name: str = Field(min_length=1, max_length=120, description="Display name: 'VGG-16 (D)'.")
-    graph: str
+    graph: str | None = Field(
+        None, description="The graph this variant binds; a method variant has `base` instead."
+    )
     args: dict[str, Value] = {}
+    base: str | None = Field(
+        None,
+        pattern=VARIANT_ID,
+        max_length=80,
+        description="Method variants: the variant (of any paper) the methods are applied to.",
+    )
+    methods: list[MethodStep] = Field(
+        [], max_length=32, description="Method variants: the methods applied to `base`, in order."
+    )
     origin: Literal["paper", "torchvision", "timm", "derived"] = Field(
         "paper", description="Whose model this is; only 'paper' variants are the paper's own."
     )
@@ -360,20 +643,37 @@ class Variant(_Model):
         pattern=r"^(torchvision|timm):[a-z0-9_.]+$",
         description="A library model with the same graph and state_dict names: 'torchvision:vgg16'.",
     )
+    equivalence: list[Equivalence] = Field(
+        [],
+        max_length=8,
+        description="How the equivalence test compares this variant with `reference`, one comparison an "
+        "entry; default: one, with the library's defaults and ours (at the graph's input size).",
+    )
 
     @model_validator(mode="after")
     def _origin_explained(self) -> Variant:
         if self.origin != "paper" and not self.origin_note:
             raise ValueError("a variant that is not the paper's own needs an origin_note")
+        if self.equivalence and self.reference is None:
+            raise _at("equivalence", "`equivalence` compares with `reference`, which this variant lacks")
         return self
 
-
-class Method(_Model):
-    """A compression paper's method applied to another spec's variant."""
-
-    base: str = Field(description="Variant id of the model the paper compresses.")
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    settings: dict[str, Value] = {}
+    @model_validator(mode="after")
+    def _graph_or_base(self) -> Variant:
+        if (self.graph is None) == (self.base is None):
+            raise ValueError("a variant has either `graph` or (a method variant) `base`, not both or neither")
+        if self.base is None and self.methods:
+            raise _at("methods", "`methods` needs `base`: the variant the methods are applied to")
+        if self.base is not None:
+            if not self.methods:
+                raise _at("methods", "a method variant lists at least one method")
+            if self.args:
+                raise _at("args", "a method variant takes its base's arguments; it has no `args`")
+            if self.reference is not None:
+                raise _at("reference", "a method variant is no library's model")
+            if self.base == self.id:
+                raise _at("base", "a method variant cannot be its own base")
+        return self
 
 
 class Spec(_Model):
@@ -392,7 +692,6 @@ class Spec(_Model):
     graphs: dict[str, Graph] = {}
     variants: list[Variant] = []
     results: list[Result] = []
-    method: Method | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Spec:
@@ -405,7 +704,9 @@ class Spec(_Model):
             if variant.id in seen:
                 raise _at(f"variants[{index}].id", f"variant id {variant.id!r} repeats")
             seen.add(variant.id)
-            if variant.graph not in self.graphs:
+            if variant.base is not None:
+                _method_variant_id(self.id, variant, f"variants[{index}].id")
+            elif variant.graph not in self.graphs:
                 raise _at(f"variants[{index}].graph", f"no graph {variant.graph!r} in `graphs`")
         for index, result in enumerate(self.results):
             if result.variant not in seen:
@@ -427,6 +728,23 @@ class _FieldValueError(ValueError):
 
 def _at(field: str, message: str) -> _FieldValueError:
     return _FieldValueError(field, message)
+
+
+_LIBRARY_SUFFIX = re.compile(r"\.(torchvision|timm)$")
+
+
+def _method_variant_id(paper: str, variant: Variant, field: str) -> None:
+    """A method variant is ``<paper-id>-<base>[-setting]`` (a library suffix of the base stays last:
+    ``<paper-id>-resnet50-90.torchvision``)."""
+    assert variant.base is not None
+    base_stem, suffix = _LIBRARY_SUFFIX.sub("", variant.base), _LIBRARY_SUFFIX.search(variant.base)
+    own_suffix = _LIBRARY_SUFFIX.search(variant.id)
+    stem = _LIBRARY_SUFFIX.sub("", variant.id)
+    prefix = f"{paper}-{base_stem}"
+    same_library = (suffix and suffix.group()) == (own_suffix and own_suffix.group())
+    if not same_library or not (stem == prefix or stem.startswith(prefix + "-")):
+        example = f"{prefix}{suffix.group() if suffix else ''}"
+        raise _at(field, f"a method variant's id is <paper-id>-<base>[-setting]: {example!r} or {prefix}-...")
 
 
 GroupNode.model_rebuild()

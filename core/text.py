@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+STATUS = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
+"""How a check's status is shown."""
+
 
 def plain(value: Any) -> str:
     """A value as short plain text: ``sgd(lr=0.01, momentum=0.9)``, ``[224, 224]``."""

@@ -5,7 +5,10 @@ A run folder holds ``recipe.json`` (the resolved recipe, the overrides, the data
 ``model.safetensors``. After every epoch the weights (safetensors), the optimizer's tensors
 (safetensors) and everything else (JSON) are written to temporary files and renamed into place, and
 ``checkpoints/last.json`` is renamed last: an interrupted run loses at most the epoch in progress,
-and nothing pickled is ever written.
+and nothing pickled is ever written. Resuming refuses a damaged run folder with one line: an
+unreadable or truncated checkpoint, one whose tensors do not fit the model, and a ``last.json`` that
+names a file outside the run folder. Temporary files a killed writer left (``.NAME.tmp-PID`` of a
+process no longer running) are removed when a run starts or resumes.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel (gloo on CPU,
 nccl on GPUs), each process takes an equal share of the global batch from a DistributedSampler with
@@ -30,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from papers.data import DataError
+from papers.data import DataError, readable
 from papers.errors import PapersError
+from papers.evaluate import image_shape
 from papers.files import write_atomic
-from papers.recipe import RecipeError, TrainConfig
+from papers.recipe import RecipeError, TrainConfig, get_criterion, get_optimizer
 
 RECIPE = "recipe.json"
 METRICS = "metrics.json"
@@ -175,7 +179,7 @@ def train(
             )
             folder = Path(out) if out is not None else None
             # only rank 0 writes, so only it asks: another rank might see the folder rank 0 just made
-            if dist.main and folder is not None and folder.exists() and any(folder.iterdir()):
+            if dist.main and folder is not None and _holds_anything(folder):
                 raise RunError(
                     "run folder exists and is not empty; resume it with --resume", file=str(folder)
                 )
@@ -186,20 +190,25 @@ def train(
                 f"batch_size {config.batch_size} does not split evenly over {dist.world} processes",
                 field="-r batch_size",
             )
-        shape = _image_shape(expand_variant(variant, **record.options))
+        shape = image_shape(expand_variant(variant, **record.options), "training")
         if config.input_size is not None and list(shape[1:]) != list(config.input_size):
             raise RecipeError(
                 f"{variant} takes {shape[1]}×{shape[2]} images (its graph has no image_size parameter); "
                 f"input_size {config.input_size} cannot apply",
                 field="-r input_size",
             )
-        loaded = training_data(data, config, shape)
+        _check_channels(config, shape, record)
+        _check_memory(config, shape, record, dist)
+        with readable(data):
+            loaded = training_data(data, config, shape)
         if loaded.classes != record.classes:
             raise RunError(f"the classes of {data} differ from the run's", file=str(folder))
         if resume is None:
             record = record.model_copy(update={"normalize": loaded.normalize})
         torch.manual_seed(config.seed)  # the same initial weights in every process
         model = build_model(variant, **record.options).to(dist.device)
+        if start is not None:
+            _check_fits(model, start)
         return _Loop(dist, record, model, loaded, folder, start, progress, stop_after, workers, say).run()
     finally:
         dist.close()
@@ -219,22 +228,219 @@ def _resumed(
         raise RunError(f"the run trains {record.variant}, not {variant}", file=str(folder))
     if overrides:
         raise RunError("a resumed run keeps its recipe; start a new run to change it", field="-r")
+    try:  # the plugin that contributed them may be gone
+        get_criterion(record.recipe.criterion)
+        get_optimizer(record.recipe.optimizer.name)
+    except RecipeError as error:
+        raise error.located(file=str(recipe), field="recipe") from None
     return record, _read_last(folder)
 
 
+class _Pointer(BaseModel):
+    """``checkpoints/last.json``: the epoch and the files of the last complete checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epoch: int = Field(ge=1)
+    weights: str = Field(min_length=1)
+    optimizer: str = Field(min_length=1)
+    state: str = Field(min_length=1)
+
+
+class _State(BaseModel):
+    """A checkpoint's JSON: where the run stands, and the optimizer's and scheduler's non-tensor state."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epoch: int = Field(ge=1)
+    step: int = Field(ge=0)
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+
+
 def _read_last(folder: Path) -> dict[str, Any] | None:
+    """The last checkpoint's state, its pointer and the names and shapes of its tensors, every part
+    checked (nothing outside the run folder is opened), or ``None`` when there is no checkpoint."""
     last = folder / CHECKPOINTS / LAST
     if not last.is_file():
         return None
     try:
-        pointer = json.loads(last.read_text())
-        return json.loads((folder / CHECKPOINTS / pointer["state"]).read_text()) | {"pointer": pointer}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"unreadable checkpoint: {type(exc).__name__}: {exc}", file=str(last)) from None
+        pointer = _Pointer.model_validate_json(last.read_bytes())
+    except OSError as exc:
+        raise RunError(f"unreadable checkpoint pointer: {exc.strerror or exc}", file=str(last)) from None
+    except ValueError as exc:
+        raise RunError(f"damaged checkpoint pointer: {_first_error(exc)}", file=str(last)) from None
+    paths = {
+        key: _inside(folder, last, key, getattr(pointer, key)) for key in ("weights", "optimizer", "state")
+    }
+    try:
+        state = _State.model_validate_json(paths["state"].read_bytes())
+    except OSError as exc:
+        raise RunError(f"unreadable checkpoint: {exc.strerror or exc}", file=str(paths["state"])) from None
+    except ValueError as exc:
+        raise RunError(f"damaged checkpoint: {_first_error(exc)}", file=str(paths["state"])) from None
+    if state.epoch != pointer.epoch or len(state.metrics) != state.epoch:
+        raise RunError(
+            f"damaged checkpoint: epoch {state.epoch} with {len(state.metrics)} epochs of metrics, "
+            f"and last.json says epoch {pointer.epoch}",
+            file=str(paths["state"]),
+        )
+    _tensor_shapes(paths["optimizer"])  # a truncated file is refused now, not after the data is read
+    return state.model_dump() | {
+        "pointer": {key: str(path) for key, path in paths.items()},
+        "weights": _tensor_shapes(paths["weights"]),
+    }
+
+
+def _inside(folder: Path, last: Path, key: str, name: str) -> Path:
+    """``checkpoints/NAME``, refused unless it lies inside the run folder (links followed)."""
+    path = folder / CHECKPOINTS / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise RunError(
+            f"names {name!r}, outside the run folder; refusing to open it", file=str(last), field=key
+        )
+    if not path.is_file():
+        raise RunError(f"names {name!r}, which is missing", file=str(last), field=key)
+    return path
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of a safetensors file's tensors, read from its header (which also finds a
+    truncated file) without loading them."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error, not OSError, for a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunError(f"damaged checkpoint: {reason}", file=str(path)) from None
+
+
+def _check_fits(model: Any, start: dict[str, Any]) -> None:
+    """Refuse checkpoint weights whose names or shapes differ from the model's, naming them."""
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    saved = start["weights"]
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    mismatched = [f"{n} {saved[n]} vs {own[n]}" for n in own if n in saved and saved[n] != own[n]]
+    problems = []
+    for label, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+        if names:
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise RunError(
+            "checkpoint weights do not fit the model: " + "; ".join(problems),
+            file=start["pointer"]["weights"],
+        )
+
+
+def _first_error(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    return str(exc).splitlines()[0]
+
+
+def _holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` exists and holds something other than temporaries a killed writer left."""
+    if not folder.is_dir():
+        return folder.exists()
+    return any(not _stale(child) for child in folder.iterdir())
+
+
+def remove_stale_temporaries(folder: Path, *, prefix: str = ".") -> list[Path]:
+    """Remove the temporary files of :func:`papers.files.write_atomic` (``.NAME.tmp-PID``) in ``folder``
+    whose name starts with ``prefix`` and whose writer is no longer running (``kill -9``)."""
+    removed = []
+    try:
+        children = [child for child in folder.iterdir() if child.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for child in children:
+        if _stale(child):
+            with contextlib.suppress(OSError):
+                child.unlink()
+                removed.append(child)
+    return removed
+
+
+def _stale(path: Path) -> bool:
+    name = path.name
+    head, sep, pid = name.rpartition(".tmp-")
+    if not name.startswith(".") or not sep or not head[1:] or not pid.isdigit() or not path.is_file():
+        return False
+    return not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no way to tell: keep its file
+        return True
+    return True
+
+
+def _check_channels(config: TrainConfig, shape: tuple[int, int, int], record: RunRecord) -> None:
+    """Refuse a normalisation whose mean and std are not one per input channel of the model."""
+    for index, a in enumerate(config.augmentation):
+        mean = a.args.get("mean") if a.name == "normalize" else None
+        if isinstance(mean, list) and len(mean) != shape[0]:
+            given = "augmentation" in record.overrides
+            raise RecipeError(
+                f"normalize gives {len(mean)} means; {record.variant} takes {shape[0]}-channel images",
+                field=f"-r augmentation[{index}].args.mean"
+                if given
+                else f"hyperparameters.augmentation[{index}]",
+            )
+
+
+def _check_memory(config: TrainConfig, shape: tuple[int, int, int], record: RunRecord, dist: Any) -> None:
+    """Refuse a batch (and the digits, held in memory) too large for this machine, before allocating."""
+    from papers.data import check_memory, digits_bytes
+
+    field = "-r input_size" if "input_size" in record.overrides else "-r batch_size"
+    image = 4 * shape[0] * shape[1] * shape[2]
+    per_process = max(1, config.batch_size // dist.world)
+    check_memory(
+        f"a batch of {per_process} images of {shape[0]}×{shape[1]}×{shape[2]}",
+        per_process * image,
+        field=field,
+    )
+    if dist.device.type == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(dist.device).total_memory
+        if per_process * image > total / 2:
+            raise DataError(
+                f"a batch of {per_process} images of {shape[0]}×{shape[1]}×{shape[2]} would take more than "
+                f"half of the GPU's memory",
+                field=field,
+            )
+    if record.data == "builtin:digits":
+        check_memory(f"the digits at {shape[0]}×{shape[1]}×{shape[2]}", digits_bytes(shape), field=field)
 
 
 def _build_options(spec: Any, variant: str, config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    graph = spec.graphs[spec.variant(variant).graph]
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    entry, chosen = spec, spec.variant(variant)
+    while chosen.base is not None:  # a method variant takes its base's graph parameters
+        owner, chosen = registry.variant(chosen.base)
+        entry = owner.spec
+    graph = entry.graphs[chosen.graph]
     options: dict[str, Any] = {"num_classes": num_classes}
     if config.input_size is not None and "image_size" in graph.params:
         height, width = config.input_size
@@ -246,13 +452,6 @@ def _build_options(spec: Any, variant: str, config: TrainConfig, num_classes: in
     if config.dropout is not None and "dropout" in graph.params:
         options["dropout"] = config.dropout
     return options
-
-
-def _image_shape(flat: Any) -> tuple[int, int, int]:
-    shape = next(iter(flat.inputs.values()))
-    if len(shape) != 3:
-        raise RecipeError(f"training takes images (C, H, W); the model's input is {list(shape)}")
-    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def _version() -> str:
@@ -315,8 +514,10 @@ class _Loop:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         self.model = model
-        from papers.recipe import make_optimizer, make_scheduler
+        from papers.recipe import make_loss, make_optimizer, make_scheduler
 
+        self.criterion = get_criterion(self.config.criterion)
+        self.loss = make_loss(self.config, self.module, dist.device)
         self.optimizer = make_optimizer(self.config, self.module.parameters())
         self.scheduler = make_scheduler(
             self.config, self.optimizer, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch
@@ -332,6 +533,10 @@ class _Loop:
         made = fresh = False
         if self.start is not None:
             self._restore(self.start)
+        if self.writes:
+            assert self.folder is not None
+            for place in (self.folder, self.folder / CHECKPOINTS):
+                remove_stale_temporaries(place)
         if self.writes and self.start is None:
             assert self.folder is not None
             made = not self.folder.exists()
@@ -346,10 +551,8 @@ class _Loop:
                 while self.epoch < self.epochs and not self._steps_done():
                     if self.stop_after is not None and ran >= self.stop_after:
                         return Run(self.folder, self.record, self.metrics, finished=False)
-                    try:
+                    with readable(self.record.data):  # an image that cannot be read or decoded
                         self._epoch()
-                    except OSError as exc:  # an image that cannot be read or decoded
-                        raise DataError(f"cannot read the data: {exc}", file=self.record.data) from None
                     ran += 1
         except BaseException:
             if fresh and self.folder is not None and not (self.folder / CHECKPOINTS / LAST).exists():
@@ -365,7 +568,6 @@ class _Loop:
 
     def _epoch(self) -> None:
         import torch
-        import torch.nn.functional as F
 
         started = time.perf_counter()
         torch.manual_seed(_epoch_seed(self.config.seed, self.epoch, self.dist.rank))
@@ -376,8 +578,8 @@ class _Loop:
         bar = _Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}", self.progress)
         for images, labels in self.loader:
             images, labels = images.to(self.dist.device), labels.to(self.dist.device)
-            logits = self._logits(self.model(images))
-            loss = F.cross_entropy(logits, labels)
+            output = _main_output(self.model(images))
+            loss = self.loss(output, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -385,7 +587,7 @@ class _Loop:
             if self.scheduler is not None and self.config.schedule.unit == "iteration":
                 self.scheduler.step()
             loss_sum += float(loss.detach()) * len(labels)
-            correct += float((logits.argmax(-1) == labels).sum())
+            correct += float((self.criterion.scores(output.detach()).argmax(-1) == labels).sum())
             seen += len(labels)
             bar.update(float(loss.detach()))
             if self._steps_done():
@@ -415,15 +617,9 @@ class _Loop:
                 with self.interrupts.deferred():
                     self._checkpoint(line)
 
-    def _logits(self, output: Any) -> Any:
-        if isinstance(output, tuple):  # a model with auxiliary heads returns its logits first
-            output = output[0]
-        return -output if self.config.criterion == "rbf_penalty" else output
-
     def _evaluate(self) -> dict[str, Any]:
         """Loss, top-1 and top-5 on the held-out split, shared out over the processes."""
         import torch
-        import torch.nn.functional as F
 
         from papers.evaluate import count_correct
 
@@ -438,9 +634,9 @@ class _Loop:
         with torch.inference_mode():
             for images, labels in loader:
                 images, labels = images.to(self.dist.device), labels.to(self.dist.device)
-                logits = self._logits(self.module(images))
-                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                one, five = count_correct(logits, labels)
+                output = _main_output(self.module(images))
+                loss_sum += float(self.loss(output, labels)) * len(labels)
+                one, five = count_correct(self.criterion.scores(output), labels)
                 top1, top5, seen = top1 + one, top5 + five, seen + len(labels)
         loss_sum, top1, top5, seen = self.dist.total([loss_sum, top1, top5, seen])
         return {
@@ -495,15 +691,31 @@ class _Loop:
     def _restore(self, state: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
-        assert self.folder is not None
-        folder = self.folder / CHECKPOINTS
         pointer = state["pointer"]
-        self.module.load_state_dict(load_file(str(folder / pointer["weights"]), device=str(self.dist.device)))
-        tensors = load_file(str(folder / pointer["optimizer"]), device=str(self.dist.device))
-        self.optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(_from_json(state["scheduler"], self.scheduler.state_dict()))
+        device = str(self.dist.device)
+        try:
+            self.module.load_state_dict(load_file(pointer["weights"], device=device))
+        except Exception as exc:  # a file damaged since it was checked
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise RunError(f"damaged checkpoint: {reason}", file=pointer["weights"]) from None
+        try:
+            tensors = load_file(pointer["optimizer"], device=device)
+            self.optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(_from_json(state["scheduler"], self.scheduler.state_dict()))
+        # torch raises ValueError, KeyError, TypeError... for a state that does not fit
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise RunError(
+                f"damaged checkpoint: the optimizer's or scheduler's state does not fit: {reason}",
+                file=pointer["state"],
+            ) from None
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], list(state["metrics"])
+
+
+def _main_output(output: Any) -> Any:
+    """What the criterion reads: a model with auxiliary heads gives its logits first."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _from_json(saved: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:

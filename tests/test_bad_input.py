@@ -175,6 +175,34 @@ def _mismatched_weights(tmp: Path) -> tuple[list[str], str]:
     return ["eval", "lenet5", "--weights", str(weights), "--data", "builtin:digits"], str(weights)
 
 
+def _decompression_bomb(tmp: Path) -> tuple[list[str], str]:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # 4e8 pixels claimed in 60 bytes
+    for name in ("cat", "dog"):
+        (tmp / "data" / "train" / name).mkdir(parents=True)
+        bomb = tmp / "data" / "train" / name / "0.png"
+        bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return ["train", "lenet5", "--data", str(tmp / "data"), "--out", str(tmp / "run")], str(tmp / "data")
+
+
+def _one_class(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "data" / "train" / "cat").mkdir(parents=True)
+    (tmp / "data" / "train" / "cat" / "0.png").write_bytes(b"\x89PNG")
+    return ["train", "lenet5", "--data", str(tmp / "data"), "--out", str(tmp / "run")], str(
+        tmp / "data" / "train"
+    )
+
+
+def _huge_input_size(tmp: Path) -> tuple[list[str], str]:
+    args = ["train", "vgg11", "--data", "builtin:digits", "--out", str(tmp / "run")]
+    return [*args, "-r", "input_size=[20000, 20000]"], "-r input_size"
+
+
 def _override(pair: str) -> Callable[[Path], tuple[list[str], str]]:
     def case(tmp: Path) -> tuple[list[str], str]:
         field = "-r " + pair.partition("=")[0]
@@ -192,6 +220,17 @@ RUN_CASES: dict[str, tuple[Callable[[Path], tuple[list[str], str]], str]] = {
     "override-of-the-wrong-type": (_override("optimizer.lr=fast"), "valid number"),
     "unknown-override-field": (_override("optimizer.learning_rate=0.1"), "unknown recipe field"),
     "unknown-top-level-override": (_override("lr=0.1"), "unknown recipe field 'lr'"),
+    "decompression-bomb": (_decompression_bomb, "decompression bomb"),
+    "one-class-data": (_one_class, "training a classifier needs at least two"),
+    "batch-larger-than-memory": (_huge_input_size, "of this machine's"),
+    "negative-crop-size": (
+        _override("augmentation=[{name: random_crop, args: {size: -5}}]"),
+        "size must be a positive integer",
+    ),
+    "flip-probability-above-one": (
+        _override("augmentation=[{name: horizontal_flip, args: {p: 1.5}}]"),
+        "p is a probability",
+    ),
 }
 
 

@@ -144,6 +144,12 @@ def test_schema_is_json_schema(run):
         (["build", "vgg16", "-o", "num_classes=ten"], "num_classes"),
         (["build", "vgg16", "--out", "weights.pt"], ".safetensors"),
         (["check"], "name a paper or variant, or pass --all"),
+        (
+            ["check", "vgg", "--variant", "resnet50"],
+            "--variant: 'resnet50' is a variant of 'resnet', not of 'vgg'",
+        ),
+        (["check", "vgg", "--variant", "nosuch"], "--variant: no variant 'nosuch'"),
+        (["list", "--topic", "nosuch"], "--topic: unknown topic 'nosuch'; known: classification"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(run, args, message, tmp_path, monkeypatch):

@@ -35,7 +35,8 @@ def test_evaluates_arithmetic_over_parameters(source, expected):
         "open('/etc/passwd')",
         "width.__class__",
         "(lambda: 1)()",
-        "[x for x in range(3)]",
+        "[x for x in range(3) for y in range(2)]",
+        "[x for (x, y) in [[1, 2]]]",
         "exec('1')",
         "eval('1')",
         "getattr(width, 'real')",
@@ -56,6 +57,31 @@ def test_unknown_name_is_reported_with_the_known_ones():
     "source", ["10 ** 100", "2 ** 2 ** 10", "[0] * 100000", "'a' * 100000", "range(10 ** 6)"]
 )
 def test_refuses_results_too_large_to_be_a_size(source):
+    with pytest.raises(ExpressionError):
+        evaluate(source, {})
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("['branch' + str(i) for i in range(3)]", ["branch0", "branch1", "branch2"]),
+        ("[w * 2 for w in widths if w > 16]", [64, 128]),
+        ("[[w, i] for i in range(2)]", [[32, 0], [32, 1]]),
+    ],
+)
+def test_list_comprehensions_build_lists_from_parameters(source, expected):
+    assert evaluate(source, {"widths": [16, 32, 64], "w": 32}) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "[[0] * 9000 for i in range(3)]",  # the result outgrows the size bound as it is built
+        "[0 for x in range(10000) if [0 for y in range(10000)]]",  # small result, 10^8 steps
+        "[i for i in 5]",
+    ],
+)
+def test_comprehensions_are_bounded_in_size_and_steps(source):
     with pytest.raises(ExpressionError):
         evaluate(source, {})
 

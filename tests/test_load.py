@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from papers.errors import SpecError
-from papers.load import dump_spec, load_spec_file, load_spec_text, read_yaml
+from papers.load import MAX_CACHE_BYTES, dump_spec, load_spec_file, load_spec_text, read_yaml
 from papers.spec import validate_spec
 from tests.conftest import VGG_SPEC, minimal_spec, write_spec
 
@@ -98,6 +98,33 @@ def test_parsed_specs_are_cached_and_the_cache_never_changes_the_result(tmp_path
     assert load_spec_text(raw) == first
     entries[0].write_text("{ broken")  # a damaged entry is ignored, not trusted
     assert load_spec_text(raw) == first
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b'{"id": 3}', b"{}", b"[]", b"null", b'"vgg"'],
+    ids=["wrong-type", "empty-object", "list", "null", "string"],
+)
+def test_a_cache_entry_that_is_json_but_no_spec_is_ignored_and_rewritten(tmp_path, monkeypatch, entry):
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    raw = VGG_SPEC.read_bytes()
+    first = load_spec_text(raw, file="vgg.yaml")
+    [cached] = (tmp_path / "yaml").glob("*.json")
+    good = cached.read_bytes()
+    cached.write_bytes(entry)  # damaged, or written by someone else: the file is the truth
+    assert load_spec_text(raw, file="vgg.yaml") == first
+    assert cached.read_bytes() == good, "the entry is rewritten from the file"
+
+
+def test_an_oversized_cache_entry_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    raw = VGG_SPEC.read_bytes()
+    first = load_spec_text(raw)
+    [cached] = (tmp_path / "yaml").glob("*.json")
+    good = cached.read_bytes()
+    cached.write_bytes(good + b" " * MAX_CACHE_BYTES)  # valid JSON still, but no spec file gives it
+    assert load_spec_text(raw) == first
+    assert cached.read_bytes() == good, "ignored and rewritten, never read whole"
 
 
 def test_bad_specs_write_nothing_to_the_cache(tmp_path, monkeypatch):

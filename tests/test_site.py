@@ -26,6 +26,8 @@ from tests.conftest import REPO, minimal_spec
 
 EPOCH = 1_000_000_000  # 2001-09-09
 HOSTILE_TITLE = "<script>alert('title')</script> & | *bold* [link](javascript:x) </title>"
+HOSTILE_URL = "https://example.org/x)(javascript:alert(1)'"
+"""A valid address (parentheses and quotes are URL characters) that would end a Markdown link."""
 
 
 @dataclass
@@ -47,8 +49,9 @@ def _hostile_plugin(root: Path) -> Path:
     spec["citation"]["venue"] = "<b>V</b>"
     spec["summary"] = "<img src=x onerror=alert(1)> ``` \n# not a heading\n| a | b |"
     spec["variants"] = [{"id": "hostile_net", "name": "<i>net</i> ]]> -->", "graph": "net"}]
+    spec["citation"]["url"] = HOSTILE_URL
     nodes = spec["graphs"]["net"]["nodes"]
-    nodes[0]["name"] = "${'c<b>\"]-->x'}"  # a name from an expression can hold anything
+    nodes[0]["name"] = "${'c' + 'onv'}"  # expanded names are checked (papers.graph.check_name)
     spec["results"] = [
         {"variant": "hostile_net", "metric": "params", "value": 314, "unit": "count", "source": "<u>T</u>"}
     ]
@@ -165,8 +168,10 @@ def test_the_sitemap_date_is_source_date_epoch_and_no_file_holds_today(built):
 
 def test_text_from_specs_is_escaped_everywhere(built):
     page = _page(built, "hostile").read_text()
-    for raw in ("<script>alert", "<img src=x", "<b>V</b>", "<i>net</i>", "<u>T</u>", 'c<b>"'):
+    for raw in ("<script>alert", "<img src=x", "<b>V</b>", "<i>net</i>", "<u>T</u>"):
         assert raw not in page, raw
+    assert 'href="https://example.org/x%29%28javascript:alert%281%29%27"' in page, "a link, escaped"
+    assert 'href="javascript' not in page.lower()
     assert "&lt;script&gt;alert(" in page, "the title shows as text"
     assert "<title>&lt;script&gt;alert" in page, "and in the window title"
     home = (built.first / "site" / "index.html").read_text()

@@ -56,7 +56,7 @@ def test_node_without_a_kind_is_explained():
     data["graphs"]["net"]["nodes"][1] = {"name": "x"}
     error = error_for(data)
     assert error.field == "graphs.net.nodes[1]"
-    assert "op, block, group or repeat" in error.message
+    assert "a node needs one of the keys op, block, group" in error.message
 
 
 def test_results_must_name_a_variant_of_the_spec():

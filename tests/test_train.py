@@ -18,7 +18,7 @@ import papers
 from papers.checks import TrainingCheck
 from papers.errors import PapersError
 from papers.plugins import PluginInfo, PluginManager
-from papers.recipe import RecipeError, make_optimizer, make_scheduler, resolve, train_transform
+from papers.recipe import RecipeError, make_loss, make_optimizer, make_scheduler, resolve, train_transform
 from papers.registry import Registry, get_registry
 from papers.results import Measured, ResultsFile, read_results
 from papers.train import train
@@ -108,8 +108,7 @@ def test_every_classification_recipe_resolves_and_takes_a_step(stem):
     before = [p.detach().clone() for p in model.parameters()]
     output = model(images)
     output = output[0] if isinstance(output, tuple) else output
-    logits = -output if config.criterion == "rbf_penalty" else output
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    loss = make_loss(config, model)(output, torch.tensor([0, 1]))
     loss.backward()
     optimizer.step()
     if scheduler is not None and config.schedule.name != "plateau":
@@ -120,9 +119,13 @@ def test_every_classification_recipe_resolves_and_takes_a_step(stem):
 
 def test_what_the_paper_leaves_out_is_written_down():
     config = resolve(papers.get_spec("lenet"))
-    assert config.optimizer.name == "sgd" and config.optimizer.lr == 5.0e-4, "SDLM runs as SGD at η"
-    assert any("Levenberg-Marquardt" in d for d in config.deviations)
-    assert config.criterion == "rbf_penalty"
+    assert (config.optimizer.name, config.optimizer.lr, config.criterion) == ("sdlm", 5.0e-4, "rbf_penalty")
+    optimizer = make_optimizer(config, [torch.nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is torch.optim.SGD, "SDLM runs as SGD, at the paper's global rate"
+    assert optimizer.param_groups[0]["lr"] == 5.0e-4
+    assert any("Levenberg-Marquardt is not implemented" in d for d in config.deviations)
+    digits_check = resolve(papers.get_spec("lenet"), get_registry().checks["lenet5-digits"][1].overrides)
+    assert not any("Levenberg-Marquardt" in d for d in digits_check.deviations), "the check runs SGD"
     googlenet = resolve(papers.get_spec("googlenet"))
     assert any(d.startswith("optimizer.lr: not given") for d in googlenet.deviations)
 

@@ -1,14 +1,23 @@
 """LeNet-5: Gradient-Based Learning Applied to Document Recognition (Proc. IEEE 1998).
 
 Everything about the paper is in its spec; its four layers that torch lacks are in ``lenet_layers``
-(imported only when a model is built).
+(imported only when a model is built), and what its recipe names that the core lacks is here: the
+``rbf_penalty`` criterion and the ``sdlm`` optimizer.
 """
 
-from importlib.resources import files
+from __future__ import annotations
 
-from papers.checks import TrainingCheck
+from collections.abc import Iterable
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
 from papers.hookspecs import hookimpl
 from papers.ops import Op, input_channels, input_features
+
+if TYPE_CHECKING:  # imported in the hooks that use them: `papers list` imports this module
+    import torch
+
+    from papers.recipe import TrainConfig
 
 _LAYERS = "papers_plugins.classification.lenet_layers"
 
@@ -47,6 +56,48 @@ def papers_ops() -> list:
     ]
 
 
+def _penalty_scores(output: torch.Tensor) -> torch.Tensor:
+    """The RBF outputs are penalties, squared distances to each class's code: the smallest wins, so
+    the class scores are their negatives."""
+    return -output
+
+
+def _sdlm_as_sgd(parameters: Iterable[Any], config: TrainConfig) -> torch.optim.Optimizer:
+    """The stand-in for SDLM: the core's SGD at the recipe's global rate."""
+    from papers.recipe import get_optimizer
+
+    return get_optimizer("sgd").build(parameters, config)
+
+
+@hookimpl
+def papers_criteria() -> list:
+    from papers.recipe import Criterion
+
+    return [
+        Criterion(
+            "rbf_penalty",
+            doc="Cross-entropy on the negated RBF penalties: the discriminative criterion of Section II.C "
+            "(eq. 9) without its rejection term.",
+            scores=_penalty_scores,
+        )
+    ]
+
+
+@hookimpl
+def papers_optimizers() -> list:
+    from papers.recipe import Optimizer
+
+    return [
+        Optimizer(
+            "sdlm",
+            _sdlm_as_sgd,
+            doc="Stochastic diagonal Levenberg-Marquardt (Appendix C), run as plain SGD.",
+            deviation="stochastic diagonal Levenberg-Marquardt is not implemented; plain SGD runs at the "
+            "paper's global rate (no per-parameter η/(μ + h_kk) scaling)",
+        )
+    ]
+
+
 # The small-scale reproduction: LeNet-5 on scikit-learn's digits, which every install has. These
 # settings are the registry's, chosen so the run takes seconds on a CPU; they are not the paper's,
 # except the input scaling: background -0.1 and foreground 1.175, as the spec's notes give the paper's.
@@ -70,6 +121,8 @@ DIGITS_OVERRIDES = {
 
 @hookimpl
 def papers_checks() -> list:
+    from papers.checks import TrainingCheck
+
     return [
         TrainingCheck(
             name="lenet5-digits",

@@ -13,26 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Table I: the S2 maps each of the 16 C3 maps reads (columns of the table, rows 0-5 are S2 maps).
-LENET5_C3_TABLE: tuple[tuple[int, ...], ...] = (
-    (0, 1, 2),
-    (1, 2, 3),
-    (2, 3, 4),
-    (3, 4, 5),
-    (0, 4, 5),
-    (0, 1, 5),
-    (0, 1, 2, 3),
-    (1, 2, 3, 4),
-    (2, 3, 4, 5),
-    (0, 3, 4, 5),
-    (0, 1, 4, 5),
-    (0, 1, 2, 5),
-    (0, 1, 3, 4),
-    (1, 2, 4, 5),
-    (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
-)
-
 
 def _fan_in_uniform_(tensor: torch.Tensor, fan_in: float) -> None:
     bound = 2.4 / fan_in
@@ -88,12 +68,13 @@ class TableConv2d(nn.Module):
     the table) and one bias per output map, so the parameters are exactly the paper's. The forward
     pass convolves each connection's input map with its kernel (a grouped convolution, so multiply-
     adds are counted per connection, not as a dense convolution) and sums them into their output maps.
+    The table is the spec's data (``c3_table`` in ``lenet.yaml``), given as the op's argument.
     """
 
     def __init__(
         self,
         in_channels: int,
-        table: Sequence[Sequence[int]] = LENET5_C3_TABLE,
+        table: Sequence[Sequence[int]],
         kernel_size: int = 5,
         bias: bool = True,
     ):

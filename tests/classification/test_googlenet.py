@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import papers
-from tests.equivalence import assert_equivalent
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -37,23 +36,13 @@ def test_every_static_check_of_the_paper_passes():
     assert len(errors) == 7 and all(c.status == "not_measurable" for c in errors)
 
 
-def test_torchvision_equivalence_with_auxiliary_heads_at_the_smallest_input():
-    # torchvision's metadata gives 15×15 as the smallest input; torchvision's eval output is the logits
-    size = WEIGHTS.meta["min_size"]
-    assert size == (15, 15)
-    assert_equivalent(
-        "googlenet.torchvision",
-        (3, *size),
-        reference_kwargs={"aux_logits": True, "init_weights": False},
-        build_options={"aux_logits": True},
-        ours_output=lambda out: out.logits,
-    )
-
-
-def test_torchvision_equivalence_without_auxiliary_heads():
-    assert_equivalent(
-        "googlenet.torchvision", (3, 15, 15), reference_kwargs={"aux_logits": False, "init_weights": False}
-    )
+def test_torchvision_is_compared_at_its_smallest_input_with_and_without_auxiliary_heads():
+    # the comparisons themselves run in tests/test_references.py, from the spec's data
+    cases = papers.get_spec("googlenet").variant("googlenet.torchvision").equivalence
+    assert {(c.options["image_size"], c.options.get("aux_logits", False)) for c in cases} == {
+        (WEIGHTS.meta["min_size"][0], False),
+        (WEIGHTS.meta["min_size"][0], True),
+    }
 
 
 def test_torchvision_variant_counts_match_torchvisions_published_metadata():

@@ -1,4 +1,5 @@
-"""LeNet-5 (LeCun et al. 1998): per-layer parameter counts, the C3 connection table, the custom layers."""
+"""LeNet-5 (LeCun et al. 1998): per-layer parameter counts, the C3 connection table, the custom layers,
+and the criterion and optimizer its plugin contributes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import papers
+from papers.recipe import BUILTIN_CRITERIA, BUILTIN_OPTIMIZERS, RecipeError, get_criterion, make_loss, resolve
+from papers.registry import get_registry
 
 LAYERS = {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "f6": 10164}  # Section II.B
 
@@ -125,3 +128,42 @@ def test_num_classes_sets_the_number_of_rbf_units():
     model = papers.build_model("lenet5", num_classes=26)
     assert tuple(model.get_submodule("output").centers.shape) == (26, 84)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 26)
+
+
+def test_c3_reads_its_connection_table_from_the_spec(model):
+    table = papers.get_spec("lenet5").graphs["lenet5"].params["c3_table"]
+    assert model.get_submodule("c3.conv").table == tuple(tuple(row) for row in table)
+    dense = papers.build_model("lenet5", c3_table=[list(range(6))] * 16).get_submodule("c3.conv")
+    assert dense.connections == 96, "the layer has no table of its own: the graph's parameter is it"
+
+
+# -- the recipe's names: the criterion and the optimizer are the plugin's ---------------------------
+
+
+def test_rbf_penalty_and_sdlm_come_from_the_lenet_plugin_not_the_core():
+    registry = get_registry()
+    assert registry.criteria["rbf_penalty"][0] == "lenet (papers)"
+    assert registry.optimizers["sdlm"][0] == "lenet (papers)"
+    assert registry.manager.plugins["lenet"].contributes["criteria"] == ["rbf_penalty"]
+    assert "rbf_penalty" not in {c.name for c in BUILTIN_CRITERIA}
+    assert "sdlm" not in {o.name for o in BUILTIN_OPTIMIZERS}
+
+
+def test_the_smallest_rbf_penalty_is_the_prediction():
+    penalties = torch.tensor([[3.0, 0.5, 2.0], [0.1, 4.0, 9.0]])
+    scores = get_criterion("rbf_penalty").scores(penalties)
+    assert scores.argmax(-1).tolist() == [1, 0]
+    config = resolve(papers.get_spec("lenet"))
+    loss = make_loss(config, papers.build_model("lenet5"))(penalties, torch.tensor([1, 0]))
+    assert torch.allclose(loss, F.cross_entropy(-penalties, torch.tensor([1, 0])))
+
+
+def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_registry):
+    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", "papers:lenet")
+    vgg = papers.get_spec("vgg")
+    with pytest.raises(RecipeError) as criterion:
+        resolve(vgg, {"criterion": "rbf_penalty"})
+    assert str(criterion.value) == "-r criterion: unknown criterion 'rbf_penalty'; known: cross_entropy"
+    with pytest.raises(RecipeError) as optimizer:
+        resolve(vgg, {"optimizer.name": "sdlm"})
+    assert optimizer.value.message == "unknown optimizer 'sdlm'; known: adagrad, adam, adamw, rmsprop, sgd"

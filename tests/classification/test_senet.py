@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import papers
-from tests.equivalence import assert_equivalent
 
 pytest.importorskip("timm")
 
@@ -30,12 +29,6 @@ def test_every_static_check_of_the_paper_passes():
     assert ("seresnet50", "params") in static
     errors = [c for c in checks if c.metric in ("top1_error", "top5_error")]
     assert errors and all(c.status == "not_measurable" for c in errors)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_timm_state_dict_loads_strictly_and_gives_the_same_outputs(variant):
-    # timm's global pooling is adaptive, so 32×32 passes every network (the stem's ceil-mode pooling included)
-    assert_equivalent(variant, (3, 32, 32))
 
 
 def test_se_block_matches_table_1_and_eqn_5():

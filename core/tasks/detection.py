@@ -1,0 +1,170 @@
+"""The task layer of single-stage detectors: what turns a graph's raw maps into boxes and losses.
+
+A spec's graph computes the pyramid maps, the class logits of every anchor and its box deltas; the
+spec's ``detection`` section says how anchors are laid, coded, matched and scored. This module does
+that with torchvision's detection utilities (GeneralizedRCNNTransform, AnchorGenerator, BoxCoder,
+Matcher, ``batched_nms``, ``sigmoid_focal_loss``), under torchvision's contract:
+``model(images, targets=None)``; in eval a list of ``{boxes, scores, labels}`` in input pixels, in
+training a dict of losses. The scoring follows RetinaNet (focal loss, per-level top-k, class-wise
+NMS). Only the glue is ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import sigmoid_focal_loss
+
+from papers.spec import DenseDetection
+
+OPTIONS = (
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "topk_candidates",
+    "fg_iou_thresh",
+    "bg_iou_thresh",
+)
+"""Build options that change the task layer, with torchvision's keyword names (as RetinaNet's)."""
+TRANSFORM_OPTIONS = ("min_size", "max_size", "image_mean", "image_std")
+
+
+class DenseDetector(nn.Module):
+    """A graph (image batch → pyramid maps, class logits, box deltas) as a torchvision detector.
+
+    The graph's layers are this module's own children, so its ``state_dict`` has the graph's names
+    (those of torchvision's detector where the spec chose them).
+    """
+
+    def __init__(self, network: nn.Module, task: DenseDetection):
+        super().__init__()
+        for name, child in network.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "network", network)  # the generated forward, sharing those children
+        self.task = task
+        sizes = tuple(tuple(int(size) for size in level) for level in task.anchors.sizes)
+        ratios = task.anchors.aspect_ratios
+        ratios = ratios * len(sizes) if len(ratios) == 1 else ratios
+        self.anchor_generator = AnchorGenerator(sizes, tuple(tuple(level) for level in ratios))
+        self.box_coder = det_utils.BoxCoder(weights=tuple(task.box_weights))
+        self.proposal_matcher = det_utils.Matcher(
+            task.fg_iou_thresh, task.bg_iou_thresh, allow_low_quality_matches=task.allow_low_quality_matches
+        )
+        t = task.transform
+        self.transform = GeneralizedRCNNTransform(
+            t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible
+        )
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> list[dict[str, Tensor]] | dict[str, Tensor]:
+        if self.training and targets is None:
+            raise ValueError("a detector in training mode takes targets")
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, targets = self.transform(list(images), [dict(t) for t in targets] if targets else None)
+        outputs = _as_dict(self.network(batch.tensors))
+        features = [outputs[name] for name in self.task.levels]
+        scores, deltas = outputs[self.task.scores], outputs[self.task.boxes]
+        anchors = self.anchor_generator(batch, features)
+        if self.training:
+            assert targets is not None
+            return self.losses(targets, scores, deltas, anchors)
+        per_level = [level.shape[-2] * level.shape[-1] for level in features]
+        per_anchor = scores.shape[1] // sum(per_level)
+        split = [count * per_anchor for count in per_level]
+        detections = self.detect(
+            list(scores.split(split, dim=1)),
+            list(deltas.split(split, dim=1)),
+            [list(a.split(split)) for a in anchors],
+            batch.image_sizes,
+        )
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def losses(
+        self, targets: Sequence[Mapping[str, Tensor]], scores: Tensor, deltas: Tensor, anchors: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """Focal loss over the anchors that are not ignored, box loss over the matched ones, each
+        divided by the image's matched anchors and averaged over images."""
+        classification, regression = [], []
+        for index, (target, image_anchors) in enumerate(zip(targets, anchors, strict=True)):
+            matched = self._match(target["boxes"], image_anchors)
+            foreground = matched >= 0
+            count = max(1, int(foreground.sum()))
+            wanted = torch.zeros_like(scores[index])
+            wanted[foreground, target["labels"][matched[foreground]]] = 1.0
+            valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
+            focal = sigmoid_focal_loss(
+                scores[index][valid],
+                wanted[valid],
+                alpha=self.task.focal_alpha,
+                gamma=self.task.focal_gamma,
+                reduction="sum",
+            )
+            classification.append(focal / count)
+            box = det_utils._box_loss(
+                self.task.box_loss,
+                self.box_coder,
+                image_anchors[foreground],
+                target["boxes"][matched[foreground]],
+                deltas[index][foreground],
+            )
+            regression.append(box / count)
+        return {
+            "classification": torch.stack(classification).mean(),
+            "bbox_regression": torch.stack(regression).mean(),
+        }
+
+    def _match(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        if boxes.numel() == 0:  # no object: every anchor is background
+            return torch.full((anchors.size(0),), -1, dtype=torch.int64, device=anchors.device)
+        return self.proposal_matcher(box_ops.box_iou(boxes, anchors))
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def detect(
+        self,
+        scores: list[Tensor],
+        deltas: list[Tensor],
+        anchors: list[list[Tensor]],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per image and level the top-k anchor-class pairs above the score threshold, decoded and
+        clipped; then class-wise NMS over all levels and the best ``detections_per_img``."""
+        task = self.task
+        results = []
+        for index, size in enumerate(image_sizes):
+            boxes, kept_scores, labels = [], [], []
+            for level_scores, level_deltas, level_anchors in zip(scores, deltas, anchors[index], strict=True):
+                classes = level_scores.shape[-1]
+                probabilities = torch.sigmoid(level_scores[index]).flatten()
+                candidates = torch.where(probabilities > task.score_thresh)[0]
+                top = min(task.topk_candidates, candidates.numel())
+                best, order = probabilities[candidates].topk(top)
+                chosen = candidates[order]
+                rows = torch.div(chosen, classes, rounding_mode="floor")
+                decoded = self.box_coder.decode_single(level_deltas[index][rows], level_anchors[rows])
+                boxes.append(box_ops.clip_boxes_to_image(decoded, size))
+                kept_scores.append(best)
+                labels.append(chosen % classes)
+            all_boxes, all_scores, all_labels = torch.cat(boxes), torch.cat(kept_scores), torch.cat(labels)
+            keep = box_ops.batched_nms(all_boxes, all_scores, all_labels, task.nms_thresh)
+            keep = keep[: task.detections_per_img]
+            results.append({"boxes": all_boxes[keep], "scores": all_scores[keep], "labels": all_labels[keep]})
+        return results
+
+
+def _as_dict(outputs: Any) -> dict[str, Tensor]:
+    if isinstance(outputs, Mapping):
+        return dict(outputs)
+    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):
+        return dict(zip(outputs._fields, outputs, strict=True))
+    raise TypeError(f"a detector's graph returns named outputs, not {type(outputs).__name__}")
