@@ -12,7 +12,9 @@ from papers.graph import FlatGraph
 from papers.measure import Measurement
 from papers.spec import STATIC_METRICS, UNIT_SCALE, Result, Spec
 
-Status = Literal["pass", "fail", "not_measurable"]
+Status = Literal["pass", "fail", "not_measurable", "inconsistent"]
+"""``inconsistent``: the spec marks the result as contradicted by the paper's own numbers
+(``Result.inconsistent``); it is measured where it can be and shown, but neither passes nor fails."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,19 @@ def check_spec(
             checks.append(_compare(spec, result, flat, measurement))
         except GraphError as error:
             raise error.located(field=f"results[{index}]") from None
-    return checks
+    return [_marked(check, result) for check, result in zip(checks, _chosen(spec, variant), strict=True)]
+
+
+def _chosen(spec: Spec, variant: str | None) -> list[Result]:
+    return [result for result in spec.results if variant is None or result.variant == variant]
+
+
+def _marked(check: Check, result: Result) -> Check:
+    """A result the spec marks inconsistent keeps its measurement, with the paper's contradiction as
+    its status and reason."""
+    if result.inconsistent is None:
+        return check
+    return Check(**{**check.as_dict(), "status": "inconsistent", "reason": result.inconsistent})
 
 
 def check_result_nodes(spec: Spec, graphs: Mapping[str, FlatGraph]) -> None:

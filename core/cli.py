@@ -351,7 +351,11 @@ def check(
         click.echo(
             f"{counts['pass']} passed, {counts['fail']} failed, "
             f"{counts['not_measurable']} not measurable here (need trained weights and data)"
+            + (f", {counts['inconsistent']} paper inconsistent" if counts["inconsistent"] else "")
         )
+        for c in shown:
+            if c.status == "inconsistent":
+                click.echo(f"paper inconsistent: {c.variant} {c.metric} ({c.source}): {c.reason}")
     if any(c.status == "fail" for c in checks):
         ctx.exit(1)
 
@@ -426,6 +430,9 @@ def _warnings_held() -> Iterator[Callable[[], None]]:
     "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes."
 )
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe as JSON and stop.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Intra-op CPU threads [default: torch's]; recorded."
+)
 @click.option("--stop-after", type=click.IntRange(min=0), hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 def train(
@@ -438,21 +445,20 @@ def train(
     resume: str | None,
     workers: int,
     dry_run: bool,
+    threads: int | None,
     stop_after: int | None,
     as_json: bool,
 ) -> None:
     """Train a variant with its paper's recipe (under torchrun: on every process, rank 0 writing)."""
     import time as _time
 
-    from papers.recipe import override_pairs, resolve
-    from papers.registry import get_registry
+    from papers.recipe import override_pairs, resolve_variant
     from papers.train import train as run_train
 
     overrides = override_pairs(pairs)
     overrides.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
     if dry_run:
-        get_registry().variant(variant)
-        _print_json(resolve(get_registry().paper(variant).spec, overrides).model_dump(mode="json"))
+        _print_json(resolve_variant(variant, overrides).model_dump(mode="json"))
         return
     if resume is None and out is None:
         out = os.path.join("runs", f"{variant}-{_time.strftime('%Y%m%d-%H%M%S')}")
@@ -471,6 +477,7 @@ def train(
                 out=out,
                 resume=resume,
                 workers=workers,
+                threads=threads,
                 stop_after=stop_after,
                 log=log,
             )
@@ -506,10 +513,14 @@ def train(
     "--protocol", type=click.Choice(["single_crop", "center_crop", "ten_crop"]), default="single_crop"
 )
 @click.option(
-    "--resize", type=click.IntRange(min=1), help="Shorter side before cropping [default: size / 0.875]."
+    "--resize",
+    type=click.IntRange(min=1),
+    help="Shorter side before cropping [default: size / 0.875; the size itself for inputs of at most "
+    "64 px (CIFAR's original view)].",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op CPU threads [default: torch's].")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
 @click.option(
     "--dataset", help="The dataset's name as the paper's results write it: 'ImageNet (ILSVRC-2012)'."
@@ -529,6 +540,7 @@ def eval_command(
     resize: int | None,
     batch_size: int,
     workers: int,
+    threads: int | None,
     option_pairs: tuple[str, ...],
     dataset: str | None,
     split: str | None,
@@ -551,6 +563,7 @@ def eval_command(
             resize=resize,
             batch_size=batch_size,
             workers=workers,
+            threads=threads,
             options=options,
         )
     if data == "builtin:digits":
@@ -723,6 +736,63 @@ def compress(
         f"(measured on {report['latency_device']}, {threads} thread{'s' if threads != 1 else ''})"
     )
     click.echo(f"written: {os.path.join(out, report['file_after'])}, {report['file_before']}, report.json")
+
+
+@cli.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter (both).")
+@click.option("--json", "as_json", is_flag=True, help="Print the difference as JSON.")
+def diff_command(a: str, b: str, pairs: tuple[str, ...], as_json: bool) -> None:
+    """What changes from variant A to variant B: nodes and parameters and MACs per stage."""
+    from papers.diff import diff
+
+    result = diff(a, b, **_options(pairs))
+    if as_json:
+        _print_json(result.as_dict())
+        return
+
+    def arguments(args: dict[str, list[Any]]) -> list[str]:
+        def shown(value: Any) -> str:
+            return "(unset)" if value is None else plain(value)
+
+        return [f"{key}: {shown(before)} → {shown(after)}" for key, (before, after) in args.items()]
+
+    nodes = _table("", "node", "op", "what differs", title=f"{a} → {b}")
+    for change in result.changed:
+        what = arguments(change.args)
+        if change.op_b is not None:
+            what.insert(0, f"op: {change.op} → {change.op_b}")
+        if change.inputs is not None:
+            what.append(f"inputs: {plain(change.inputs[0])} → {plain(change.inputs[1])}")
+        nodes.add_row("~", change.name, change.op, "; ".join(what))
+    for change in result.renamed:
+        what = [f"named {change.name_b} in {b}", *arguments(change.args)]
+        nodes.add_row("→", change.name, change.op, "; ".join(what))
+    for mark, side, only in (("−", a, result.removed), ("+", b, result.added)):
+        for node in only:
+            what = f"only in {side}" + (f": {plain(node.args)}" if node.args else "")
+            nodes.add_row(mark, node.name, node.op, what)
+    if nodes.rows:
+        click.echo(str(nodes))
+    else:
+        click.echo(f"{a} → {b}: the graphs have the same nodes\n")
+    costs = _table("stage", "params A", "params B", "Δ params", "MACs A", "MACs B", "Δ MACs")
+    costs.RIGHT = frozenset(costs.columns[1:])
+    for stage in [*result.stages, result.total]:
+        costs.add_row(
+            stage.stage,
+            f"{stage.params_a:,}",
+            f"{stage.params_b:,}",
+            f"{stage.params_b - stage.params_a:+,}",
+            count(stage.macs_a),
+            count(stage.macs_b),
+            f"{stage.macs_b - stage.macs_a:+,}",
+        )
+    click.echo(str(costs))
+    counts = (len(result.changed), len(result.renamed), len(result.added), len(result.removed))
+    click.echo("A: {}, B: {}; {} changed, {} renamed, {} added, {} removed".format(a, b, *counts))
+    click.echo("MACs: multiply-adds for one image")
 
 
 def main() -> None:

@@ -279,10 +279,11 @@ def training_data(source: str, config: Any, shape: tuple[int, int, int]) -> Data
     held_out_folder = split_folder(source, "val", "test")
     test = None
     if held_out_folder is not None:
+        from papers.evaluate import protocol_transform  # the held-out split is seen as `papers eval` sees it
+
         normalise = eval_transform(config, size, mean=mean, std=std)
-        test = image_folder(
-            held_out_folder, shape[0], v2.Compose([_centre(size), *([normalise] if normalise else [])])
-        )
+        view = [protocol_transform("single_crop", size), *([normalise] if normalise else [])]
+        test = image_folder(held_out_folder, shape[0], v2.Compose(view))
         if test.classes != classes:
             raise DataError("its class folders differ from train/'s", file=str(held_out_folder))
     return Data(source, train, test, classes, normalization(config, mean, std))

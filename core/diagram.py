@@ -113,7 +113,8 @@ def _view(
     sources: dict[str, str] = {}
     for node in inside:
         target = unit_of[node.name]
-        for source in node.inputs:
+        for reference in node.inputs:
+            source = reference.partition(":")[0]  # an item (`pool:indices`) is drawn from its node
             if source in unit_of:
                 origin = unit_of[source]
             else:  # read from outside the view: a graph input, or the block's input
@@ -236,8 +237,8 @@ def _output_units(
     flat: FlatGraph, prefix: str, unit_of: Mapping[str, str], shapes: Mapping[str, Sequence[int]]
 ) -> dict[str, tuple[_Unit, str]]:
     """Output units with the node each one shows."""
-    if not prefix:
-        wanted = dict(flat.outputs)
+    if not prefix:  # an output that is an item (`pool:indices`) is drawn from its node
+        wanted = {name: node.partition(":")[0] for name, node in flat.outputs.items()}
     else:
         # a nested block instance is not in `aliases`: its output is its last node
         last = flat.aliases.get(prefix) or next(reversed(unit_of), None)

@@ -682,72 +682,54 @@ class _Expander:
         outputs = self.graph(graph, body, inner, inputs[0])
         self.init.extend(graph.init)
         self.classifier.extend(prefix + name for name in graph.classifier)
-        items = {**{name: ref for name, ref in inner.features.items()}, **outputs}
-        if not local:  # unprefixed: its names, stages and groups are the enclosing graph's own
-            for name, target in inner.names.items():
-                if name in graph.inputs:
-                    continue
-                if name in scope.names:
-                    raise GraphError(f"name {scope.prefix + name!r} is used twice", field=f"{where}.graph")
-                scope.names[name] = target
+        items = {**inner.features, **outputs}
+        # the inlined nodes, groups and blocks can be read from here: `body.layer1`, or `layer1`
+        # where the graph is inlined without a name (its feature stages are then this graph's own)
+        for name, target in inner.names.items():
+            if name in graph.inputs:
+                continue
+            if local or name not in scope.names:
+                scope.names.setdefault(local + name, target)
+            else:
+                raise GraphError(f"name {scope.prefix + name!r} is used twice", field=f"{where}.graph")
+        if not local:
             for name, target in inner.features.items():
                 self._feature(scope, name, target, f"{where}.graph")
-        else:
-            prefix_local = local  # `body.` : the inlined groups and blocks are `body.layer1`, ...
-            for name, target in inner.names.items():
-                if name not in graph.inputs:
-                    scope.names.setdefault(prefix_local + name, target)
         return next(iter(outputs.values())), items
 
     def _graph_definition(self, name: str, scope: _Scope, where: str) -> tuple[Spec, Graph, str]:
         """The spec that defines graph ``name`` as seen from ``scope``, the graph, and its field path."""
-        owner = scope.owner
-        assert owner is not None
-        paper, _, graph_name = name.rpartition(".")
-        if paper and paper != owner.id:
-            if paper not in owner.uses:
-                raise GraphError(
-                    f"graph {name!r} is from {paper!r}, which `uses` does not list", field=f"{where}.graph"
-                )
-            if paper not in self.library:
-                raise GraphError(
-                    f"graph {name!r} needs paper {paper!r}, which is not in the registry",
-                    field=f"{where}.graph",
-                )
-            owner = self.library[paper]
-        graph = owner.graphs.get(graph_name)
-        if graph is None:
-            known = ", ".join(sorted(owner.graphs)) or "none"
-            raise GraphError(
-                f"unknown graph {name!r} (graphs of {owner.id}: {known})", field=f"{where}.graph"
-            )
-        prefix = "" if owner is scope.owner else f"{owner.id}:"
-        return owner, graph, f"{prefix}graphs.{graph_name}"
+        return self._lookup_definition("graph", name, scope, where)
 
     def _definition(self, name: str, scope: _Scope, where: str) -> tuple[Spec, Block, str]:
         """The spec that defines block ``name`` as seen from ``scope``, the block, and its field path."""
+        return self._lookup_definition("block", name, scope, where)
+
+    def _lookup_definition(self, kind: str, name: str, scope: _Scope, where: str) -> tuple[Spec, Any, str]:
+        """A block or graph of the spec ``scope`` expands, or ``paper.name`` of a paper in its ``uses``."""
         owner = scope.owner
         assert owner is not None
-        paper, _, block = name.rpartition(".")
+        paper, _, local = name.rpartition(".")
         if paper and paper != owner.id:
             if paper not in owner.uses:
                 raise GraphError(
-                    f"block {name!r} is from {paper!r}, which `uses` does not list", field=f"{where}.block"
+                    f"{kind} {name!r} is from {paper!r}, which `uses` does not list", field=f"{where}.{kind}"
                 )
             if paper not in self.library:
                 raise GraphError(
-                    f"block {name!r} needs paper {paper!r}, which is not in the registry",
-                    field=f"{where}.block",
+                    f"{kind} {name!r} needs paper {paper!r}, which is not in the registry",
+                    field=f"{where}.{kind}",
                 )
             owner = self.library[paper]
-        definition = owner.blocks.get(block)
+        table = owner.blocks if kind == "block" else owner.graphs
+        definition = table.get(local)
         if definition is None:
-            known = ", ".join(sorted(owner.blocks)) or "none"
+            known = ", ".join(sorted(table)) or "none"
             raise GraphError(
-                f"unknown block {name!r} (blocks of {owner.id}: {known})", field=f"{where}.block"
+                f"unknown {kind} {name!r} ({kind}s of {owner.id}: {known})", field=f"{where}.{kind}"
             )
-        prefix = "" if owner is scope.owner else f"{owner.id}:"  # where a foreign block's fields are
-        return owner, definition, f"{prefix}blocks.{block}"
+        prefix = "" if owner is scope.owner else f"{owner.id}:"  # where a foreign definition's fields are
+        return owner, definition, f"{prefix}{kind}s.{local}"
 
     def _add(self, pending: _Pending) -> None:
         check_name(pending.name, f"{pending.where}.name")

@@ -14,6 +14,7 @@ inside the factories only.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from papers.errors import PapersError, PluginError
-from papers.spec import Augmentation, Hyperparameters, Spec, field_path
+from papers.spec import Augmentation, Hyperparameters, Spec, field_path, piecewise_problem
 
 if TYPE_CHECKING:
     import torch
@@ -56,15 +57,29 @@ Monitor = Literal["val_loss", "val_error", "val_accuracy", "train_loss", "train_
 
 
 class ScheduleConfig(_Config):
-    name: Literal["constant", "step", "multistep", "exponential", "cosine", "poly", "plateau"]
+    name: Literal["constant", "step", "multistep", "piecewise", "exponential", "cosine", "poly", "plateau"]
     factor: float | None = Field(None, gt=0)
     step_size: int | None = Field(None, gt=0)
     milestones: list[int] | None = None
+    values: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="A piecewise schedule's rates, one more than its milestones; each is applied as "
+        "values[i] / values[0] times optimizer.lr, so the rates are the paper's at its own lr.",
+    )
     unit: Literal["epoch", "iteration"] = "epoch"
     times: int | None = Field(None, ge=0)
     monitor: Monitor | None = None
     patience: int | None = Field(None, ge=0)
     power: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _piecewise(self) -> ScheduleConfig:
+        if self.name == "piecewise":
+            problem = piecewise_problem(self.milestones, self.values)
+            if problem:
+                raise ValueError(f"schedule: {problem}")
+        return self
 
 
 class TrainConfig(_Config):
@@ -316,12 +331,19 @@ _MONITORS: dict[str, Monitor] = {
 }
 
 
-def resolve(spec: Spec, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The spec's recipe as a :class:`TrainConfig`, with dotted-path ``overrides`` applied."""
-    if spec.hyperparameters is None:
+def resolve(
+    spec: Spec, overrides: Mapping[str, Any] | None = None, *, variant: str | None = None
+) -> TrainConfig:
+    """The recipe of ``variant`` (its group's in the spec's ``recipes``, else the paper's
+    ``hyperparameters``; no variant: the paper's) as a :class:`TrainConfig`, with dotted-path
+    ``overrides`` applied.
+
+    A recipe that gives neither epochs nor iterations resolves (``check_length`` refuses it)."""
+    hyperparameters = spec.hyperparameters if variant is None else spec.hyperparameters_of(variant)
+    if hyperparameters is None:
         raise RecipeError(f"paper {spec.id!r} gives no training recipe (no `hyperparameters`)")
     overrides = overrides or {}
-    data = _from_hyperparameters(spec.hyperparameters)
+    data = _from_hyperparameters(hyperparameters)
     for path, value in overrides.items():
         _set(data, path, value)
     _look_up_names(data, overrides)
@@ -329,6 +351,27 @@ def resolve(spec: Spec, overrides: Mapping[str, Any] | None = None) -> TrainConf
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise _override_error(exc, overrides) from None
+
+
+def resolve_variant(variant: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The registry's variant's recipe, resolved with ``overrides`` and refused unless it says how long
+    to train (what ``papers train VARIANT --dry-run`` prints)."""
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    registry.variant(variant)
+    config = resolve(registry.paper(variant).spec, overrides, variant=variant)
+    check_length(config)
+    return config
+
+
+def check_length(config: TrainConfig) -> None:
+    """Refuse a recipe that gives neither epochs nor iterations, naming what is missing."""
+    if config.epochs is None and config.iterations is None:
+        raise RecipeError(
+            "the recipe gives neither epochs nor iterations; give --epochs N or -r iterations=N",
+            field="epochs",
+        )
 
 
 def _look_up_names(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
@@ -373,6 +416,8 @@ def _from_hyperparameters(h: Hyperparameters) -> dict[str, Any]:
     deviations: list[str] = []
     optimizer = h.optimizer.model_dump(exclude_none=True)
     schedule = _schedule(h, deviations)
+    if schedule["name"] == "piecewise":
+        optimizer.setdefault("lr", schedule["values"][0])
     if h.batch_size is None:
         deviations.append("batch_size: not given by the paper; 32")
     data: dict[str, Any] = {
@@ -417,6 +462,14 @@ def _schedule(h: Hyperparameters, deviations: list[str]) -> dict[str, Any]:
     if name in ("multistep", "step", "plateau") and "factor" not in s:
         s["factor"] = 0.1
         deviations.append("schedule.factor: not given by the paper; PyTorch's default 0.1")
+    if name == "piecewise":
+        lr = h.optimizer.lr
+        if lr is not None and not math.isclose(lr, s["values"][0], rel_tol=1e-9):
+            raise RecipeError(
+                f"schedule.values[0] ({s['values'][0]}) is the initial rate; optimizer.lr is {lr}",
+                field="hyperparameters.schedule.values",
+            )
+        return s
     if name == "multistep" and not s.get("milestones"):
         deviations.append("schedule: multistep without milestones; the rate is kept constant")
         return {"name": "constant"}
@@ -530,6 +583,9 @@ def make_scheduler(config: TrainConfig, optimizer: Any, *, epochs: int, steps_pe
         return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=s.factor or 0.1)
     if s.name == "multistep":
         return lr_scheduler.MultiStepLR(optimizer, milestones=list(s.milestones or []), gamma=s.factor or 0.1)
+    if s.name == "piecewise":
+        rates = partial(_piecewise, list(s.milestones or []), list(s.values or []))
+        return lr_scheduler.LambdaLR(optimizer, rates)
     if s.name == "exponential":
         if s.step_size:  # "× factor every step_size epochs", a staircase
             return lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.factor or 1.0)
@@ -547,6 +603,11 @@ def make_scheduler(config: TrainConfig, optimizer: Any, *, epochs: int, steps_pe
         patience=10 if s.patience is None else s.patience,
         min_lr=lowest * (1 - 1e-9),
     )
+
+
+def _piecewise(milestones: list[int], values: list[float], step: int) -> float:
+    """The piecewise schedule's multiplier of the initial rate at ``step`` (an epoch or iteration)."""
+    return values[bisect.bisect_right(milestones, step)] / values[0]
 
 
 class _PCALighting:

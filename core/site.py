@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -160,6 +161,162 @@ class ArchitectureView:
     """A graph's top-level groups, each drawn on its own."""
 
 
+MARKS = {"pass": "✓", "fail": "✗", "not_measurable": "○", "inconsistent": "≠"}
+"""The mark beside a variant in a results table, per check status (the legend says what each means)."""
+_UNITS = {"percent": "%", "thousand": "k", "million": "M", "billion": "G", "count": "", "shape": ""}
+
+
+@dataclass
+class ResultRow:
+    """One reported result with its check, as a results table shows it."""
+
+    check: Any
+    mark: str
+    metric: str
+    """The metric in words, with its scope where it is not the whole model: ``macs of inception3a``."""
+    data: str
+    """Dataset, split and protocol: ``CIFAR-10 test, single crop``."""
+    conditions: str
+    reported: str
+    """The number as the paper prints it, with its unit: ``7.40%``."""
+    measured: str
+    tolerance: str
+    """``±0.005``, or with ``(spec)`` where the spec widens or narrows the default."""
+    notes: list[int] = field(default_factory=list)
+    """Footnote numbers: the result's note, the paper's contradiction, what the check adds."""
+
+
+@dataclass
+class Erratum:
+    """A result the paper's own numbers contradict (``inconsistent:``), for the errata page."""
+
+    page: Any
+    row: ResultRow
+    reason: str
+
+
+def printed_decimals(results: list[Any]) -> dict[int, int]:
+    """Decimals each numeric result is printed with, by position: a column of a paper's table shares
+    its precision, so ``7.40`` (a float 7.4 once read) shows as printed beside ``24.19``.
+
+    A tolerance of half a unit of a decimal (``0.005``) fixes it; otherwise the most decimals among
+    the results of the same source, metric, unit and dataset.
+    """
+
+    def own(value: float) -> int:
+        text = repr(float(value))
+        return 0 if text.endswith(".0") or "e" in text else len(text.partition(".")[2])
+
+    group: dict[tuple[Any, ...], int] = {}
+    for result in results:
+        if isinstance(result.value, int | float):
+            key = (result.source, result.metric, result.unit, result.dataset)
+            group[key] = max(group.get(key, 0), own(result.value))
+    decimals = {}
+    for index, result in enumerate(results):
+        if not isinstance(result.value, int | float):
+            continue
+        fixed = _half_unit_decimals(result.tolerance)
+        key = (result.source, result.metric, result.unit, result.dataset)
+        decimals[index] = max(fixed, group[key]) if fixed is not None else group[key]
+    return decimals
+
+
+def _half_unit_decimals(tolerance: float | None) -> int | None:
+    for places in range(1, 7):
+        if tolerance is not None and math.isclose(tolerance, 0.5 * 10.0**-places, rel_tol=1e-9):
+            return places
+    return None
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:,.{decimals}f}"
+
+
+def _with_unit(text: str, unit: str) -> str:
+    suffix = _UNITS.get(unit, f" {unit}")
+    return text + suffix if suffix in ("", "%") else f"{text} {suffix}"
+
+
+def _metric_words(check: Any) -> str:
+    words = check.metric.replace("top1", "top-1").replace("top5", "top-5").replace("_", " ")
+    words = {"macs": "multiply-adds", "params": "parameters", "output shape": "output shape"}.get(
+        words, words
+    )
+    if check.scope == "backbone":
+        return f"{words} without the classifier"
+    if check.scope.startswith("node:"):
+        return f"{words} of {check.scope[5:]}"
+    return words
+
+
+def _conditions(conditions: dict[str, Any]) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {plain(value)}" for key, value in conditions.items())
+
+
+def result_rows(spec: Any, checks: list[Any], notes: list[str]) -> list[ResultRow]:
+    """A results table's rows, each check beside the result it checks (``checks`` are in the order of
+    ``spec.results``); footnote texts are appended to ``notes`` (one number per distinct text)."""
+    paired = len(checks) == len(spec.results)  # not so with training checks (``papers check --run``)
+    results = list(spec.results) if paired else [None] * len(checks)
+    decimals = printed_decimals(list(spec.results)) if paired else {}
+    rows = []
+    for index, (check, result) in enumerate(zip(checks, results, strict=True)):
+        places = decimals.get(index)
+        if isinstance(check.reported, list):
+            reported = _shape(check.reported)
+            measured = "–" if check.measured is None else _shape(check.measured)
+        else:
+            places = places if places is not None else 2
+            reported = _with_unit(_number(check.reported, places), check.unit)
+            measured = (
+                "–" if check.measured is None else _with_unit(_number(check.measured, places + 2), check.unit)
+            )
+        texts = []
+        if result is not None and result.note:
+            texts.append(" ".join(result.note.split()))
+        if check.reason and check.status != "not_measurable":
+            texts.append(("Paper inconsistent: " if check.status == "inconsistent" else "") + check.reason)
+        if check.proxy:
+            texts.append(f"A proxy: measured on {check.proxy}.")
+        custom = result is not None and result.tolerance is not None
+        if custom and _half_unit_decimals(result.tolerance) is None and not isinstance(check.reported, list):
+            texts.append(
+                f"The spec sets the tolerance to ±{_with_unit(plain(result.tolerance), check.unit)}, "
+                "not half a unit of the last digit printed."
+            )
+        numbers = []
+        for text in texts:
+            if text not in notes:
+                notes.append(text)
+            numbers.append(notes.index(text) + 1)
+        tolerance = "" if isinstance(check.reported, list) else f"±{check.tolerance:g}"
+        if custom and tolerance and _half_unit_decimals(result.tolerance) is None:
+            tolerance += " (spec)"
+        data = ", ".join(
+            part
+            for part in (
+                " ".join(p for p in (check.dataset, result.split if result else None) if p),
+                (check.protocol or "").replace("_", " "),
+            )
+            if part
+        )
+        rows.append(
+            ResultRow(
+                check=check,
+                mark=MARKS.get(check.status, "?"),
+                metric=_metric_words(check),
+                data=data,
+                conditions=_conditions(result.conditions) if result is not None else "",
+                reported=reported,
+                measured=measured,
+                tolerance=tolerance,
+                notes=numbers,
+            )
+        )
+    return rows
+
+
 @dataclass
 class PaperPage:
     id: str
@@ -178,6 +335,10 @@ class PaperPage:
     counts: dict[str, int]
     graphs: list[ArchitectureView] = field(default_factory=list)
     blocks: list[ArchitectureView] = field(default_factory=list)
+    rows: list[ResultRow] = field(default_factory=list)
+    """The reported-vs-measured table."""
+    notes: list[str] = field(default_factory=list)
+    """Its numbered footnotes."""
 
 
 @dataclass
@@ -186,6 +347,8 @@ class SiteData:
     topics: dict[str, list[PaperPage]]
     charts: dict[str, list[tuple[str, str, str]]]
     """Topic -> (title, file name, SVG text)."""
+    errata: list[Erratum] = field(default_factory=list)
+    """Every result marked inconsistent with its paper's own numbers, across the registry."""
 
 
 def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
@@ -222,6 +385,7 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
             checks=checks,
             counts=counts,
         )
+        page.rows = result_rows(spec, checks, page.notes)
         _architecture(page, spec, flats, measured)
         pages.append(page)
     topics: dict[str, list[PaperPage]] = {}
@@ -231,7 +395,13 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
     from papers.charts import topic_charts
 
     charts = {topic: topic_charts(topic, members) for topic, members in topics.items()}
-    return SiteData(papers=pages, topics=dict(sorted(topics.items())), charts=charts)
+    errata = [
+        Erratum(page=page, row=row, reason=row.check.reason)
+        for page in pages
+        for row in page.rows
+        if row.check.status == "inconsistent"
+    ]
+    return SiteData(papers=pages, topics=dict(sorted(topics.items())), charts=charts, errata=errata)
 
 
 def _shown_file(file: str) -> str:
@@ -397,7 +567,10 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         text = environment.get_template(template).render(**context)
         target.write_text(text, encoding="utf-8")
 
-    write("index.md", "index.md.j2", data=data)
+    readme = sources.parent / "README.md"  # the source tree's; an installed package has none
+    readme_text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    training = readme_section(readme_text, "Training and evaluation")
+    write("index.md", "index.md.j2", data=data, has_training=bool(training))
     nav: list[Any] = [{"Home": "index.md"}]
     for topic, members in data.topics.items():
         charts = data.charts.get(topic, [])
@@ -409,10 +582,16 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         nav.append({TOPIC_TITLES.get(topic, topic): [f"{topic}/index.md", *own]})
     for page in data.papers:
         write(page.path, "paper.md.j2", page=page, spec=page.spec)
+    write("errata.md", "errata.md.j2", errata=data.errata)
+    nav.append({"Errata": "errata.md"})
+    write("lineage.md", "lineage.md.j2", lineage=_lineage(data))
     from papers.spec import Spec
 
-    schema = json.dumps(Spec.model_json_schema(by_alias=True), indent=2, ensure_ascii=False)
-    write("reference/schema.md", "schema.md.j2", schema=schema)
+    schema = Spec.model_json_schema(by_alias=True)
+    (docs / "reference").mkdir(parents=True, exist_ok=True)
+    schema_text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    (docs / "reference" / "spec.schema.json").write_text(schema_text, encoding="utf-8")
+    write("reference/schema.md", "schema.md.j2", models=schema_tables(schema))
     write("reference/cli.md", "cli.md.j2", commands=cli_reference())
     write(
         "guides/plugins.md",
@@ -420,9 +599,91 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         hooks=hook_reference(),
         example=_example_files(example),
     )
+    nav.append({"Lineage": "lineage.md"})
     nav.append({"Reference": ["reference/cli.md", "reference/schema.md"]})
-    nav.append({"Guides": ["guides/plugins.md"]})
+    write(
+        "guides/getting-started.md",
+        "getting-started.md.j2",
+        tour=readme_section(readme_text, "A short tour"),
+        training=bool(training),
+    )
+    guides = ["guides/getting-started.md"]
+    if training:
+        write("guides/training.md", "training.md.j2", body=training)
+        guides.append("guides/training.md")
+    nav.append({"Guides": [*guides, "guides/plugins.md"]})
     return nav
+
+
+def readme_section(text: str, title: str) -> str:
+    """The Markdown under the README's ``## title`` up to its next ``##`` heading ("" where none)."""
+    lines = text.splitlines()
+    if f"## {title}" not in lines:
+        return ""
+    start = lines.index(f"## {title}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip() + "\n"
+
+
+@dataclass
+class SchemaField:
+    name: str
+    type: str
+    required: bool
+    default: str
+    description: str
+
+
+def schema_tables(schema: dict[str, Any]) -> list[tuple[str, str, list[SchemaField]]]:
+    """(model, description, fields) for the spec and each model it refers to, the spec first."""
+    definitions = schema.get("$defs", {})
+    models = [("Spec", schema), *sorted((n, d) for n, d in definitions.items() if "properties" in d)]
+    tables = []
+    for name, definition in models:
+        required = set(definition.get("required", []))
+        fields = [
+            SchemaField(
+                name=key,
+                type=_schema_type(value),
+                required=key in required,
+                default="" if "default" not in value else json.dumps(value["default"], ensure_ascii=False),
+                description=" ".join(str(value.get("description", "")).split()),
+            )
+            for key, value in definition["properties"].items()
+        ]
+        tables.append((name, " ".join(str(definition.get("description", "")).split()), fields))
+    return tables
+
+
+def _schema_type(value: dict[str, Any]) -> str:
+    """A JSON Schema type in a few words: ``Result[]``, ``"model" | "node"``, ``number ≥ 0 | null``."""
+    if "$ref" in value:
+        return value["$ref"].rsplit("/", 1)[-1]
+    if "anyOf" in value or "oneOf" in value:
+        options = value.get("anyOf", value.get("oneOf", []))
+        return " | ".join(dict.fromkeys(_schema_type(option) for option in options))
+    if "enum" in value:
+        shown = [json.dumps(v, ensure_ascii=False) for v in value["enum"]]
+        return " | ".join(shown[:8]) + (f" | … ({len(shown)} in all)" if len(shown) > 8 else "")
+    if "const" in value:
+        return json.dumps(value["const"], ensure_ascii=False)
+    kind = str(value.get("type", "any"))
+    if kind == "array":
+        return f"{_schema_type(value.get('items', {}))}[]"
+    extra = value.get("additionalProperties")
+    if kind == "object" and isinstance(extra, dict):
+        return f"{{name: {_schema_type(extra)}}}"
+    signs = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+    bounds = [f"{sign} {value[key]:g}" for key, sign in signs if key in value]
+    return " ".join([kind, *bounds])
+
+
+def _lineage(data: SiteData) -> Any:
+    """The lineage page's content: the registry's family tree (``papers.lineage``), linked to the pages."""
+    from papers.lineage import lineage, lineage_page
+
+    paths = {page.id: page.path for page in data.papers}
+    return lineage_page([page.spec for page in data.papers], paths, lineage())
 
 
 def _example_files(example: Path | None) -> list[tuple[str, str, str]]:

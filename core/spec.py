@@ -127,15 +127,42 @@ class Optimizer(_Model):
 
 
 class Schedule(_Model):
-    name: Literal["constant", "step", "multistep", "plateau", "poly", "cosine", "exponential"]
+    name: Literal["constant", "step", "multistep", "piecewise", "plateau", "poly", "cosine", "exponential"]
     factor: float | None = Field(None, gt=0, description="Multiplier applied at each decrease.")
     step_size: int | None = Field(None, gt=0)
     milestones: list[int] | None = None
+    values: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="A piecewise schedule's rates: values[0] until milestones[0], values[i] from "
+        "milestones[i-1] on (one value more than milestones).",
+    )
     unit: Literal["epoch", "iteration"] = "epoch"
     times: int | None = Field(None, ge=0, description="How many times the rate was decreased.")
     monitor: str | None = Field(None, description="What a plateau schedule watches.")
     patience: int | None = Field(None, ge=0)
     power: float | None = None
+
+    @model_validator(mode="after")
+    def _piecewise(self) -> Schedule:
+        if self.name == "piecewise":
+            problem = piecewise_problem(self.milestones, self.values)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def piecewise_problem(milestones: list[int] | None, values: list[float] | None) -> str | None:
+    """What keeps ``milestones`` and ``values`` from being a piecewise-constant schedule, if anything."""
+    if not values or milestones is None:
+        return "piecewise needs `values` and `milestones`"
+    if len(values) != len(milestones) + 1:
+        return f"piecewise gives {len(values)} values for {len(milestones)} milestones; it needs one more"
+    if any(v <= 0 for v in values):
+        return f"piecewise values are positive rates, not {values}"
+    if any(m < 1 for m in milestones) or sorted(set(milestones)) != milestones:
+        return f"piecewise milestones increase from 1 on, not {milestones}"
+    return None
 
 
 class Augmentation(_Model):
@@ -180,6 +207,14 @@ class Hyperparameters(_Model):
     )
     source: str | None = Field(None, description="Where in the paper the recipe is given.")
     notes: str | None = None
+
+
+class Recipe(_Model):
+    """The recipe of a group of variants the paper trains otherwise (its CIFAR networks): it replaces
+    the paper-level ``hyperparameters`` for those variants, whole, so each value is read in one place."""
+
+    variants: list[str] = Field(min_length=1, description="Variants of this spec trained this way.")
+    hyperparameters: Hyperparameters
 
 
 # --- architecture graphs --------------------------------------------------------------------
@@ -569,6 +604,12 @@ class Result(_Model):
         None, ge=0, description="In the result's unit; default: half a unit of the last printed digit."
     )
     note: str | None = None
+    inconsistent: str | None = Field(
+        None,
+        min_length=1,
+        description="Why the paper's own numbers contradict this one (another table, its own filter "
+        "counts); checked and shown as 'paper inconsistent', never as a failure.",
+    )
 
     @model_validator(mode="after")
     def _shape_or_number(self) -> Result:
@@ -687,6 +728,11 @@ class Spec(_Model):
     citation: Citation
     summary: str = Field(min_length=1, description="The idea, and what changed, in our own words.")
     hyperparameters: Hyperparameters | None = None
+    recipes: list[Recipe] = Field(
+        [],
+        description="Recipes of variant groups the paper trains otherwise (CIFAR and ImageNet): each "
+        "replaces `hyperparameters` for the variants it names.",
+    )
     uses: list[str] = Field([], description="Papers whose blocks this spec reuses, as `paper.block`.")
     blocks: dict[str, Block] = {}
     graphs: dict[str, Graph] = {}
@@ -711,7 +757,23 @@ class Spec(_Model):
         for index, result in enumerate(self.results):
             if result.variant not in seen:
                 raise _at(f"results[{index}].variant", f"no variant {result.variant!r} in this spec")
+        with_recipe: set[str] = set()
+        for index, recipe in enumerate(self.recipes):
+            for position, name in enumerate(recipe.variants):
+                where = f"recipes[{index}].variants[{position}]"
+                if name not in seen:
+                    raise _at(where, f"no variant {name!r} in this spec")
+                if name in with_recipe:
+                    raise _at(where, f"variant {name!r} is named by two recipes")
+                with_recipe.add(name)
         return self
+
+    def hyperparameters_of(self, variant_id: str) -> Hyperparameters | None:
+        """The recipe ``variant_id`` trains with: its group's in ``recipes``, else ``hyperparameters``."""
+        for recipe in self.recipes:
+            if variant_id in recipe.variants:
+                return recipe.hyperparameters
+        return self.hyperparameters
 
     def variant(self, variant_id: str) -> Variant:
         for variant in self.variants:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-STATUS = {"pass": "✓", "fail": "✗", "not_measurable": "not measurable here"}
+STATUS = {
+    "pass": "✓",
+    "fail": "✗",
+    "not_measurable": "not measurable here",
+    "inconsistent": "paper inconsistent",
+}
 """How a check's status is shown."""
 
 

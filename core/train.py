@@ -68,6 +68,8 @@ class RunRecord(BaseModel):
     """The per-channel mean and std the inputs are normalised with, for evaluation."""
     recipe: TrainConfig
     world_size: int = 1
+    threads: int | None = None
+    """The intra-op CPU threads of each process (``--threads``, else torch's default) when it started."""
     papers_version: str = ""
     torch_version: str = ""
 
@@ -138,18 +140,53 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     workers: int = 0,
+    threads: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Train ``variant`` on ``data`` with its paper's recipe and ``overrides`` (dotted recipe fields).
 
     ``out`` is the run folder (none: nothing is written); ``resume`` continues a run folder from its
     last checkpoint. ``stop_after`` ends this call cleanly after that many epochs, as an interrupt would.
+    ``threads`` sets torch's intra-op threads for the run (none: torch's default), restored after it.
     """
+    with intra_op_threads(threads):
+        return _train(variant, data, overrides, out, resume, progress, stop_after, workers, log)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads (none: as they are), restored after it."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise RunError(f"threads must be at least 1, not {threads}", field="--threads")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
+    variant: str,
+    data: str | None,
+    overrides: Mapping[str, Any] | None,
+    out: str | Path | None,
+    resume: str | Path | None,
+    progress: bool,
+    stop_after: int | None,
+    workers: int,
+    log: Callable[[str], None] | None,
+) -> Run:
     import torch
 
     from papers.api import build_model, expand_variant, get_spec
     from papers.data import class_names, training_data
-    from papers.recipe import resolve
+    from papers.recipe import check_length, resolve
 
     dist = _Distributed()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -162,8 +199,9 @@ def train(
             if data is None:
                 raise RunError("name the training data with --data", field="--data")
             spec = get_spec(variant)
+            config = resolve(spec, overrides, variant=variant)
+            check_length(config)  # before any data is read
             classes = class_names(data)
-            config = resolve(spec, overrides)
             options = _build_options(spec, variant, config, len(classes))
             record = RunRecord(
                 variant=variant,
@@ -174,6 +212,7 @@ def train(
                 classes=classes,
                 recipe=config,
                 world_size=dist.world,
+                threads=torch.get_num_threads(),
                 papers_version=_version(),
                 torch_version=torch.__version__,
             )
@@ -865,14 +904,8 @@ class _Progress:
 def run_training_check(check: Any, *, progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
     """Run a plugin's :class:`papers.checks.TrainingCheck` in memory (nothing is written), on one thread:
     the checks train small models, which intra-op threads slow down on a shared CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         return _train_check(check, progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_check(check: Any, progress: bool, log: Callable[[str], None] | None) -> Run:

@@ -57,6 +57,24 @@ def fresh_registry():
     reset_registry()
 
 
+@pytest.fixture(scope="session")
+def _demo_registry():
+    from papers.registry import Registry
+    from tests.test_methods import demo_manager
+
+    return Registry(demo_manager())
+
+
+@pytest.fixture
+def demo(_demo_registry, monkeypatch):
+    """The registry of the built-ins and the methods demo package (tests/plugin_packages/methods_demo),
+    as the current registry."""
+    import papers.registry
+
+    monkeypatch.setattr(papers.registry, "_current", _demo_registry)
+    return _demo_registry
+
+
 class Result:
     def __init__(self, exit_code: int, stdout: str, stderr: str):
         self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
@@ -71,6 +89,54 @@ def run():
         return Result(result.exit_code, result.stdout, result.stderr)
 
     return invoke
+
+
+def pip_install(source: Path, target: Path) -> Path:
+    """Install the package at ``source`` into the folder ``target`` (for PYTHONPATH), as a user's pip
+    would install a plugin distribution; no dependencies, nothing downloaded."""
+    import subprocess
+    import sys
+
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(target), str(source)], check=True, capture_output=True)
+    return target
+
+
+def write_package(
+    folder: Path,
+    module: str,
+    distribution: str,
+    code: str,
+    *,
+    entry: str = "",
+    data: dict[str, str] | None = None,
+) -> Path:
+    """A one-module plugin distribution's sources: ``module/__init__.py`` holding ``code``, the files
+    of ``data`` beside it (package data), and a pyproject registering it as the papers plugin
+    ``entry`` (default: the module's name)."""
+    import textwrap
+
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text(code)
+    for name, text in (data or {}).items():
+        (folder / module / name).write_text(text)
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools>=61"]
+            build-backend = "setuptools.build_meta"
+            [project]
+            name = "{distribution}"
+            version = "1.0"
+            [project.entry-points.papers]
+            {entry or module} = "{module}"
+            [tool.setuptools.package-data]
+            {module} = ["*.yaml"]
+            """
+        )
+    )
+    return folder
 
 
 def minimal_spec(**graph: Any) -> dict[str, Any]:

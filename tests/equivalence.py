@@ -144,18 +144,3 @@ def assert_matches_reference(variant_id: str, case: Equivalence | None = None) -
     shapes = papers.expand_variant(variant_id, **case.options).inputs
     inputs = [torch.randn(BATCH, *shape) for shape in shapes.values()]
     compare_with_reference(ours, reference, inputs, names=case.outputs, training_flag=case.training_flag)
-
-
-def assert_equivalent(
-    variant_id: str,
-    input_shape: tuple[int, ...],
-    *,
-    reference_kwargs: dict[str, Any] | None = None,
-    build_options: dict[str, Any] | None = None,
-    batch: int = BATCH,
-) -> None:
-    """:func:`assert_matches_reference` at an explicit input shape (without the batch dimension)."""
-    torch.manual_seed(SEED)
-    reference = papers.reference_model(variant_id, **(reference_kwargs or {}))
-    ours = papers.build_model(variant_id, device="meta", **(build_options or {}))
-    compare_with_reference(ours, reference, [torch.randn(batch, *input_shape)])

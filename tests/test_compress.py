@@ -26,8 +26,8 @@ import papers.registry
 from papers import compression
 from papers.compression import ContainerError, decode_state, encode_state, read_container
 from papers.errors import PapersError
-from papers.registry import Registry
-from tests.test_methods import DEMO, demo_manager
+from tests.conftest import pip_install
+from tests.test_methods import DEMO
 
 REPORT_KEYS = {
     "params_before",
@@ -49,18 +49,6 @@ REPORT_KEYS = {
     "metric_after",
     "theoretical",
 }
-
-
-@pytest.fixture(scope="module")
-def _demo_registry() -> Registry:
-    return Registry(demo_manager())
-
-
-@pytest.fixture
-def demo(_demo_registry, monkeypatch) -> Registry:
-    """The registry of the built-ins and the demo package, as the current registry."""
-    monkeypatch.setattr(papers.registry, "_current", _demo_registry)
-    return _demo_registry
 
 
 @pytest.fixture(autouse=True)
@@ -334,22 +322,7 @@ def test_a_file_that_is_not_a_container_or_is_damaged_is_refused_in_one_line(tmp
 
 def test_an_installed_plugin_contributes_methods_and_compress_runs_on_them(tmp_path):
     target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(DEMO),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pip_install(DEMO, target)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PAPERS_")}
     environment.update(
         PYTHONPATH=str(target),

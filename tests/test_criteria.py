@@ -9,9 +9,6 @@ CLI runs on it through the runner of ``test_third_party_plugins``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from papers.plugins import PluginInfo, PluginManager
 from papers.recipe import Criterion, Optimizer, RecipeError, resolve
 from papers.registry import Registry
 from tests import test_third_party_plugins
-from tests.conftest import REPO
+from tests.conftest import REPO, pip_install, write_package
 
 cli = test_third_party_plugins.papers
 """``cli(*args, plugins=("criteria_demo",))``: ``papers`` in a subprocess with the package on its path."""
@@ -70,26 +67,14 @@ def papers_optimizers():
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict[str, Path]:
     """The package above, installed into a folder of its own (the runner's ``installed``)."""
-    source = tmp_path_factory.mktemp("criteria_demo_source")
-    (source / "papers_criteria_demo").mkdir()
-    (source / "papers_criteria_demo" / "__init__.py").write_text(CRITERIA_DEMO)
-    (source / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """
-            [build-system]
-            requires = ["setuptools>=61"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "papers-criteria-demo"
-            version = "1.0"
-            [project.entry-points.papers]
-            criteria_demo = "papers_criteria_demo"
-            """
-        )
+    source = write_package(
+        tmp_path_factory.mktemp("criteria_demo_source"),
+        "papers_criteria_demo",
+        "papers-criteria-demo",
+        CRITERIA_DEMO,
+        entry="criteria_demo",
     )
-    target = tmp_path_factory.mktemp("criteria_demo")
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*pip, "--target", str(target), str(source)], check=True, capture_output=True)
+    target = pip_install(source, tmp_path_factory.mktemp("criteria_demo"))
     return {"criteria_demo": target}
 
 

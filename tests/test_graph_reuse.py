@@ -268,3 +268,27 @@ def test_feature_stages_carry_their_channels_and_stride():
         }
     cifar = papers.feature_info("wrn_28_10")
     assert [(f.name, f.stride) for f in cifar] == [("stage1", 1), ("stage2", 2), ("stage3", 4)]
+
+
+def test_diagrams_draw_items_from_their_node_and_inlined_graphs_by_their_groups():
+    from papers.diagram import view
+    from papers.measure import measure_graph
+
+    registry = get_registry()
+    flat = flat_of("segnet_demo.yaml", "net")
+    drawn = view(flat, "", measure_graph("segnet_demo", flat, registry.catalogue).node_shapes).text
+    assert "enc1<br>block encoder" in drawn and ":" not in drawn.replace("flowchart TD", "")
+    flat = flat_of("fpn_demo.yaml", "backbone", image_size=64)
+    drawn = view(flat, "", measure_graph("fpn_backbone_demo", flat, registry.catalogue).node_shapes).text
+    assert "body.layer4<br>3 × resnet.bottleneck" in drawn
+
+
+def test_an_unbatched_input_read_as_a_batch_is_one_clear_error():
+    data = minimal_spec(
+        inputs={"image": [3, 16, 16], "rois": [4, 5]},
+        unbatched=["rois"],
+        nodes=[{"name": "conv", "op": "conv2d", "in": "rois", "args": {"out_channels": 4, "kernel_size": 3}}],
+    )
+    data["graphs"]["net"].pop("classifier")
+    with pytest.raises(GraphError, match=r"node 'conv' \(conv2d\) fails on input \[4, 5\]"):
+        trace(_expand(data), get_registry().catalogue)

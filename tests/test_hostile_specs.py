@@ -25,7 +25,7 @@ from papers.expr import MAX_SEQUENCE_LENGTH, evaluate
 from papers.graph import MAX_NODES, MAX_STEPS, RESERVED, expand
 from papers.ops import Catalogue
 from papers.spec import validate_spec
-from tests.conftest import minimal_spec, write_spec
+from tests.conftest import minimal_spec, pip_install, write_package, write_spec
 
 MARKER = "/tmp/papers-injection-ran"
 # A name that, pasted into fx's `getattr(self, "...")`, would close the string and run a command.
@@ -106,48 +106,23 @@ def test_the_injection_through_a_plugin_package_runs_nothing(tmp_path):
     """A third-party plugin that only returns a YAML file: build refuses it, nothing runs."""
     import subprocess
     import sys
-    import textwrap
 
     import yaml
 
-    package = tmp_path / "src"
-    (package / "hostile_plugin").mkdir(parents=True)
-    (package / "hostile_plugin" / "__init__.py").write_text(
-        textwrap.dedent(
-            """
-            from importlib.resources import files
-
-            from papers.hookspecs import hookimpl
-
-
-            @hookimpl
-            def papers_specs():
-                return [files("hostile_plugin") / "hostile.yaml"]
-            """
-        )
-    )
     data = with_first_name(INJECTION)
     data["id"], data["variants"][0]["id"] = "hostile", "hostile8"
-    (package / "hostile_plugin" / "hostile.yaml").write_text(yaml.safe_dump(data))
-    (package / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """
-            [build-system]
-            requires = ["setuptools>=68"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "hostile-plugin"
-            version = "1.0"
-            [project.entry-points.papers]
-            hostile = "hostile_plugin"
-            [tool.setuptools.package-data]
-            hostile_plugin = ["*.yaml"]
-            """
-        )
+    code = (
+        "from importlib.resources import files\n\nfrom papers.hookspecs import hookimpl\n\n\n"
+        "@hookimpl\ndef papers_specs():\n    return [files('hostile_plugin') / 'hostile.yaml']\n"
     )
-    target = tmp_path / "site-packages"
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*pip, "--target", str(target), str(package)], check=True, capture_output=True)
+    source = write_package(
+        tmp_path / "src",
+        "hostile_plugin",
+        "hostile-plugin",
+        code,
+        data={"hostile.yaml": yaml.safe_dump(data)},
+    )
+    target = pip_install(source, tmp_path / "site-packages")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PAPERS_")}
     environment.update(PYTHONPATH=str(target), PAPERS_CACHE_DIR=str(tmp_path / "cache"))
     for command in (["build", "hostile8"], ["build", "hostile8", "--out", str(tmp_path / "w.safetensors")]):

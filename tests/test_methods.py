@@ -51,18 +51,6 @@ def demo_manager(*plugins: tuple[str, object]) -> PluginManager:
     return manager
 
 
-@pytest.fixture(scope="session")
-def _demo_registry() -> Registry:
-    return Registry(demo_manager())
-
-
-@pytest.fixture
-def demo(_demo_registry, monkeypatch) -> Registry:
-    """The registry of the built-ins and the demo package, as the current registry."""
-    monkeypatch.setattr(papers.registry, "_current", _demo_registry)
-    return _demo_registry
-
-
 def spec_plugin(path: Path) -> object:
     class Plugin:
         @hookspecs.hookimpl

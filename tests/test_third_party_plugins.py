@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import pip_install
+
 PACKAGES = Path(__file__).parent / "plugin_packages"
 
 
@@ -22,23 +24,7 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     """Each package installed into a folder of its own."""
     folders = {}
     for name in ("example", "broken", "badspec", "duplicate", "impostor", "hostile"):
-        target = tmp_path_factory.mktemp(name)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--target",
-                str(target),
-                str(PACKAGES / name),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        target = pip_install(PACKAGES / name, tmp_path_factory.mktemp(name))
         folders[name] = target
     return folders
 
