@@ -30,6 +30,9 @@ _EXPORTS = {
     "validate_file": "papers.api",
     "compress": "papers.compression",
     "load_compressed": "papers.compression",
+    "diff": "papers.diff",
+    "export_onnx": "papers.export",
+    "lineage": "papers.lineage",
     "GraphError": "papers.errors",
     "PapersError": "papers.errors",
     "PluginError": "papers.errors",
@@ -46,9 +49,12 @@ __all__ = [
     "build_model",
     "check",
     "compress",
+    "diff",
     "expand_variant",
+    "export_onnx",
     "feature_info",
     "get_spec",
+    "lineage",
     "list_papers",
     "load_compressed",
     "measure",
@@ -71,7 +77,10 @@ if TYPE_CHECKING:
         validate_file,
     )
     from papers.compression import compress, load_compressed
+    from papers.diff import diff
     from papers.errors import GraphError, PapersError, PluginError, SpecError, UnknownIdError
+    from papers.export import export_onnx
+    from papers.lineage import lineage
 
 
 def __getattr__(name: str) -> Any:

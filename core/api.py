@@ -327,10 +327,12 @@ def validate_file(path: str | Path) -> Spec:
         graphs[variant.id] = flat
     try:
         check_result_nodes(spec, graphs)
-        if spec.hyperparameters is not None:  # the recipe resolves: its optimizer and criterion exist
-            from papers.recipe import resolve
+        from papers.recipe import resolve
 
+        if spec.hyperparameters is not None:  # each recipe resolves: its optimizer and criterion exist
             resolve(spec)
+        for recipe in spec.recipes:
+            resolve(spec, variant=recipe.variants[0])
     except PapersError as error:
         raise error.located(file=str(path)) from None
     return spec

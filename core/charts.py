@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-WIDTH, HEIGHT = 720, 440
-LEFT, RIGHT, TOP, BOTTOM = 64, 180, 24, 52
+WIDTH, PLOT_HEIGHT = 720, 400
+LEFT, RIGHT, TOP, BOTTOM = 64, 24, 24, 52
+LEGEND_COLUMNS, LEGEND_ROW = 3, 18
 PALETTE = (
     "#1f77b4",
     "#d62728",
@@ -25,18 +26,13 @@ PALETTE = (
     "#8c564b",
     "#e377c2",
     "#17becf",
-    "#bcbd22",
     "#7f7f7f",
-    "#393b79",
-    "#ad494a",
-    "#637939",
-    "#843c39",
+    "#bcbd22",
 )
-# Protocols that compare single models on one view; where a variant reports several numbers the chart
-# takes the best under the first of these that it reports.
+MARKERS = ("circle", "square", "triangle", "diamond")
+"""Paired with the palette (colour and marker change together), so 14 papers stay apart."""
 _GRID = 'stroke="currentColor" stroke-opacity="0.12"'
 _INK = 'fill="currentColor"'
-_PROTOCOL_ORDER = ("single_crop", "center_crop", "single_scale", None)
 
 
 @dataclass(frozen=True)
@@ -47,12 +43,22 @@ class Point:
     y: float
 
 
-def top1_points(pages: Sequence[Any], dataset: str, axis: str) -> list[Point]:
-    """One point per variant with a reported top-1 error on ``dataset`` and a measured ``axis``."""
+def single_model(result: Any) -> bool:
+    """Whether a result is one model's: no ensemble, no averaged models, not marked inconsistent."""
+    conditions = result.conditions or {}
+    models = conditions.get("models", 1)
+    return (
+        models in (1, None) and "ensemble" not in conditions and getattr(result, "inconsistent", None) is None
+    )
+
+
+def top1_points(pages: Sequence[Any], dataset: str, protocol: str | None, axis: str = "macs") -> list[Point]:
+    """One point per variant with a single model's reported top-1 error on ``dataset`` under
+    ``protocol`` (the lowest where the paper reports several, at other scales) and a measured ``axis``."""
     points = []
     for page in pages:
         variants = {v.id: v for v in page.variants}
-        for variant_id, value in _top1_errors(page.spec, dataset).items():
+        for variant_id, value in _top1_errors(page.spec, dataset, protocol).items():
             variant = variants.get(variant_id)
             if variant is None:
                 continue
@@ -62,46 +68,56 @@ def top1_points(pages: Sequence[Any], dataset: str, axis: str) -> list[Point]:
     return points
 
 
-def _top1_errors(spec: Any, dataset: str) -> dict[str, float]:
-    """Each variant's reported top-1 error (100 − accuracy where a paper reports accuracy)."""
-    chosen: dict[str, tuple[int, float]] = {}
+def _top1(result: Any, dataset: str) -> bool:
+    return (
+        result.dataset == dataset
+        and result.metric in ("top1_error", "top1_accuracy", "error", "accuracy")
+        and result.split in (None, "val", "test")
+        and single_model(result)
+    )
+
+
+def _top1_errors(spec: Any, dataset: str, protocol: str | None) -> dict[str, float]:
+    """Each variant's lowest reported top-1 error (100 − accuracy where a paper reports accuracy)."""
+    chosen: dict[str, float] = {}
     for result in spec.results:
-        if result.dataset != dataset or result.metric not in ("top1_error", "top1_accuracy"):
+        if not _top1(result, dataset) or result.protocol != protocol:
             continue
-        if result.split not in (None, "val", "test"):
-            continue
-        error = result.value if result.metric == "top1_error" else 100.0 - result.value
-        rank = _PROTOCOL_ORDER.index(result.protocol) if result.protocol in _PROTOCOL_ORDER else 99
-        best = chosen.get(result.variant)
-        if best is None or (rank, error) < best:
-            chosen[result.variant] = (rank, error)
-    return {variant: round(error, 3) for variant, (_, error) in chosen.items()}
+        error = result.value if "error" in result.metric else 100.0 - result.value
+        chosen[result.variant] = min(error, chosen.get(result.variant, error))
+    return {variant: round(error, 3) for variant, error in chosen.items()}
 
 
-def datasets(pages: Sequence[Any]) -> list[str]:
-    """Datasets with top-1 results, the one with most results first."""
-    counts: dict[str, int] = {}
+def protocols(pages: Sequence[Any]) -> list[tuple[str, str | None]]:
+    """(dataset, protocol) pairs with single-model top-1 results, those with most results first."""
+    counts: dict[tuple[str, str | None], int] = {}
     for page in pages:
         for result in page.spec.results:
-            if result.dataset and result.metric in ("top1_error", "top1_accuracy"):
-                counts[result.dataset] = counts.get(result.dataset, 0) + 1
-    return sorted(counts, key=lambda name: (-counts[name], name))
+            if result.dataset and _top1(result, result.dataset):
+                key = (result.dataset, result.protocol)
+                counts[key] = counts.get(key, 0) + 1
+    return sorted(counts, key=lambda key: (-counts[key], key[0], key[1] or ""))
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
 def topic_charts(topic: str, pages: Sequence[Any]) -> list[tuple[str, str, str]]:
-    """(title, file name, SVG) for a topic; classification plots reported top-1 error against cost."""
+    """(title, file name, SVG) for a topic: classification plots each single model's reported top-1
+    error against its measured multiply-adds, one chart per dataset and test protocol."""
     if topic != "classification":
         return []
     charts = []
-    for number, dataset in enumerate(datasets(pages)):
-        for axis, label in (("macs", "multiply-adds (measured, log scale)"), ("params", "parameters")):
-            points = top1_points(pages, dataset, axis)
-            if len(points) < 2:
-                continue
-            title = f"{dataset}: reported top-1 error against {label.split(' (')[0]}"
-            name = f"{topic}-{number + 1}-top1-{axis}.svg"
-            x_label = label if axis == "macs" else "parameters (measured, log scale)"
-            charts.append((title, name, scatter(points, title, x_label, "top-1 error (%, reported)")))
+    for dataset, protocol in protocols(pages):
+        points = top1_points(pages, dataset, protocol)
+        if len(points) < 3:
+            continue
+        how = protocol.replace("_", " ") if protocol else "protocol not given"
+        title = f"{dataset}, {how}: reported top-1 error against multiply-adds"
+        name = f"{topic}-{_slug(dataset)}-{_slug(how)}.svg"
+        x_label = "multiply-adds (measured, log scale)"
+        charts.append((title, name, scatter(points, title, x_label, "top-1 error (%, reported)")))
     return charts
 
 
@@ -127,14 +143,36 @@ def _n(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
+def _marker(kind: str, x: str, y: str, colour: str, size: float = 4.5) -> str:
+    """The opening tag of a point's marker (left open for a tooltip), one shape per ``kind``."""
+    cx, cy = float(x), float(y)
+    if kind == "square":
+        side = _n(2 * size)
+        return f'<rect x="{_n(cx - size)}" y="{_n(cy - size)}" width="{side}" height="{side}" fill="{colour}"'
+    if kind in ("triangle", "diamond"):
+        r = size * 1.2
+        corners = (
+            ((cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8))
+            if kind == "triangle"
+            else ((cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy))
+        )
+        points = " ".join(f"{_n(a)},{_n(b)}" for a, b in corners)
+        return f'<polygon points="{points}" fill="{colour}"'
+    return f'<circle cx="{x}" cy="{y}" r="{_n(size)}" fill="{colour}"'
+
+
 def scatter(points: Sequence[Point], title: str, x_label: str, y_label: str) -> str:
-    """An SVG scatter plot, log x, linear y, one colour per paper with a legend."""
+    """An SVG scatter plot, log x, linear y, each point labelled with its variant, one colour and
+    marker per paper with a legend under the plot."""
     xs = [p.x for p in points]
     ys = [p.y for p in points]
-    x_low, x_high = math.log10(min(xs)) - 0.08, math.log10(max(xs)) + 0.08
+    x_low, x_high = math.log10(min(xs)) - 0.08, math.log10(max(xs)) + 0.2
     y_span = max(ys) - min(ys) or 1.0
     y_low, y_high = max(0.0, min(ys) - 0.08 * y_span), max(ys) + 0.08 * y_span
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, PLOT_HEIGHT - TOP - BOTTOM
+    papers = list(dict.fromkeys(p.paper for p in points))
+    rows = math.ceil(len(papers) / LEGEND_COLUMNS)
+    height = PLOT_HEIGHT + rows * LEGEND_ROW + 8
 
     def px(x: float) -> float:
         return LEFT + (math.log10(x) - x_low) / (x_high - x_low) * plot_w
@@ -142,11 +180,13 @@ def scatter(points: Sequence[Point], title: str, x_label: str, y_label: str) -> 
     def py(y: float) -> float:
         return TOP + (y_high - y) / (y_high - y_low) * plot_h
 
-    papers = list(dict.fromkeys(p.paper for p in points))
-    colour = {paper: PALETTE[i % len(PALETTE)] for i, paper in enumerate(papers)}
+    style = {
+        paper: (PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE) + i) % len(MARKERS)])
+        for i, paper in enumerate(papers)
+    }
     e = html.escape
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
         f'role="img" aria-label="{e(title)}" class="papers-chart" font-family="sans-serif" font-size="12">',
         f"<title>{e(title)}</title>",
         f'<g stroke="currentColor" stroke-opacity="0.25">'
@@ -168,25 +208,62 @@ def scatter(points: Sequence[Point], title: str, x_label: str, y_label: str) -> 
         )
         value = round(value + step, 10)
     out.append(
-        f'<text x="{LEFT + plot_w / 2:g}" y="{HEIGHT - 12}" text-anchor="middle" fill="currentColor">'
+        f'<text x="{LEFT + plot_w / 2:g}" y="{PLOT_HEIGHT - 12}" text-anchor="middle" fill="currentColor">'
         f"{e(x_label)}</text>"
         f'<text transform="translate(16 {TOP + plot_h / 2:g}) rotate(-90)" text-anchor="middle" '
         f'fill="currentColor">{e(y_label)}</text>'
     )
+    placed: list[tuple[float, float, float]] = []  # labels drawn so far: left, right, baseline
     for point in sorted(points, key=lambda p: (p.x, p.y, p.variant)):
         x, y = _n(px(point.x)), _n(py(point.y))
+        colour, kind = style[point.paper]
+        right = float(x) > LEFT + 0.7 * plot_w
+        line = _free_line(point.variant, float(x), float(y), right, placed)
         out.append(
-            f'<circle cx="{x}" cy="{y}" r="4.5" fill="{colour[point.paper]}" fill-opacity="0.85">'
-            f"<title>{e(point.variant)}: {point.y:g}% at {_si(point.x)}</title></circle>"
+            f'{_marker(kind, x, y, colour)} fill-opacity="0.85" class="papers-point">'
+            f"<title>{e(point.variant)}: {point.y:g}% at {_si(point.x)}</title></{_tag(kind)}>"
+            f"{_label(point.variant, float(x), line, right=right)}"
         )
+    column_width = (WIDTH - LEFT) / LEGEND_COLUMNS
     for index, paper in enumerate(papers):
-        y = TOP + 8 + index * 18
+        column, row = index % LEGEND_COLUMNS, index // LEGEND_COLUMNS
+        x = LEFT + column * column_width
+        y = PLOT_HEIGHT + 4 + row * LEGEND_ROW
+        colour, kind = style[paper]
         out.append(
-            f'<circle cx="{WIDTH - RIGHT + 18}" cy="{y}" r="5" fill="{colour[paper]}"/>'
-            f'<text x="{WIDTH - RIGHT + 30}" y="{y}" dy="4" fill="currentColor">{e(paper)}</text>'
+            f"{_marker(kind, _n(x + 6), _n(y), colour, 5)}/>"
+            f'<text x="{_n(x + 16)}" y="{y}" dy="4" fill="currentColor">{e(paper)}</text>'
         )
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _free_line(text: str, x: float, y: float, right: bool, placed: list[tuple[float, float, float]]) -> str:
+    """A baseline for a point's label that overlaps no label drawn before (nearest first), recorded."""
+    width = 5.6 * len(text)  # about, at font-size 10
+    left = x - 7 - width if right else x + 7
+    for shift in (0, -11, 11, -22, 22, -33, 33):
+        line = y + shift
+        if all(
+            line - other >= 11 or other - line >= 11 or left >= end or left + width <= start
+            for start, end, other in placed
+        ):
+            break
+    else:
+        line = y
+    placed.append((left, left + width, line))
+    return _n(line)
+
+
+def _label(text: str, x: float, y: str, *, right: bool) -> str:
+    """A point's label beside it: to its left near the plot's right edge, so it stays inside."""
+    anchor = f'x="{_n(x - 7)}" text-anchor="end"' if right else f'x="{_n(x + 7)}"'
+    label = html.escape(text)
+    return f'<text {anchor} y="{y}" dy="3.5" font-size="10" {_INK} fill-opacity="0.8">{label}</text>'
+
+
+def _tag(kind: str) -> str:
+    return {"square": "rect", "triangle": "polygon", "diamond": "polygon"}.get(kind, "circle")
 
 
 def _nice_step(raw: float) -> float:

@@ -150,23 +150,22 @@ def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float:
 
 def _prefix(result: Result, flat: FlatGraph) -> str:
     """What a result's ``node`` sums over: a feature stage's node, or a node, group or block instance."""
-    assert result.node is not None
-    name = flat.features.get(result.node, result.node)
-    if not any(node.name == name or node.name.startswith(name + ".") for node in flat.nodes):
-        raise GraphError(
-            f"a {result.metric} result of {result.variant} names node {result.node!r}, "
-            f"which the graph does not have{_known(flat)}",
-            field="node",
-        )
-    return name
+    return _named_node(result, flat, whole=True)
 
 
 def _node(result: Result, flat: FlatGraph) -> str:
     """The node whose output a result's ``node`` means: a feature stage's, a group's or block
     instance's last node, or the node itself."""
+    return _named_node(result, flat, whole=False)
+
+
+def _named_node(result: Result, flat: FlatGraph, *, whole: bool) -> str:
+    """The name a result's ``node`` stands for (``whole``: everything under it; else its output)."""
     assert result.node is not None
-    name = flat.features.get(result.node, flat.aliases.get(result.node, result.node))
-    if all(node.name != name for node in flat.nodes):
+    own = result.node if whole else flat.aliases.get(result.node, result.node)
+    name = flat.features.get(result.node, own)
+    found = any(n.name == name or (whole and n.name.startswith(name + ".")) for n in flat.nodes)
+    if not found:
         raise GraphError(
             f"a {result.metric} result of {result.variant} names node {result.node!r}, "
             f"which the graph does not have{_known(flat)}",

@@ -28,7 +28,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PapersError as error:
-            click.echo(f"papers: error: {error}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
+                click.echo(f"papers: error: {error}", err=True)
             ctx.exit(2)
 
 
@@ -105,7 +106,8 @@ def list_command(topic: str | None, as_json: bool) -> None:
     if topic is not None and topic not in (*TOPICS, *COMPRESSION_KINDS):
         known = ", ".join((*TOPICS, *COMPRESSION_KINDS))
         raise PapersError(f"unknown topic {topic!r}; known: {known}", field="--topic")
-    rows = index.cached_rows()
+    discovered = getattr(sys.modules.get("papers.registry"), "_current", None)  # in-process, e.g. tests
+    rows = index.cached_rows() if discovered is None else None
     if rows is None:  # the plugins or a spec changed: discover and validate, then keep the index
         from papers.registry import get_registry
 
@@ -433,6 +435,11 @@ def _warnings_held() -> Iterator[Callable[[], None]]:
 @click.option(
     "--threads", type=click.IntRange(min=1), help="Intra-op CPU threads [default: torch's]; recorded."
 )
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Start from these weights (.safetensors, or a torchvision / timm .pth), loaded strictly.",
+)
 @click.option("--stop-after", type=click.IntRange(min=0), hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 def train(
@@ -446,6 +453,7 @@ def train(
     workers: int,
     dry_run: bool,
     threads: int | None,
+    weights: str | None,
     stop_after: int | None,
     as_json: bool,
 ) -> None:
@@ -478,6 +486,7 @@ def train(
                 resume=resume,
                 workers=workers,
                 threads=threads,
+                weights=weights,
                 stop_after=stop_after,
                 log=log,
             )
@@ -529,6 +538,13 @@ def train(
     "--split", type=click.Choice(["train", "val", "test", "test-dev"]), help="Which split DIR holds."
 )
 @click.option(
+    "--condition",
+    "condition_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A condition of the results (as the spec's results write them: crop=224, dropout=0.3); repeatable.",
+)
+@click.option(
     "--out", "results_out", type=click.Path(dir_okay=False), help="Add the results to this JSON file."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -544,14 +560,16 @@ def eval_command(
     option_pairs: tuple[str, ...],
     dataset: str | None,
     split: str | None,
+    condition_pairs: tuple[str, ...],
     results_out: str | None,
     as_json: bool,
 ) -> None:
     """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol."""
     from papers.evaluate import evaluate
-    from papers.results import Measured, check_results_target, write_results
+    from papers.results import Measured, check_results_target, size_warning, write_results
 
     options = _options(option_pairs)
+    conditions = _conditions(condition_pairs)
     if results_out is not None:  # refused before the evaluation, not after it
         check_results_target(results_out)
     with _warnings_held():
@@ -568,6 +586,9 @@ def eval_command(
         )
     if data == "builtin:digits":
         dataset, split = dataset or data, split or "test"
+    warning = size_warning(dataset, split, measured["images"], measured["classes"])
+    if warning:
+        click.echo(f"papers: warning: {warning}", err=True)
     # shown before the results file is written: a write that fails loses no measurement
     if as_json:
         _print_json(measured)
@@ -586,7 +607,9 @@ def eval_command(
                     metric=metric,  # type: ignore[arg-type]
                     value=round(measured[metric], 4),
                     images=measured["images"],
-                    weights=os.path.basename(weights),
+                    classes=measured["classes"],
+                    weights=weights,
+                    conditions=conditions,
                     **labels,  # type: ignore[arg-type]
                 )
                 for metric in ("top1_accuracy", "top5_accuracy")
@@ -594,6 +617,29 @@ def eval_command(
         )
         if not as_json:
             click.echo(f"results: {results_out}")
+
+
+def _conditions(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--condition key=value`` pairs of a results row, values read as YAML (``224``, ``[256, 512]``)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from papers.load import read_yaml
+    from papers.spec import Value
+
+    conditions: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PapersError(f"condition {pair!r} is not KEY=VALUE", field="--condition")
+        try:
+            conditions[key.strip()] = TypeAdapter(Value).validate_python(read_yaml(value))
+        except SpecError as error:
+            raise PapersError(f"condition {key}: {error.message}", field="--condition") from None
+        except ValidationError:
+            raise PapersError(
+                f"condition {key}: {value!r} is not a number, text or list", field="--condition"
+            ) from None
+    return conditions
 
 
 @cli.command()
@@ -643,7 +689,12 @@ def site_group() -> None:
 @click.option(
     "--out", default="build", show_default=True, help="Folder for docs/ (Markdown) and site/ (HTML)."
 )
-@click.option("--site-url", default="http://127.0.0.1:8000/", show_default=True, help="Canonical URL.")
+@click.option(
+    "--site-url",
+    default=None,
+    help="Canonical URL, for canonical links and the sitemap  [default: the project's documentation or "
+    "home page URL from its metadata, else http://127.0.0.1:8000/]",
+)
 @click.option(
     "--results",
     "results_file",
@@ -651,7 +702,7 @@ def site_group() -> None:
     help="A results file from `papers eval --out`: its accuracies are checked on the pages.",
 )
 @click.option("--force", is_flag=True, help="Write into a folder that holds more than a previous site build.")
-def site_build(out: str, site_url: str, results_file: str | None, force: bool) -> None:
+def site_build(out: str, site_url: str | None, results_file: str | None, force: bool) -> None:
     """Render the pages from the specs and measurements, then run mkdocs build --strict.
 
     The --out folder must be new, empty or a previous site build, which is replaced once the new one
@@ -793,6 +844,58 @@ def diff_command(a: str, b: str, pairs: tuple[str, ...], as_json: bool) -> None:
     counts = (len(result.changed), len(result.renamed), len(result.added), len(result.removed))
     click.echo("A: {}, B: {}; {} changed, {} renamed, {} added, {} removed".format(a, b, *counts))
     click.echo("MACs: multiply-adds for one image")
+
+
+@cli.command("export")
+@click.argument("variant")
+@click.option("--format", "file_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, help="The file to write (.onnx).")
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
+@click.option("--weights", help="Weights to export (.safetensors, .pth) [default: initialised, --seed].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the weights and the test input.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    default="dynamo",
+    show_default=True,
+    help="torch.onnx's exporter; torchscript is faster but exports fewer models.",
+)
+@click.option("--force", is_flag=True, help="Overwrite the --out file if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    variant: str,
+    file_format: str,
+    out: str,
+    pairs: tuple[str, ...],
+    weights: str | None,
+    seed: int,
+    exporter: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Export a variant to ONNX; onnxruntime's outputs are checked against torch's before it is written."""
+    from papers.export import check_out, export_onnx
+
+    check_out(out, force=force)
+    options = _options(pairs)
+    report = export_onnx(variant, out, weights=weights, seed=seed, exporter=exporter, force=force, **options)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        mark = "✓" if report.passed else "✗"
+        click.echo(
+            f"{mark} onnxruntime vs torch: max |a - b| = {report.max_abs_difference:.3g}, "
+            f"{report.relative_difference:.3g} of max |b| = {report.max_abs_reference:.3g} "
+            f"(tolerance {report.tolerance:g}; input {report.inputs}, seed {seed})"
+        )
+        if report.written:
+            click.echo(f"written: {out} ({report.bytes:,} bytes, {exporter} exporter, opset {report.opset})")
+        else:
+            click.echo(f"not written: {out}", err=True)
+    if not report.passed:
+        ctx.exit(1)
 
 
 def main() -> None:

@@ -234,10 +234,10 @@ def _evaluate(
             with _runnable(variant, weights, images.shape):
                 if images.dim() == 5:  # ten crops: average the softmax over the crops of each image
                     n, crops = images.shape[:2]
-                    scores = criterion.scores(model(images.flatten(0, 1)))
+                    scores = criterion.scores(_logits_first(model(images.flatten(0, 1))))
                     scores = scores.softmax(-1).view(n, crops, -1).mean(1)
                 else:
-                    scores = criterion.scores(model(images))
+                    scores = criterion.scores(_logits_first(model(images)))
             one, five = count_correct(scores, labels)
             top1, top5, seen = top1 + one, top5 + five, seen + len(labels)
     if seen == 0:
@@ -253,6 +253,11 @@ def _evaluate(
         "top5_accuracy": 100.0 * top5 / seen,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _logits_first(output: Any) -> Any:
+    """A model built with auxiliary classifiers (a run trained with ``aux_weight``) gives its logits first."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 @contextlib.contextmanager

@@ -89,6 +89,16 @@ class LineagePaper:
     path: str | None
     """Its page, relative to the site's root (``classification/resnet.md``); ``None``: no page."""
 
+    @property
+    def topic(self) -> str:
+        """The folder of its page (``classification``)."""
+        return (self.path or "").rpartition("/")[0]
+
+    @property
+    def page(self) -> str:
+        """The file of its page in that folder (``resnet.md``)."""
+        return (self.path or "").rpartition("/")[2]
+
 
 @dataclass(frozen=True)
 class LineagePage:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,10 +83,51 @@ class ScheduleConfig(_Config):
         return self
 
 
+class WarmupConfig(_Config):
+    """A lower rate at the start of training, ended by a length or by the training error (checked
+    after every step on the epoch's running error)."""
+
+    lr: float = Field(gt=0)
+    epochs: int | None = Field(None, gt=0)
+    iterations: int | None = Field(None, gt=0)
+    until_train_error: float | None = Field(None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_end(self) -> WarmupConfig:
+        if sum(v is not None for v in (self.epochs, self.iterations, self.until_train_error)) != 1:
+            raise ValueError("warmup ends by exactly one of epochs, iterations and until_train_error")
+        return self
+
+
 class TrainConfig(_Config):
     """A resolved recipe: everything a training run needs, each field typed."""
 
     optimizer: OptimizerConfig
+    warmup: WarmupConfig | None = None
+    aux_weight: float | None = Field(
+        None, ge=0, description="Train the auxiliary classifiers, each loss added with this weight."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradients' global norm at this.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Evaluate and save an exponential moving average of the weights."
+    )
+    accumulation_steps: int = Field(
+        1, ge=1, description="Each process's batch runs in this many equal parts, gradients summed."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast of the forward pass: bf16 on CPU or GPU, fp16 on GPU only."
+    )
+    channels_last: bool = False
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp on each batch (Beta(α, α)); 0: none.")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix on each batch; with mixup, one of the two.")
+    keep_last: int = Field(1, ge=1, description="How many epoch checkpoints are kept.")
+    log_steps: int = Field(
+        0, ge=0, description="Write every N-th step's loss and rate to steps.csv; 0: none."
+    )
+    sync_batchnorm: bool = Field(
+        False, description="Under DDP on GPUs, batch-norm statistics over every process (SyncBatchNorm)."
+    )
     schedule: ScheduleConfig = ScheduleConfig(name="constant")
     epochs: int | None = Field(None, gt=0)
     iterations: int | None = Field(None, gt=0, description="Stop after this many optimisation steps.")
@@ -163,6 +205,12 @@ def augmentation_problem(a: Augmentation) -> str | None:
         low, high = args.get("min", 256), args.get("max", 512)
         if not (positive_int(low) and positive_int(high) and low <= high):
             return f"min and max must be positive integers with min ≤ max, not {low!r} and {high!r}"
+    if a.name == "rand_augment":
+        ops, magnitude = args.get("num_ops", 2), args.get("magnitude", 9)
+        if not (positive_int(ops) and isinstance(magnitude, int) and not isinstance(magnitude, bool)):
+            return f"num_ops and magnitude are whole numbers (num_ops ≥ 1), not {ops!r} and {magnitude!r}"
+        if not 0 <= magnitude < 31:
+            return f"magnitude lies in [0, 30], not {magnitude}"
     if a.name == "normalize" and ("mean" in args or "std" in args):
         mean, std = args.get("mean"), args.get("std")
         if not (isinstance(mean, list) and isinstance(std, list) and mean and len(mean) == len(std)):
@@ -346,6 +394,16 @@ def resolve(
     data = _from_hyperparameters(hyperparameters)
     for path, value in overrides.items():
         _set(data, path, value)
+    # what departs from the paper is decided on the recipe that runs, overrides applied
+    _settle(data, overrides, hyperparameters)
+    if (
+        variant is not None
+        and data.get("aux_weight") is None
+        and "aux_logits" in _graph_params(spec, variant)
+    ):
+        data["deviations"].append(
+            "aux_weight: not set; the auxiliary classifiers are left out of the model and not trained"
+        )
     _look_up_names(data, overrides)
     try:
         return TrainConfig.model_validate(data)
@@ -362,7 +420,24 @@ def resolve_variant(variant: str, overrides: Mapping[str, Any] | None = None) ->
     registry.variant(variant)
     config = resolve(registry.paper(variant).spec, overrides, variant=variant)
     check_length(config)
+    check_processes(config, int(os.environ.get("WORLD_SIZE", "1") or "1"))
     return config
+
+
+def check_processes(config: TrainConfig, processes: int) -> None:
+    """Refuse a global batch that does not split evenly over ``processes`` (torchrun's WORLD_SIZE), or
+    whose share does not split into ``accumulation_steps`` equal parts."""
+    field = "-r batch_size"
+    if config.batch_size % processes:
+        raise RecipeError(
+            f"batch_size {config.batch_size} does not split evenly over {processes} processes", field=field
+        )
+    if (config.batch_size // processes) % config.accumulation_steps:
+        raise RecipeError(
+            f"each process's batch of {config.batch_size // processes} does not split into "
+            f"{config.accumulation_steps} equal parts",
+            field="-r accumulation_steps",
+        )
 
 
 def check_length(config: TrainConfig) -> None:
@@ -387,6 +462,14 @@ def _look_up_names(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
         _named("criterion", criterion, registry.criteria, _where("criterion", overrides))
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("name"), str)):
         return
+    found_criterion = registry.criteria.get(criterion, ("", None))[1] if isinstance(criterion, str) else None
+    if found_criterion is not None and found_criterion.build is not None:
+        for field in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
+            if data.get(field):
+                raise RecipeError(
+                    f"{field} needs the cross_entropy criterion; {criterion} computes its own loss",
+                    field=_where(field, overrides),
+                )
     name = optimizer["name"]
     found: Optimizer = _named("optimizer", name, registry.optimizers, _where("optimizer.name", overrides))
     notes = []
@@ -413,36 +496,62 @@ def _where(field: str, overrides: Mapping[str, Any]) -> str:
 
 
 def _from_hyperparameters(h: Hyperparameters) -> dict[str, Any]:
-    deviations: list[str] = []
-    optimizer = h.optimizer.model_dump(exclude_none=True)
-    schedule = _schedule(h, deviations)
-    if schedule["name"] == "piecewise":
-        optimizer.setdefault("lr", schedule["values"][0])
-    if h.batch_size is None:
-        deviations.append("batch_size: not given by the paper; 32")
+    """The spec's recipe as TrainConfig's fields, before overrides and defaults."""
     data: dict[str, Any] = {
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "batch_size": h.batch_size or 32,
+        "optimizer": h.optimizer.model_dump(exclude_none=True),
+        "schedule": h.schedule.model_dump(exclude_none=True)
+        if h.schedule is not None
+        else {"name": "constant"},
         "weight_decay": h.weight_decay or 0.0,
         "augmentation": [a.model_dump() for a in h.augmentation],
         "criterion": h.criterion or "cross_entropy",
-        "deviations": deviations,
     }
-    if h.epochs is not None:
-        data["epochs"] = math.ceil(h.epochs)
-        if data["epochs"] != h.epochs:
-            deviations.append(f"epochs: {h.epochs} rounded up to whole epochs")
-    if h.iterations is not None:
-        data["iterations"] = h.iterations
-    for name in ("dropout", "input_size"):
+    for name in (
+        "batch_size",
+        "epochs",
+        "iterations",
+        "dropout",
+        "input_size",
+        "aux_weight",
+        "grad_clip",
+        "ema_decay",
+    ):
         if getattr(h, name) is not None:
             data[name] = getattr(h, name)
-    for augmentation in h.augmentation:
-        note = _AUGMENTATION_NOTES.get(augmentation.name)
-        if note:
-            deviations.append(f"augmentation {augmentation.name}: {note}")
+    if h.label_smoothing is not None:
+        data["label_smoothing"] = h.label_smoothing
+    if h.warmup is not None:
+        data["warmup"] = h.warmup.model_dump(exclude_none=True)
     return data
+
+
+def _settle(data: dict[str, Any], overrides: Mapping[str, Any], h: Hyperparameters) -> None:
+    """Fill the defaults of what the recipe (spec and overrides) leaves out, and write ``deviations``
+    from the recipe that runs. Values of the wrong type are left to the validation that follows."""
+    deviations: list[str] = []
+    schedule = data.get("schedule")
+    if isinstance(schedule, dict) and isinstance(schedule.get("name"), str):
+        data["schedule"] = _schedule(schedule, data, overrides, deviations)
+    if "batch_size" not in data:
+        data["batch_size"] = 32
+        deviations.append("batch_size: not given by the paper; 32")
+    epochs = data.get("epochs")
+    if "epochs" not in overrides and isinstance(epochs, float) and math.isfinite(epochs):
+        data["epochs"] = math.ceil(epochs)
+        if data["epochs"] != epochs:
+            deviations.append(f"epochs: {epochs} rounded up to whole epochs")
+    augmentation = data.get("augmentation")
+    for a in augmentation if isinstance(augmentation, list) else []:
+        note = _AUGMENTATION_NOTES.get(a.get("name")) if isinstance(a, dict) else None
+        if note:
+            deviations.append(f"augmentation {a['name']}: {note}")
+    if h.weight_averaging and data.get("ema_decay") is None:
+        deviations.append(
+            "ema_decay: the paper evaluates an average of the weights without giving its decay; "
+            "none is kept (give -r ema_decay=D)"
+        )
+    deviations += [f"not followed: {text}" for text in h.not_followed]
+    data["deviations"] = deviations
 
 
 _AUGMENTATION_NOTES = {
@@ -454,21 +563,27 @@ _AUGMENTATION_NOTES = {
 }
 
 
-def _schedule(h: Hyperparameters, deviations: list[str]) -> dict[str, Any]:
-    if h.schedule is None:
-        return {"name": "constant"}
-    s = h.schedule.model_dump(exclude_none=True)
+def _schedule(
+    s: dict[str, Any], data: dict[str, Any], overrides: Mapping[str, Any], deviations: list[str]
+) -> dict[str, Any]:
+    s = dict(s)
     name = s["name"]
     if name in ("multistep", "step", "plateau") and "factor" not in s:
         s["factor"] = 0.1
-        deviations.append("schedule.factor: not given by the paper; PyTorch's default 0.1")
+        deviations.append("schedule.factor: not given; PyTorch's default 0.1")
     if name == "piecewise":
-        lr = h.optimizer.lr
-        if lr is not None and not math.isclose(lr, s["values"][0], rel_tol=1e-9):
-            raise RecipeError(
-                f"schedule.values[0] ({s['values'][0]}) is the initial rate; optimizer.lr is {lr}",
-                field="hyperparameters.schedule.values",
+        values, optimizer = s.get("values"), data.get("optimizer")
+        if isinstance(values, list) and values and isinstance(optimizer, dict):
+            lr = optimizer.setdefault("lr", values[0])
+            from_spec = all(
+                _where(f, overrides).startswith("hyper") for f in ("optimizer.lr", "schedule.values")
             )
+            numbers = all(isinstance(v, (int, float)) for v in (lr, values[0]))
+            if from_spec and numbers and not math.isclose(lr, values[0], rel_tol=1e-9):
+                raise RecipeError(
+                    f"schedule.values[0] ({values[0]}) is the initial rate; optimizer.lr is {lr}",
+                    field=_where("schedule.values", overrides),
+                )
         return s
     if name == "multistep" and not s.get("milestones"):
         deviations.append("schedule: multistep without milestones; the rate is kept constant")
@@ -482,15 +597,26 @@ def _schedule(h: Hyperparameters, deviations: list[str]) -> dict[str, Any]:
     if name == "plateau":
         monitor = s.get("monitor", "val_error")
         if monitor not in _MONITORS:
-            raise RecipeError(f"plateau schedule monitors {monitor!r}; known: {', '.join(_MONITORS)}")
+            raise RecipeError(
+                f"plateau schedule monitors {monitor!r}; known: {', '.join(_MONITORS)}",
+                field=_where("schedule.monitor", overrides),
+            )
         s["monitor"] = _MONITORS[monitor]
         if s.get("unit") == "iteration":
             deviations.append("schedule: the plateau is checked once per epoch, not per iteration")
             s["unit"] = "epoch"
         if "patience" not in s:
             s["patience"] = 10
-            deviations.append("schedule.patience: not given by the paper; PyTorch's default 10")
+            deviations.append("schedule.patience: not given; PyTorch's default 10")
     return s
+
+
+def _graph_params(spec: Spec, variant: str) -> dict[str, Any]:
+    """The graph parameters of ``variant`` (a method variant's base graph's); none where it has no graph."""
+    chosen = next((v for v in spec.variants if v.id == variant), None)
+    if chosen is None or chosen.graph is None or chosen.graph not in spec.graphs:
+        return {}
+    return dict(spec.graphs[chosen.graph].params)
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
@@ -552,17 +678,18 @@ def make_loss(config: TrainConfig, model: Any, device: Any = None) -> Callable[[
     """The recipe's criterion as a loss of (model output, labels), giving the batch's mean."""
     criterion = get_criterion(config.criterion)
     if criterion.build is None:
-        return partial(_cross_entropy, criterion.scores)
+        return partial(_cross_entropy, criterion.scores, config.label_smoothing)
     import torch
 
     loss = criterion.build(model, config)
     return loss.to(device) if isinstance(loss, torch.nn.Module) and device is not None else loss
 
 
-def _cross_entropy(scores: Callable[[Any], Any], output: Any, labels: Any) -> Any:
+def _cross_entropy(scores: Callable[[Any], Any], smoothing: float, output: Any, labels: Any) -> Any:
+    """Cross-entropy on the scores, against class indices or (mixed) class probabilities."""
     import torch.nn.functional as F
 
-    return F.cross_entropy(scores(output), labels)
+    return F.cross_entropy(scores(output), labels, label_smoothing=smoothing)
 
 
 def make_scheduler(config: TrainConfig, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:
@@ -691,6 +818,10 @@ def train_transform(
             sized = sized or a in crops
         elif a.name == "horizontal_flip":
             steps.append(v2.RandomHorizontalFlip(float(args.get("p", 0.5))))
+        elif a.name == "rand_augment":
+            steps.append(
+                v2.RandAugment(num_ops=int(args.get("num_ops", 2)), magnitude=int(args.get("magnitude", 9)))
+            )
         elif a.name == "color_jitter":
             steps.append(v2.ColorJitter(0.4, 0.4, 0.4))
         elif a.name == "rgb_shift":

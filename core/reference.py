@@ -55,6 +55,8 @@ def _command(command: click.Command, context: click.Context) -> Command:
             continue
         is_option = isinstance(param, click.Option)
         default = param.default if not callable(param.default) else None
+        if type(default).__name__ == "Sentinel":  # click ≥ 8.3 marks "no default" with Sentinel.UNSET
+            default = None
         shown_default = "" if default in (None, False, ()) or (is_option and param.is_flag) else str(default)
         parameters.append(
             Parameter(

@@ -56,7 +56,8 @@ class Measured(BaseModel):
     protocol: Protocol | None = None
     conditions: dict[str, Value] = {}
     images: int | None = Field(None, ge=1)
-    weights: str | None = Field(None, min_length=1, description="The weights file evaluated.")
+    classes: int | None = Field(None, ge=1, description="The classes of the data evaluated.")
+    weights: str | None = Field(None, min_length=1, description="The weights file evaluated, as given.")
 
     @field_validator("metric")
     @classmethod
@@ -74,6 +75,26 @@ class Measured(BaseModel):
         if not low <= value <= 100.0:
             raise ValueError(f"{metric or 'a percentage'} must lie in [{low:g}, 100], not {value:g}")
         return value
+
+
+# The images and classes of the splits results are reported on, by (dataset, split) as specs spell them.
+KNOWN_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("CIFAR-10", "test"): (10_000, 10),
+    ("CIFAR-100", "test"): (10_000, 100),
+    ("ImageNet (ILSVRC-2012)", "val"): (50_000, 1_000),
+    ("MNIST", "test"): (10_000, 10),
+}
+
+
+def size_warning(dataset: str | None, split: str | None, images: int, classes: int) -> str | None:
+    """One line where the data evaluated is not the size of the named dataset's split, else ``None``."""
+    known = KNOWN_SIZES.get((dataset or "", split or ""))
+    if known is None or known == (images, classes):
+        return None
+    return (
+        f"{dataset} {split} has {known[0]:,} images of {known[1]:,} classes; "
+        f"this data has {images:,} of {classes:,}"
+    )
 
 
 class ResultsFile(BaseModel):

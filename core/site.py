@@ -48,6 +48,8 @@ ASSETS = {
     "assets/vendor/tablesort.min.js": "tablesort/dist/tablesort.min.js",
     "assets/vendor/tablesort.number.min.js": "tablesort/dist/sorts/tablesort.number.min.js",
 }
+THEME_FOLDER = ".theme"
+"""Under docs/: Material's main.html, extended (``templates/mkdocs-main.html.j2``)."""
 DEFAULT_EPOCH = 315532800
 """1980-01-01, the date reproducible builds use where neither SOURCE_DATE_EPOCH nor git gives one."""
 TOPIC_TITLES = {
@@ -56,6 +58,28 @@ TOPIC_TITLES = {
     "segmentation": "Semantic segmentation",
     "compression": "Model compression",
 }
+
+
+LOCAL_URL = "http://127.0.0.1:8000/"
+
+
+def default_site_url() -> str:
+    """The site's address for canonical links and the sitemap: the project's documentation or home
+    page URL from its metadata (pyproject's ``[project.urls]``), else ``LOCAL_URL``."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("papers").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return LOCAL_URL
+    found = {}
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        found[label.strip().lower()] = url.strip()
+    for label in ("documentation", "docs", "homepage", "home"):
+        if link_target(found.get(label, "")):
+            return found[label].rstrip("/") + "/"
+    return LOCAL_URL
 
 
 def site_sources() -> Path:
@@ -150,6 +174,10 @@ class VariantPage:
     library: str | None = None
     """``torchvision`` or ``timm``, from ``reference``."""
     library_model: str | None = None
+    features: list[str] = field(default_factory=list)
+    """The graph's feature stages, for ``build_model(..., features=[...])``."""
+    snippet: str = ""
+    """Python that runs the variant on an image, with its preprocessing, and extracts features."""
 
 
 @dataclass
@@ -163,6 +191,12 @@ class ArchitectureView:
 
 MARKS = {"pass": "✓", "fail": "✗", "not_measurable": "○", "inconsistent": "≠"}
 """The mark beside a variant in a results table, per check status (the legend says what each means)."""
+MARK_TITLES = {
+    "pass": "within the tolerance",
+    "fail": "outside the tolerance",
+    "not_measurable": "not measurable here",
+    "inconsistent": "paper inconsistent",
+}
 _UNITS = {"percent": "%", "thousand": "k", "million": "M", "billion": "G", "count": "", "shape": ""}
 
 
@@ -251,7 +285,10 @@ def _metric_words(check: Any) -> str:
 
 
 def _conditions(conditions: dict[str, Any]) -> str:
-    return ", ".join(f"{key.replace('_', ' ')} {plain(value)}" for key, value in conditions.items())
+    return ", ".join(
+        key.replace("_", " ") + ("" if value in (None, True) else f" {plain(value)}")
+        for key, value in conditions.items()
+    )
 
 
 def result_rows(spec: Any, checks: list[Any], notes: list[str]) -> list[ResultRow]:
@@ -381,7 +418,7 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
             reference=reference(spec).strip(),
             links=_links(spec.citation),
             hyperparameters=_hyperparameters(spec),
-            variants=[_variant_page(v, measured[v.id]) for v in spec.variants],
+            variants=[_variant_page(v, measured[v.id], flats[v.id]) for v in spec.variants],
             checks=checks,
             counts=counts,
         )
@@ -431,8 +468,8 @@ def _hyperparameters(spec: Any) -> list[tuple[str, str]]:
     return [(key.replace("_", " "), plain(value)) for key, value in data.items() if value not in ([], {})]
 
 
-def _variant_page(variant: Any, measurement: Any) -> VariantPage:
-    return VariantPage(
+def _variant_page(variant: Any, measurement: Any, flat: Any = None) -> VariantPage:
+    page = VariantPage(
         id=variant.id,
         name=variant.name,
         graph=variant.graph,
@@ -446,7 +483,81 @@ def _variant_page(variant: Any, measurement: Any) -> VariantPage:
         output=measurement.output_shapes,
         library=variant.reference.partition(":")[0] if variant.reference else None,
         library_model=variant.reference.partition(":")[2] if variant.reference else None,
+        features=list(getattr(flat, "features", {}) or {}),
     )
+    page.snippet = usage_snippet(page)
+    return page
+
+
+_IMAGENET = ("[0.485, 0.456, 0.406]", "[0.229, 0.224, 0.225]")
+
+
+def usage_snippet(variant: VariantPage) -> str:
+    """Python that runs ``variant`` on one image with the preprocessing it expects (the library
+    weights' own transforms where it has weights, else resize, centre crop and normalisation at its
+    input size), then extracts its last feature stages with ``features=``."""
+    shapes = list(variant.inputs.values())
+    shape = shapes[0] if len(shapes) == 1 else None
+    lines = ["import torch", "import papers"]
+    if variant.library == "torchvision":
+        lines[1:1] = ["import torchvision"]
+    elif variant.library == "timm":
+        lines[1:1] = ["import timm"]
+    else:
+        lines[1:1] = ["from torchvision.transforms import v2 as T"]
+    lines.append("")
+    lines.append(f'model = papers.build_model("{variant.id}").eval()')
+    if variant.library == "torchvision":
+        lines += [
+            f'weights = torchvision.models.get_model_weights("{variant.library_model}").DEFAULT',
+            "model.load_state_dict(weights.get_state_dict())",
+            "preprocess = weights.transforms()  # the weights' resize, centre crop, mean and std",
+        ]
+    elif variant.library == "timm":
+        lines += [
+            f'library = timm.create_model("{variant.library_model}", pretrained=True)',
+            "model.load_state_dict(library.state_dict())",
+            "config = timm.data.resolve_data_config({}, model=library)  # input size, mean, std, crop",
+            "preprocess = timm.data.create_transform(**config)",
+        ]
+    elif shape is not None and len(shape) == 3:
+        channels, height, width = shape
+        mean, std = _IMAGENET if channels == 3 else ("[0.5]", "[0.5]")
+        resize = round(height * 256 / 224) if height >= 100 else height
+        lines[-1] += "  # random weights: train it first (`papers train`)"
+        lines += [
+            f"MEAN, STD = {mean}, {std}  # use the training set's per-channel statistics",
+            "preprocess = T.Compose([",
+            *(["    T.Grayscale(),"] if channels == 1 else []),
+            f"    T.Resize({resize}),",
+            f"    T.CenterCrop({[height, width] if height != width else height}),",
+            "    T.ToImage(),",
+            "    T.ToDtype(torch.float32, scale=True),",
+            "    T.Normalize(mean=MEAN, std=STD),",
+            "])",
+        ]
+    else:
+        inputs = ", ".join(f"{name}: {_shape(s)}" for name, s in variant.inputs.items())
+        lines.append(f"# inputs: {inputs} (without the batch)")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "batch = preprocess(image).unsqueeze(0)  # image: a PIL image or a uint8 tensor",
+        "with torch.no_grad():",
+        "    logits = model(batch)",
+    ]
+    if variant.features:
+        stages = variant.features[-2:]
+        lines += [
+            "",
+            f'backbone = papers.build_model("{variant.id}", features={stages!r})'.replace("'", '"'),
+            *(["backbone.load_state_dict(model.state_dict(), strict=False)"] if variant.library else []),
+            "with torch.no_grad():",
+            f"    maps = backbone(batch)  # {{{', '.join(repr(s) for s in stages)}: feature maps}}".replace(
+                "'", '"'
+            ),
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def _representatives(spec: Any) -> list[Any]:
@@ -540,8 +651,29 @@ def _environment(sources: Path) -> Any:
     environment.filters["json_string"] = lambda value: jinja2.utils.markupsafe.Markup(
         json.dumps(html.escape(str(value)), ensure_ascii=False)
     )
+    environment.filters["rst"] = lambda value: jinja2.utils.markupsafe.Markup(rst_prose(value))
+    environment.filters["usage"] = lambda help_text: help_text.split("\n\n", 1)[0].removeprefix("Usage: ")
+    environment.filters["description"] = _help_paragraphs
     environment.globals["topic_titles"] = TOPIC_TITLES
+    environment.globals["mark_titles"] = MARK_TITLES
     return environment
+
+
+def rst_prose(text: Any) -> str:
+    """A docstring's reStructuredText (``code``, :class:`x`) as :func:`markdown_prose`, paragraph by
+    paragraph."""
+    plain_text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", str(text))
+    plain_text = re.sub(r"``([^`]+)``", r"`\1`", plain_text)
+    paragraphs = [p for p in re.split(r"\n\s*\n", plain_text) if p.strip()]
+    return "\n\n".join(markdown_prose(paragraph) for paragraph in paragraphs)
+
+
+def _help_paragraphs(help_text: str) -> list[str]:
+    """The paragraphs of a command's ``--help`` between its usage line and its options, each on one
+    line (the options are the reference's table)."""
+    body = help_text.split("\n\n", 1)[1] if "\n\n" in help_text else ""
+    body = re.split(r"^(?:Options|Commands):$", body, maxsplit=1, flags=re.M)[0]
+    return [" ".join(paragraph.split()) for paragraph in body.split("\n\n") if paragraph.strip()]
 
 
 def _short(value: Any) -> Any:
@@ -577,7 +709,13 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         for _, name, svg in charts:
             (docs / "charts").mkdir(parents=True, exist_ok=True)
             (docs / "charts" / name).write_text(svg, encoding="utf-8")
-        write(f"{topic}/index.md", "topic.md.j2", topic=topic, papers=members, charts=charts)
+        table = variant_table(members)
+        (docs / topic).mkdir(parents=True, exist_ok=True)
+        (docs / topic / "variants.json").write_text(
+            json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (docs / topic / "variants.csv").write_text(_csv(table), encoding="utf-8")
+        write(f"{topic}/index.md", "topic.md.j2", topic=topic, papers=members, charts=charts, table=table)
         own = [page.path for page in members if page.path.startswith(topic + "/")]
         nav.append({TOPIC_TITLES.get(topic, topic): [f"{topic}/index.md", *own]})
     for page in data.papers:
@@ -593,6 +731,7 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
     (docs / "reference" / "spec.schema.json").write_text(schema_text, encoding="utf-8")
     write("reference/schema.md", "schema.md.j2", models=schema_tables(schema))
     write("reference/cli.md", "cli.md.j2", commands=cli_reference())
+    write("reference/python.md", "python.md.j2", entries=api_reference())
     write(
         "guides/plugins.md",
         "plugins.md.j2",
@@ -600,7 +739,7 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         example=_example_files(example),
     )
     nav.append({"Lineage": "lineage.md"})
-    nav.append({"Reference": ["reference/cli.md", "reference/schema.md"]})
+    nav.append({"Reference": ["reference/cli.md", "reference/python.md", "reference/schema.md"]})
     write(
         "guides/getting-started.md",
         "getting-started.md.j2",
@@ -613,6 +752,132 @@ def render_pages(data: SiteData, docs: Path, sources: Path, example: Path | None
         guides.append("guides/training.md")
     nav.append({"Guides": [*guides, "guides/plugins.md"]})
     return nav
+
+
+_PREFERRED_PROTOCOLS = ("single_crop", "center_crop", "single_scale")
+
+
+def variant_table(pages: list[PaperPage]) -> list[dict[str, Any]]:
+    """Every variant of ``pages`` as a row (timm's results CSV, torchvision's table): measured
+    parameters and multiply-adds, input size, the paper's top-1 and top-5 error for one single model
+    under one protocol (single crop where reported), and the library weights that load into it."""
+    rows = []
+    for page in pages:
+        for variant in page.variants:
+            top1 = _best_error(page.spec, variant.id, ("top1_error", "top1_accuracy", "error", "accuracy"))
+            top5 = None
+            if top1 is not None:
+                top5 = _best_error(page.spec, variant.id, ("top5_error", "top5_accuracy"), (top1[1], top1[2]))
+            rows.append(
+                {
+                    "paper": page.spec.id,
+                    "variant": variant.id,
+                    "name": variant.name,
+                    "params": variant.params,
+                    "macs": variant.macs,
+                    "input": _shape(next(iter(variant.inputs.values())))
+                    if len(variant.inputs) == 1
+                    else _shape(variant.inputs),
+                    "top1_error": top1[0] if top1 else None,
+                    "top5_error": top5[0] if top5 else None,
+                    "dataset": top1[1] if top1 else None,
+                    "protocol": top1[2] if top1 else None,
+                    "weights": variant.reference,
+                }
+            )
+    return rows
+
+
+def _best_error(
+    spec: Any, variant: str, metrics: tuple[str, ...], where: tuple[Any, Any] | None = None
+) -> tuple[float, str | None, str | None] | None:
+    """The lowest error a single model of ``variant`` reports (100 − accuracy for an accuracy), under
+    the most preferred protocol it reports, or under ``where`` (dataset, protocol)."""
+    from papers.charts import single_model
+
+    found = []
+    for result in spec.results:
+        if result.variant != variant or result.metric not in metrics or not single_model(result):
+            continue
+        if result.split not in (None, "val", "test") or not isinstance(result.value, int | float):
+            continue
+        if where is not None and (result.dataset, result.protocol) != where:
+            continue
+        error = result.value if "error" in result.metric else 100.0 - result.value
+        preferred = result.protocol in _PREFERRED_PROTOCOLS
+        rank = _PREFERRED_PROTOCOLS.index(result.protocol) if preferred else len(_PREFERRED_PROTOCOLS)
+        found.append((rank, round(error, 3), result.dataset, result.protocol))
+    if not found:
+        return None
+    _, error, dataset, protocol = min(found, key=lambda item: (item[0], item[1], item[2] or ""))
+    return error, dataset, protocol
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+@dataclass
+class ApiEntry:
+    name: str
+    signature: str
+    """``build_model(variant, **options)``, or ``class SpecError(PapersError)``."""
+    doc: str
+
+
+def api_reference() -> list[ApiEntry]:
+    """What ``import papers`` offers (``papers.__all__``): functions first, then the errors, each with
+    its signature and docstring."""
+    import inspect
+
+    import papers
+
+    entries = []
+    for name in papers.__all__:
+        value = getattr(papers, name)
+        if inspect.isclass(value):
+            bases = ", ".join(base.__name__ for base in value.__bases__ if base is not object)
+            signature = f"class {name}({bases})" if bases else f"class {name}"
+        else:
+            try:
+                signature = name + _signature(inspect.signature(value))
+            except (TypeError, ValueError):
+                signature = name
+        entries.append(ApiEntry(name=name, signature=signature, doc=inspect.getdoc(value) or ""))
+    return sorted(entries, key=lambda entry: (entry.signature.startswith("class "), entry.name))
+
+
+def _signature(signature: Any) -> str:
+    """A signature as written in the source: annotations as their text (they are strings under
+    ``from __future__ import annotations``), defaults as Python literals."""
+    import inspect
+
+    parts, star = [], False
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            star = True
+        prefix = {parameter.VAR_POSITIONAL: "*", parameter.VAR_KEYWORD: "**"}.get(parameter.kind, "")
+        text = prefix + parameter.name
+        if parameter.annotation is not inspect.Parameter.empty:
+            annotation = parameter.annotation
+            text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
+        if parameter.default is not inspect.Parameter.empty:
+            text += f" = {parameter.default!r}"
+        parts.append(text)
+    returned = signature.return_annotation
+    arrow = "" if returned is inspect.Signature.empty else f" -> {returned}"
+    return f"({', '.join(parts)}){arrow}"
 
 
 def readme_section(text: str, title: str) -> str:
@@ -899,7 +1164,7 @@ def _swap_in(out: Path, scratch: Path) -> None:
 def build_site(
     out: str | Path = "build",
     *,
-    site_url: str = "http://127.0.0.1:8000/",
+    site_url: str | None = None,
     example: Path | None = None,
     quiet: bool = False,
     results: str | Path | ResultsFile | None = None,
@@ -914,6 +1179,7 @@ def build_site(
     :class:`SiteError` before writing anything where ``out`` is refused.
     """
     sources = site_sources()
+    site_url = site_url or default_site_url()
     shown = str(out)
     out = Path(out).resolve()
     check_output(out, force=force, shown=shown)
@@ -971,11 +1237,17 @@ def _build_into(
         docs.mkdir()
         _copy_assets(sources, docs, vendored)
         nav = render_pages(data, docs, sources, example)
+        # the theme's main.html, which loads mermaid on pages with a diagram only; MkDocs leaves
+        # dot-folders of docs/ out of the site
+        theme = docs / THEME_FOLDER
+        theme.mkdir()
+        shutil.copyfile(sources / "templates" / "mkdocs-main.html.j2", theme / "main.html")
         config = {
             "INHERIT": str(sources / "mkdocs.yml"),
             "site_url": site_url,
             "docs_dir": str(docs),
             "site_dir": str(scratch / "site"),
+            "theme": {"custom_dir": str(theme)},
             "nav": nav,
         }
         config_file = scratch / "mkdocs.yml"
@@ -991,13 +1263,32 @@ def _build_into(
         done = subprocess.run(command, env=environment, check=False)
         if done.returncode != 0:
             raise SiteError(f"mkdocs build --strict failed (exit {done.returncode}); its messages are above")
+        _trim(scratch / "site")
         _swap_in(out, scratch)
         # the configuration as it would build the folder in place (`mkdocs serve -f out/mkdocs.yml`)
-        config.update(docs_dir=str(out / "docs"), site_dir=str(out / "site"))
+        config.update(
+            docs_dir=str(out / "docs"),
+            site_dir=str(out / "site"),
+            theme={"custom_dir": str(out / "docs" / THEME_FOLDER)},
+        )
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         write_atomic(out / "mkdocs.yml", text.encode("utf-8"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _trim(site: Path) -> None:
+    """Remove what a reader's browser never needs: source maps (and the comments naming them) and
+    lunr's other languages and word splitters (the search is in English)."""
+    for path in sorted(site.rglob("*.map")):
+        path.unlink()
+    shutil.rmtree(site / "assets" / "javascripts" / "lunr", ignore_errors=True)
+    for path in sorted(site.rglob("*")):
+        if path.suffix in (".js", ".css") and path.is_file():
+            data = path.read_bytes()
+            trimmed = re.sub(rb"\n?(//# sourceMappingURL=|/\*# sourceMappingURL=)[^\n]*", b"", data)
+            if trimmed != data:
+                path.write_bytes(trimmed)
 
 
 def serve_site(directory: Path, host: str = "127.0.0.1", port: int = 8000) -> None:

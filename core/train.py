@@ -46,6 +46,9 @@ METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.json"
 FINAL_WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+METRICS_CSV = "metrics.csv"
+STEPS_CSV = "steps.csv"
 
 
 class RunError(PapersError):
@@ -70,6 +73,8 @@ class RunRecord(BaseModel):
     world_size: int = 1
     threads: int | None = None
     """The intra-op CPU threads of each process (``--threads``, else torch's default) when it started."""
+    weights: str | None = None
+    """The weights the run started from (``--weights``), as given; none: the graph's initialisation."""
     papers_version: str = ""
     torch_version: str = ""
 
@@ -141,6 +146,7 @@ def train(
     stop_after: int | None = None,
     workers: int = 0,
     threads: int | None = None,
+    weights: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Train ``variant`` on ``data`` with its paper's recipe and ``overrides`` (dotted recipe fields).
@@ -148,9 +154,16 @@ def train(
     ``out`` is the run folder (none: nothing is written); ``resume`` continues a run folder from its
     last checkpoint. ``stop_after`` ends this call cleanly after that many epochs, as an interrupt would.
     ``threads`` sets torch's intra-op threads for the run (none: torch's default), restored after it.
+    ``weights`` (ours as .safetensors, or a torchvision / timm state dict) replaces the initial weights,
+    loaded strictly as ``papers eval`` loads them. A resumed run takes ``overrides`` of ``epochs`` only,
+    and only more than it had: it is extended.
     """
+    if weights is not None and resume is not None:
+        raise RunError(
+            "a resumed run continues from its checkpoint; --weights starts a new run", field="--weights"
+        )
     with intra_op_threads(threads):
-        return _train(variant, data, overrides, out, resume, progress, stop_after, workers, log)
+        return _train(variant, data, overrides, out, resume, progress, stop_after, workers, weights, log)
 
 
 @contextlib.contextmanager
@@ -180,13 +193,14 @@ def _train(
     progress: bool,
     stop_after: int | None,
     workers: int,
+    weights: str | Path | None,
     log: Callable[[str], None] | None,
 ) -> Run:
     import torch
 
     from papers.api import build_model, expand_variant, get_spec
     from papers.data import class_names, training_data
-    from papers.recipe import check_length, resolve
+    from papers.recipe import check_length, check_processes, resolve
 
     dist = _Distributed()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -213,6 +227,7 @@ def _train(
                 recipe=config,
                 world_size=dist.world,
                 threads=torch.get_num_threads(),
+                weights=None if weights is None else str(weights),
                 papers_version=_version(),
                 torch_version=torch.__version__,
             )
@@ -224,11 +239,9 @@ def _train(
                 )
             start = None
         config = record.recipe
-        if config.batch_size % dist.world:
-            raise RecipeError(
-                f"batch_size {config.batch_size} does not split evenly over {dist.world} processes",
-                field="-r batch_size",
-            )
+        check_processes(config, dist.world)
+        if config.precision == "fp16" and dist.device.type != "cuda":
+            raise RecipeError("fp16 autocast needs a GPU; use bf16 on CPUs", field="-r precision")
         shape = image_shape(expand_variant(variant, **record.options), "training")
         if config.input_size is not None and list(shape[1:]) != list(config.input_size):
             raise RecipeError(
@@ -248,6 +261,10 @@ def _train(
         model = build_model(variant, **record.options).to(dist.device)
         if start is not None:
             _check_fits(model, start)
+        elif weights is not None:
+            from papers.evaluate import fit_weights, load_weights
+
+            fit_weights(model, load_weights(weights), file=str(weights))
         return _Loop(dist, record, model, loaded, folder, start, progress, stop_after, workers, say).run()
     finally:
         dist.close()
@@ -265,8 +282,25 @@ def _resumed(
         raise RunError(f"unreadable {RECIPE}: {str(exc).splitlines()[0]}", file=str(recipe)) from None
     if record.variant != variant:
         raise RunError(f"the run trains {record.variant}, not {variant}", file=str(folder))
+    overrides = dict(overrides or {})
+    epochs = overrides.pop("epochs", None)
     if overrides:
-        raise RunError("a resumed run keeps its recipe; start a new run to change it", field="-r")
+        raise RunError(
+            "a resumed run keeps its recipe (only --epochs extends it); start a new run", field="-r"
+        )
+    if epochs is not None:
+        before = record.recipe.epochs
+        if before is None or not isinstance(epochs, int) or epochs < before:
+            raise RunError(
+                f"a resumed run may be extended to more epochs than its {before}, not {epochs!r}",
+                field="--epochs",
+            )
+        record = record.model_copy(
+            update={
+                "recipe": record.recipe.model_copy(update={"epochs": epochs}),
+                "overrides": {**record.overrides, "epochs": epochs},
+            }
+        )
     try:  # the plugin that contributed them may be gone
         get_criterion(record.recipe.criterion)
         get_optimizer(record.recipe.optimizer.name)
@@ -284,6 +318,7 @@ class _Pointer(BaseModel):
     weights: str = Field(min_length=1)
     optimizer: str = Field(min_length=1)
     state: str = Field(min_length=1)
+    ema: str | None = Field(None, min_length=1)
 
 
 class _State(BaseModel):
@@ -296,6 +331,7 @@ class _State(BaseModel):
     optimizer: dict[str, Any]
     scheduler: dict[str, Any] | None
     metrics: list[dict[str, Any]]
+    warmed: bool = False
 
 
 def _read_last(folder: Path) -> dict[str, Any] | None:
@@ -310,9 +346,8 @@ def _read_last(folder: Path) -> dict[str, Any] | None:
         raise RunError(f"unreadable checkpoint pointer: {exc.strerror or exc}", file=str(last)) from None
     except ValueError as exc:
         raise RunError(f"damaged checkpoint pointer: {_first_error(exc)}", file=str(last)) from None
-    paths = {
-        key: _inside(folder, last, key, getattr(pointer, key)) for key in ("weights", "optimizer", "state")
-    }
+    keys = ("weights", "optimizer", "state") + (("ema",) if pointer.ema is not None else ())
+    paths = {key: _inside(folder, last, key, getattr(pointer, key)) for key in keys}
     try:
         state = _State.model_validate_json(paths["state"].read_bytes())
     except OSError as exc:
@@ -326,6 +361,8 @@ def _read_last(folder: Path) -> dict[str, Any] | None:
             file=str(paths["state"]),
         )
     _tensor_shapes(paths["optimizer"])  # a truncated file is refused now, not after the data is read
+    if "ema" in paths:
+        _tensor_shapes(paths["ema"])
     return state.model_dump() | {
         "pointer": {key: str(path) for key, path in paths.items()},
         "weights": _tensor_shapes(paths["weights"]),
@@ -490,6 +527,8 @@ def _build_options(spec: Any, variant: str, config: TrainConfig, num_classes: in
         options["image_size"] = height
     if config.dropout is not None and "dropout" in graph.params:
         options["dropout"] = config.dropout
+    if config.aux_weight is not None and "aux_logits" in graph.params:
+        options["aux_logits"] = True  # the auxiliary classifiers train; evaluation reads the logits
     return options
 
 
@@ -546,6 +585,9 @@ class _Loop:
             self.epochs = math.ceil(self.config.iterations / self.steps_per_epoch)
         else:
             raise RecipeError("the recipe gives neither epochs nor iterations; pass --epochs", field="epochs")
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = sync_batchnorm(model, self.config, dist.world, dist.device.type)
         self.module = model
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -565,6 +607,17 @@ class _Loop:
         self.interrupts = _Interrupts()
         self.epoch = 0
         self.step = 0
+        self.warmed = self.config.warmup is None
+        self.ema: dict[str, Any] | None = None
+        self.averaged: Any = None  # the model the average is evaluated in
+        if self.config.ema_decay is not None:
+            import copy
+
+            self.ema = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            self.averaged = copy.deepcopy(self.module)
+        self.mix = _batch_mixer(self.config, len(data.classes))
+        self.step_rows: list[dict[str, Any]] = []
+        self.scaler = torch.amp.GradScaler(enabled=self.config.precision == "fp16")
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -581,6 +634,8 @@ class _Loop:
             made = not self.folder.exists()
             fresh = made or not any(self.folder.iterdir())
             (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        if self.writes:  # a resumed run rewrites it: it may have been extended
+            assert self.folder is not None
             _atomic_write(self.folder / RECIPE, self.record.model_dump_json(indent=2).encode())
         if self.dist.main and self.epoch:
             self.say(f"resuming {self.record.variant} after epoch {self.epoch}/{self.epochs}")
@@ -599,8 +654,15 @@ class _Loop:
             raise
         if self.writes:
             assert self.folder is not None
-            _atomic_write(self.folder / FINAL_WEIGHTS, _safetensors(self.module.state_dict()))
+            _atomic_write(self.folder / FINAL_WEIGHTS, _safetensors(self._evaluated().state_dict()))
         return Run(self.folder, self.record, self.metrics, finished=True)
+
+    def _evaluated(self) -> Any:
+        """The model evaluated and saved: the average of the weights where the recipe keeps one."""
+        if self.ema is None:
+            return self.module
+        self.averaged.load_state_dict(self.ema)
+        return self.averaged
 
     def _steps_done(self) -> bool:
         return self.config.iterations is not None and self.step >= self.config.iterations
@@ -612,26 +674,33 @@ class _Loop:
         torch.manual_seed(_epoch_seed(self.config.seed, self.epoch, self.dist.rank))
         self.sampler.set_epoch(self.epoch)
         self.model.train()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._rate() * self.optimizer.param_groups[0]["lr"]
         loss_sum = correct = seen = 0.0
         bar = _Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}", self.progress)
         for images, labels in self.loader:
             images, labels = images.to(self.dist.device), labels.to(self.dist.device)
-            output = _main_output(self.model(images))
-            loss = self.loss(output, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self.config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels  # class indices, or class probabilities of mixed images
+            if self.mix is not None:
+                images, targets = self.mix(images, labels)
+            loss, right = self._step(images, targets, labels)
             self.step += 1
             if self.scheduler is not None and self.config.schedule.unit == "iteration":
                 self.scheduler.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += float((self.criterion.scores(output.detach()).argmax(-1) == labels).sum())
+            if self.config.log_steps and self.step % self.config.log_steps == 0:
+                rate = self._rate() * self.optimizer.param_groups[0]["lr"]
+                self.step_rows.append({"step": self.step, "epoch": self.epoch + 1, "lr": rate, "loss": loss})
+            loss_sum += loss * len(labels)
+            correct += right
             seen += len(labels)
-            bar.update(float(loss.detach()))
+            if not self.warmed:
+                self._end_warmup(correct, seen)
+            bar.update(loss, len(labels) * self.dist.world)
             if self._steps_done():
                 break
         bar.close()
+        train_seconds = time.perf_counter() - started
         loss_sum, correct, seen = self.dist.total([loss_sum, correct, seen])
         entry: dict[str, Any] = {
             "epoch": self.epoch + 1,
@@ -641,8 +710,11 @@ class _Loop:
             "train_accuracy": 100.0 * correct / seen,
         }
         entry.update(self._evaluate())
+        entry["images_per_second"] = round(seen / max(train_seconds, 1e-9), 1)
         entry["seconds"] = round(time.perf_counter() - started, 3)
         self.epoch += 1
+        if not self.warmed and self.config.warmup is not None and self.config.warmup.epochs is not None:
+            self.warmed = self.epoch >= self.config.warmup.epochs
         self.metrics.append(entry)
         if self.scheduler is not None and self.config.schedule.unit == "epoch":
             if self.config.schedule.name == "plateau":
@@ -656,6 +728,93 @@ class _Loop:
                 with self.interrupts.deferred():
                     self._checkpoint(line)
 
+    def _step(self, images: Any, targets: Any, labels: Any) -> tuple[float, float]:
+        """One optimisation step on a batch (in ``accumulation_steps`` parts): its mean loss and the
+        number of images whose top class is their own label (before any mixing)."""
+        import torch
+
+        parts = self.config.accumulation_steps
+        autocast = torch.autocast(
+            self.dist.device.type,
+            dtype=torch.float16 if self.config.precision == "fp16" else torch.bfloat16,
+            enabled=self.config.precision != "fp32",
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = correct = 0.0
+        for index, (x, t, y) in enumerate(
+            zip(images.chunk(parts), targets.chunk(parts), labels.chunk(parts), strict=True)
+        ):
+            # DDP averages gradients on the last part only
+            sync = (
+                self.model.no_sync()
+                if parts > 1 and index < parts - 1 and self.dist.world > 1
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with autocast:
+                    output = self.model(x)
+                    loss = self._loss_of(output, t)
+                self.scaler.scale(loss / parts).backward()
+            main = _main_output(output).detach().float()
+            loss_total += float(loss.detach()) / parts
+            correct += float((self.criterion.scores(main).argmax(-1) == y).sum())
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        rate = self._rate()
+        if rate != 1.0:  # the warm-up scales the scheduled rate for this step only
+            scheduled = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= rate
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if rate != 1.0:
+            for group, value in zip(self.optimizer.param_groups, scheduled, strict=True):
+                group["lr"] = value
+        if self.ema is not None:
+            self._average()
+        return loss_total, correct
+
+    def _loss_of(self, output: Any, targets: Any) -> Any:
+        """The criterion on the logits, plus each auxiliary classifier's, weighted, where it trains."""
+        loss = self.loss(_main_output(output), targets)
+        if self.config.aux_weight is not None and isinstance(output, tuple):
+            for aux in output[1:]:
+                loss = loss + self.config.aux_weight * self.loss(aux, targets)
+        return loss
+
+    def _rate(self) -> float:
+        """The warm-up's multiplier of the scheduled rate (1 once it is over)."""
+        warmup = self.config.warmup
+        if warmup is None or self.warmed:
+            return 1.0
+        if warmup.iterations is not None and self.step >= warmup.iterations:
+            self.warmed = True
+            return 1.0
+        return warmup.lr / self.config.optimizer.lr
+
+    def _end_warmup(self, correct: float, seen: float) -> None:
+        """End a warm-up by training error once the epoch's running error is below its threshold (the
+        same decision in every process: the counts are summed over them)."""
+        threshold = None if self.config.warmup is None else self.config.warmup.until_train_error
+        if threshold is None:
+            return
+        correct, seen = self.dist.total([correct, seen])
+        if 100.0 * (1 - correct / seen) < threshold:
+            self.warmed = True
+
+    def _average(self) -> None:
+        import torch
+
+        assert self.ema is not None and self.config.ema_decay is not None
+        decay = self.config.ema_decay
+        with torch.no_grad():
+            for name, value in self.module.state_dict().items():
+                if value.dtype.is_floating_point:
+                    self.ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+                else:
+                    self.ema[name].copy_(value)
+
     def _evaluate(self) -> dict[str, Any]:
         """Loss, top-1 and top-5 on the held-out split, shared out over the processes."""
         import torch
@@ -668,12 +827,13 @@ class _Loop:
             self.data.test, range(self.dist.rank, len(self.data.test), self.dist.world)
         )
         loader = torch.utils.data.DataLoader(shard, batch_size=max(self.per_process, 64))
-        self.model.eval()
+        model = self._evaluated()
+        model.eval()
         loss_sum = top1 = top5 = seen = 0.0
         with torch.inference_mode():
             for images, labels in loader:
                 images, labels = images.to(self.dist.device), labels.to(self.dist.device)
-                output = _main_output(self.module(images))
+                output = _main_output(model(images))
                 loss_sum += float(self.loss(output, labels)) * len(labels)
                 one, five = count_correct(self.criterion.scores(output), labels)
                 top1, top5, seen = top1 + one, top5 + five, seen + len(labels)
@@ -712,6 +872,7 @@ class _Loop:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "metrics": self.metrics,
         }
+        state["warmed"] = self.warmed
         _atomic_write(folder / f"{stem}.json", json.dumps(state, indent=1).encode())
         pointer = {
             "epoch": self.epoch,
@@ -719,12 +880,25 @@ class _Loop:
             "optimizer": f"{stem}.optimizer.safetensors",
             "state": f"{stem}.json",
         }
+        if self.ema is not None:
+            _atomic_write(folder / f"{stem}.ema.safetensors", _safetensors(self.ema))
+            pointer["ema"] = f"{stem}.ema.safetensors"
+        tops = [m["val_top1"] for m in self.metrics if "val_top1" in m]
+        if tops and tops[-1] == max(tops) and tops.index(max(tops)) == len(tops) - 1:
+            _atomic_write(self.folder / BEST_WEIGHTS, _safetensors(self._evaluated().state_dict()))
         _atomic_write(folder / LAST, json.dumps(pointer, indent=1).encode())
         _atomic_write(self.folder / METRICS, json.dumps(self.metrics, indent=1).encode())
+        _atomic_write(self.folder / METRICS_CSV, _csv(self.metrics))
+        if self.step_rows:
+            _append_steps(self.folder / STEPS_CSV, self.step_rows, self.step)
+            self.step_rows = []
         with open(self.folder / "log.txt", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+        kept = {
+            f"epoch-{epoch:04d}." for epoch in range(self.epoch - self.config.keep_last + 1, self.epoch + 1)
+        }
         for old in folder.glob("epoch-*"):
-            if not old.name.startswith(stem + "."):
+            if not any(old.name.startswith(prefix) for prefix in kept):
                 old.unlink(missing_ok=True)
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -750,6 +924,77 @@ class _Loop:
                 file=pointer["state"],
             ) from None
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], list(state["metrics"])
+        self.warmed = self.config.warmup is None or state.get("warmed", False)
+        if self.ema is not None:
+            if "ema" not in pointer:
+                raise RunError(
+                    "damaged checkpoint: the recipe keeps an average and none was saved",
+                    file=pointer["state"],
+                )
+            self.ema = load_file(pointer["ema"], device=device)
+
+
+def sync_batchnorm(model: Any, config: TrainConfig, world: int, device: str) -> Any:
+    """The model with its batch norms synchronised over the processes where the recipe asks for it
+    and there are several (NCCL only: refused on CPUs); the parameter names are unchanged."""
+    if not config.sync_batchnorm or world == 1:
+        return model
+    if device != "cuda":
+        raise RecipeError(
+            "sync_batchnorm needs GPUs (NCCL); gloo on CPUs has no SyncBatchNorm", field="-r sync_batchnorm"
+        )
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _batch_mixer(config: TrainConfig, classes: int) -> Callable[[Any, Any], Any] | None:
+    """MixUp and/or CutMix on a batch (one of the two, at random, where both are on): images and
+    class probabilities from images and labels; ``None`` where the recipe mixes nothing."""
+    if not config.mixup_alpha and not config.cutmix_alpha:
+        return None
+    from torchvision.transforms import v2
+
+    mixers = []
+    if config.mixup_alpha:
+        mixers.append(v2.MixUp(alpha=config.mixup_alpha, num_classes=classes))
+    if config.cutmix_alpha:
+        mixers.append(v2.CutMix(alpha=config.cutmix_alpha, num_classes=classes))
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def _append_steps(path: Path, rows: list[dict[str, Any]], step: int) -> None:
+    """Add an epoch's step rows to steps.csv, dropping rows past ``step`` that an interrupted epoch
+    left (a run killed between this write and its checkpoint repeats that epoch on resume)."""
+    import csv
+    import io
+
+    kept = ""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        first = rows[0]["step"]
+        kept = "".join(lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < first])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["step", "epoch", "lr", "loss"], lineterminator="\n")
+    if not kept:
+        writer.writeheader()
+    writer.writerows(row for row in rows if row["step"] <= step)
+    _atomic_write(path, (kept + out.getvalue()).encode())
+
+
+def _csv(metrics: list[dict[str, Any]]) -> bytes:
+    """The per-epoch metrics as CSV, one row per epoch, columns in the order they first appear."""
+    import csv
+    import io
+
+    columns: list[str] = []
+    for entry in metrics:
+        columns += [key for key in entry if key not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return out.getvalue().encode()
 
 
 def _main_output(output: Any) -> Any:
@@ -882,16 +1127,21 @@ class _Progress:
     def __init__(self, total: int, label: str, enabled: bool):
         self.total, self.label, self.done, self.last = total, label, 0, 0.0
         self.enabled = enabled and sys.stderr.isatty()
+        self.started, self.images = time.monotonic(), 0
 
-    def update(self, loss: float) -> None:
+    def update(self, loss: float, images: int = 0) -> None:
         self.done += 1
+        self.images += images
         now = time.monotonic()
         if not self.enabled or (now - self.last < 0.1 and self.done < self.total):
             return
         self.last = now
         filled = round(24 * self.done / self.total)
+        elapsed = max(now - self.started, 1e-9)
+        left = elapsed / self.done * (self.total - self.done)
         sys.stderr.write(
             f"\r{self.label} [{'#' * filled}{'.' * (24 - filled)}] {self.done}/{self.total} loss {loss:.4f}"
+            f"  {self.images / elapsed:.0f} img/s  ETA {_duration(left)}"
         )
         sys.stderr.flush()
 
@@ -899,6 +1149,11 @@ class _Progress:
         if self.enabled:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_training_check(check: Any, *, progress: bool = True, log: Callable[[str], None] | None = None) -> Run:

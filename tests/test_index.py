@@ -118,3 +118,14 @@ def test_without_a_cache_every_list_validates(tmp_path, distribution):
         )
         assert "papers.spec" in json.loads(result.stderr.strip().splitlines()[-1])["imported"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_registry_discovered_in_this_process_answers_list_not_the_index(demo, run):
+    """A registry changed in-process (tests, notebooks) is the one listed, whatever the index holds."""
+    from papers import index
+    from papers.registry import Registry
+
+    index.store(Registry.discover())  # the installed plugins' index, as `papers list` leaves it
+    assert index.cached_rows() is not None
+    listed = json.loads(run("list", "--json").stdout)
+    assert "narrow-demo" in {row["id"] for row in listed}

@@ -144,7 +144,7 @@ def test_a_page_is_built_from_its_spec_and_measurements(built):
     assert "138,357,544" in page, "vgg16's measured parameters"
     assert "15.47 G" in page, "vgg16's measured multiply-adds"
     assert "Reported vs measured" in page and "flowchart TD" in page
-    assert 'torchvision.models.get_model("vgg16", weights="DEFAULT")' in page
+    assert 'torchvision.models.get_model_weights("vgg16").DEFAULT' in page
 
 
 def test_two_builds_of_one_tree_are_identical_byte_for_byte(built):
@@ -212,7 +212,7 @@ def test_a_missing_javascript_asset_is_one_line_and_exit_2(built, tmp_path):
 def test_the_cli_reference_lists_every_command(built):
     from papers.cli import cli
 
-    page = (built.first / "docs" / "reference" / "cli.md").read_text()
+    page = (built.first / "docs" / "reference" / "cli.md").read_text().replace("\\", "")
     for name in cli.commands:
         assert f"## papers {name}\n" in page, name
     assert "## papers site build\n" in page and "--site-url" in page
@@ -228,8 +228,238 @@ def test_the_classification_page_charts_error_against_cost(built):
     page = (built.first / "site" / "classification" / "index.html").read_text()
     charts = re.findall(r'<svg [^>]*class="papers-chart".*?</svg>', page, flags=re.S)
     assert len(charts) >= 2
-    assert all(chart.count("<circle") > 10 for chart in charts[:2])
+    assert all(chart.count('class="papers-point"') >= 3 for chart in charts)
     assert re.search(r"vgg16: 2\d\.\d+% at 15\.5G", page), "a point's tooltip: error at multiply-adds"
+
+
+def _charts(built: Built) -> dict[str, str]:
+    return {path.name: path.read_text() for path in (built.first / "docs" / "charts").glob("*.svg")}
+
+
+def test_a_chart_per_protocol_plots_single_models_each_labelled(built):
+    charts = _charts(built)
+    titles = [re.search(r"<title>([^<]*)</title>", svg).group(1) for svg in charts.values()]
+    assert len(set(titles)) == len(titles), "one chart per dataset and protocol"
+    assert any("single crop" in title for title in titles) and any("ten crop" in title for title in titles)
+    every = "".join(charts.values())
+    assert "alexnet: 38.1%" not in every, "AlexNet's five-CNN average is no single model"
+    assert "bn_inception: 20.1%" not in every, "nor BN-Inception's six-model ensemble"
+    for name, svg in charts.items():
+        points = re.findall(r'class="papers-point"><title>([^:<]+):', svg)
+        labels = re.findall(r'<text [^>]*font-size="10"[^>]*>([^<]+)</text>', svg)
+        assert points and sorted(points) == sorted(labels), name
+
+
+def test_the_topic_page_lists_every_variant_downloadable_as_csv_and_json(built):
+    import csv
+
+    site = built.first / "site" / "classification"
+    rows = json.loads((site / "variants.json").read_text())
+    with (site / "variants.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["variant"] for row in table] == [row["variant"] for row in rows]
+    by_id = {row["variant"]: row for row in rows}
+    assert by_id["vgg16"]["params"] == 138_357_544 and by_id["vgg16"]["weights"] == "torchvision:vgg16"
+    assert by_id["alexnet"]["top1_error"] != 38.1, "a single model's error, not the five-CNN average"
+    wrn = by_id["wide_resnet50_2"]
+    assert (wrn["top1_error"], wrn["top5_error"], wrn["protocol"]) == (21.9, 6.03, "single_crop")
+    page = (built.first / "docs" / "classification" / "index.md").read_text()
+    assert "(variants.csv)" in page and "(variants.json)" in page and "| `resnet50` |" in page
+
+
+def test_single_model_leaves_out_ensembles_averages_and_inconsistent_results():
+    from papers.charts import single_model
+    from papers.spec import Result
+
+    base = {"variant": "v", "metric": "top1_error", "value": 20.0, "unit": "percent", "source": "T"}
+    assert single_model(Result(**base))
+    assert single_model(Result(**base, conditions={"models": 1, "crops": 10}))
+    assert not single_model(Result(**base, conditions={"models": 5}))
+    assert not single_model(Result(**base, conditions={"ensemble": "six models"}))
+    assert not single_model(Result(**base, inconsistent="Table 9 says otherwise"))
+
+
+def _result_rows(built: Built, paper: str) -> list[str]:
+    page = (built.first / "docs" / "classification" / f"{paper}.md").read_text()
+    return [line for line in page.splitlines() if line.startswith('| <span class="papers-mark')]
+
+
+def test_result_rows_show_split_conditions_notes_and_tolerance(built):
+    resnet = [_text(row).replace("\\", "") for row in _result_rows(built, "resnet")]
+    ensemble = next(row for row in resnet if "3.57%" in row)
+    assert "test" in ensemble and "ensemble six models" in ensemble and "<sup>" not in ensemble
+    best = next(row for row in resnet if "6.43%" in row)
+    mean = next(row for row in resnet if "6.61%" in row)
+    assert "statistic best" in best and "statistic mean" in mean
+    assert any("7.40%" in row for row in resnet), "printed with its column's two decimals"
+    alexnet = [_text(row).replace("\\", "") for row in _result_rows(built, "alexnet")]
+    assert any("38.1%" in row and "models 5" in row for row in alexnet)
+    vgg = [_text(row).replace("\\", "") for row in _result_rows(built, "vgg")]
+    assert any("test scale 256" in row and "train scale" in row for row in vgg)
+    inception = (built.first / "docs" / "classification" / "inception-v3.md").read_text()
+    widened = [row for row in _result_rows(built, "inception-v3") if "(spec)" in row.replace("\\", "")]
+    assert widened and all("result-note-" in row for row in widened), "a widened tolerance, explained"
+    assert "The spec sets the tolerance to ±" in inception
+
+
+def test_result_rows_put_the_mark_beside_the_variant_and_a_unit_on_measured_values(built):
+    rows = _result_rows(built, "vgg")
+    header = next(
+        line
+        for line in (built.first / "docs" / "classification" / "vgg.md").read_text().splitlines()
+        if line.startswith("| variant | metric")
+    )
+    assert "scope" not in header and "check" not in header
+    params = next(_text(row).replace("\\", "") for row in rows if "parameters" in row and "`vgg16`" in row)
+    assert re.search(r"✓\s`vgg16` .*\| 138 M \| 138\.36 M \|", params), params
+    assert not any(re.search(r"\| 1\d\d\.0 M", row.replace("\\", "")) for row in rows), "138, not 138.0"
+    top1 = next(_text(row).replace("\\", "") for row in rows if "27.0%" in row.replace("\\", ""))
+    assert "26.8%" in "".join(rows).replace("\\", ""), "27.0 keeps the digit its column prints"
+    assert "vgg16" in top1
+
+
+def test_results_the_paper_contradicts_are_marked_checked_and_listed_on_the_errata_page(built):
+    googlenet = _result_rows(built, "googlenet")
+    marked = [row for row in googlenet if "papers-inconsistent" in row]
+    assert len(marked) == 4 and all("≠" in row for row in marked)
+    errata = (built.first / "docs" / "errata.md").read_text()
+    for text in ("GoogLeNet", "BN-Inception", "Wide ResNet", "118M", "13.6", "5.79"):
+        assert text in errata.replace("\\", ""), text
+    assert (built.first / "site" / "errata" / "index.html").is_file()
+    done = subprocess.run(
+        [sys.executable, "-m", "papers", "check", "googlenet"],
+        env=built.environment,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, "an inconsistency is no failure"
+    assert "4 paper inconsistent" in done.stdout and "paper inconsistent: googlenet macs" in done.stdout
+
+
+def test_a_result_marked_inconsistent_is_checked_as_its_own_status():
+    from papers.checks import check_spec
+    from papers.graph import expand
+    from papers.measure import measure_graph
+    from papers.ops import Catalogue
+    from papers.spec import validate_spec
+
+    data = minimal_spec()
+    count = {"variant": "tiny8", "metric": "params", "unit": "count", "source": "T"}
+    data["results"] = [
+        {**count, "value": 314},  # 3·8·9 + 8 + 8·10 + 10
+        {**count, "value": 999, "inconsistent": "Table 2 prints another count"},
+    ]
+    spec = validate_spec(data)
+    catalogue = Catalogue()
+    flat = expand(spec, "net", {}, catalogue)
+    checks = check_spec(spec, lambda v: (flat, measure_graph(v, flat, catalogue)))
+    assert [c.status for c in checks] == ["pass", "inconsistent"]
+    assert checks[1].measured == 314 and checks[1].reason == "Table 2 prints another count"
+
+
+def test_numbers_show_as_printed_with_their_columns_precision():
+    from papers.site import printed_decimals
+    from papers.spec import Result
+
+    def result(value, **extra):
+        fields = {"variant": "v", "metric": "top5_error", "unit": "percent", "source": "Table 3"}
+        return Result(**{**fields, "value": value, **extra})
+
+    table = [result(7.4), result(24.19), result(27.0, source="Table 5"), result(23.8, tolerance=0.005)]
+    assert printed_decimals(table) == {0: 2, 1: 2, 2: 0, 3: 2}
+
+
+def test_the_cli_reference_shows_no_sentinel_and_each_help_once(built):
+    page = (built.first / "docs" / "reference" / "cli.md").read_text().replace("\\", "")
+    assert "Sentinel" not in page and "UNSET" not in page
+    assert page.count("Check reported results against measurements") == 1
+    assert "Show this message and exit." in page, "the options' help is the table's"
+    assert page.count("Show this message and exit.") == page.count("\n## papers")
+
+
+def test_the_python_api_reference_comes_from_the_docstrings(built):
+    import papers
+
+    page = (built.first / "docs" / "reference" / "python.md").read_text()
+    for name in papers.__all__:
+        assert f"## `{name}`\n" in page, name
+    assert "build_model(variant_id: str, *," in page and "device: Any = 'cpu'" in page
+    assert "class SpecError(PapersError)" in page
+    assert ":class:" not in page and "``" not in page.replace("```", "")
+
+
+def test_the_schema_page_is_field_tables_and_a_download(built):
+    page = (built.first / "docs" / "reference" / "schema.md").read_text()
+    assert "## Result\n" in page and "| `inconsistent` |" in page and "| `variant` | string | yes |" in page
+    assert '"$defs"' not in page, "no JSON dump"
+    schema = json.loads((built.first / "site" / "reference" / "spec.schema.json").read_text())
+    assert "Result" in schema["$defs"]
+    assert "(spec.schema.json)" in page
+
+
+def test_getting_started_and_training_pages_say_how_to_install_from_a_clone(built):
+    home = (built.first / "docs" / "index.md").read_text()
+    assert "pip install papers" not in home and "make demo" in home
+    start = (built.first / "docs" / "guides" / "getting-started.md").read_text()
+    assert "make demo" in start and "pip install -e ." in start and "papers check vgg" in start
+    training = (built.first / "docs" / "guides" / "training.md").read_text()
+    assert "DistributedDataParallel" in training and "--resume" in training
+
+
+def test_each_variant_has_an_inference_and_features_snippet_with_its_preprocessing(built):
+    vgg = (built.first / "docs" / "classification" / "vgg.md").read_text()
+    assert 'get_model_weights("vgg16").DEFAULT' in vgg and "weights.transforms()" in vgg
+    assert 'features=["stage4", "stage5"]' in vgg or "features=[" in vgg
+    resnet = (built.first / "docs" / "classification" / "resnet.md").read_text()
+    snippet = resnet.split('??? example "resnet110"', 1)[1].split("???", 1)[0]
+    assert "T.Resize(32)" in snippet and "T.CenterCrop(32)" in snippet and "T.Normalize" in snippet
+
+
+def test_the_site_ships_no_source_maps_and_mermaid_only_where_diagrams_are(built):
+    site = built.first / "site"
+    assert not list(site.rglob("*.map"))
+    assert not (site / "assets" / "javascripts" / "lunr").exists()
+    for path in site.rglob("*.js"):
+        assert b"sourceMappingURL" not in path.read_bytes(), path
+    for path in site.rglob("index.html"):
+        text = path.read_text()
+        assert ("mermaid.min.js" in text) == ('class="mermaid"' in text), path
+    for page in ("index.html", "reference/cli/index.html", "reference/schema/index.html"):
+        assert "mermaid" not in (site / page).read_text(), page
+
+
+def test_chart_text_stays_out_of_the_search_index(built):
+    index = (built.first / "site" / "search" / "search_index.json").read_text()
+    assert "top-1 error (%, reported)" not in index and "multiply-adds (measured" not in index
+    assert "Accuracy against cost" in index, "the page itself is indexed"
+
+
+def test_the_site_url_defaults_from_the_projects_metadata(monkeypatch):
+    from email.message import Message
+
+    from papers import site
+
+    metadata = Message()
+    metadata["Project-URL"] = "Source, https://example.org/papers.git"
+    metadata["Project-URL"] = "Documentation, https://example.org/papers"
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: metadata)
+    assert site.default_site_url() == "https://example.org/papers/"
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: Message())
+    assert site.default_site_url() == site.LOCAL_URL
+
+
+def test_docstrings_restructuredtext_and_spec_backticks_show_as_code(built):
+    from papers.site import rst_prose
+
+    assert rst_prose("a ``str`` or :class:`pathlib.Path` <b>") == (
+        r"a <code>str</code> or <code>pathlib\.Path</code> &lt;b&gt;"
+    )
+    guide = (built.first / "docs" / "guides" / "plugins.md").read_text()
+    assert ":class:" not in guide and "<code>papers\\.spec\\.Spec</code>" in guide
+    lenet = (built.first / "docs" / "classification" / "lenet.md").read_text()
+    assert "\\`" not in lenet, "no literal backticks"
+    home = (built.first / "site" / "index.html").read_text()
+    assert "<code>papers site build</code>" in home and "`papers site build`" not in home, "the footer"
 
 
 def test_markdown_text_escapes_html_and_markdown_syntax():
@@ -306,10 +536,12 @@ def browser_site(built):
 class _Visit:
     """A page opened in a fresh context, recording console errors, page errors and dialogs."""
 
-    def __init__(self, browser, url: str, scheme: str = "light"):
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    def __init__(self, browser, url: str, scheme: str = "light", width: int = 1280):
+        self.context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
         self.page = self.context.new_page()
         self.problems: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda error: self.problems.append(str(error)))
         self.page.on(
@@ -404,6 +636,85 @@ def test_a_hostile_spec_runs_no_script_in_a_browser(browser_site, built):
     assert "<script>alert('name')</script>" in visit.page.locator("h1").first.inner_text()
     assert visit.page.locator("img[src=x]").count() == 0
     assert visit.close() == [], "no alert ran and nothing failed"
+
+
+def _page_overflow(visit: _Visit) -> int:
+    """How far the page scrolls sideways (0: not at all)."""
+    return visit.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_results_table_fits_with_marks_beside_ids_on_one_line_in_a_browser(browser_site, width):
+    browser, base = browser_site
+    visit = _Visit(browser, f"{base}classification/resnet/", width=width)
+    assert _page_overflow(visit) <= 0
+    table = visit.page.locator("table", has_text="tolerance").first
+    table.scroll_into_view_if_needed()
+    wrap = table.evaluate(
+        "t => { const w = t.closest('.md-typeset__scrollwrap') || t.parentElement;"
+        " return {scroll: w.scrollWidth, client: w.clientWidth}; }"
+    )
+    if width >= 1280:
+        assert wrap["scroll"] <= wrap["client"] + 1, "every column visible at 1280 px"
+    cell = table.locator("tbody tr").first.locator("td").first
+    mark, code = cell.locator(".papers-mark"), cell.locator("code")
+    assert mark.is_visible() and mark.bounding_box()["x"] + 20 < width, "the mark is in view"
+    lines = visit.page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('article td code')]"
+        ".map(c => c.getClientRects().length))"
+    )
+    assert lines == 1, "no id breaks across lines"
+    assert abs(mark.bounding_box()["y"] - code.bounding_box()["y"]) < 12, "the mark sits beside the id"
+    visit.page.screenshot(path=str(SCREENSHOTS / f"resnet-results-{width}.png"))
+    assert visit.close() == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize(
+    "path", ["", "classification/", "errata/", "reference/cli/", "reference/schema/", "reference/python/"]
+)
+def test_pages_without_diagrams_fit_and_load_no_mermaid_in_a_browser(browser_site, path, width):
+    browser, base = browser_site
+    visit = _Visit(browser, f"{base}{path}", width=width)
+    visit.page.wait_for_load_state("networkidle")
+    assert not [url for url in visit.requests if "mermaid" in url]
+    assert _page_overflow(visit) <= 0
+    if width >= 1280:  # every column in view, ✗ and "not measurable" included
+        hidden = visit.page.evaluate(
+            "() => [...document.querySelectorAll('article table')].filter(t => {"
+            " const w = t.closest('.md-typeset__scrollwrap') || t.parentElement;"
+            " return w.scrollWidth > w.clientWidth + 1; }).length"
+        )
+        assert hidden == 0
+    assert visit.close() == []
+
+
+def test_a_page_with_diagrams_loads_mermaid_from_the_site_in_a_browser(browser_site):
+    browser, base = browser_site
+    visit = _Visit(browser, f"{base}classification/vgg/")
+    visit.diagram_drawn()
+    loaded = [url for url in visit.requests if "mermaid" in url]
+    assert loaded and all(url.startswith(base) for url in loaded), "from the site, not a CDN"
+    assert visit.close() == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_chart_legends_and_labels_fit_inside_their_charts_in_a_browser(browser_site, width):
+    browser, base = browser_site
+    visit = _Visit(browser, f"{base}classification/", width=width)
+    assert _page_overflow(visit) <= 0
+    outside = visit.page.evaluate(
+        """() => [...document.querySelectorAll('svg.papers-chart')].flatMap(svg => {
+             const width = svg.viewBox.baseVal.width;
+             const box = svg.getBoundingClientRect();
+             return [...svg.querySelectorAll('text')]
+               .filter(t => { const b = t.getBoundingClientRect();
+                              return b.left < box.left - 1 || b.right > box.right + 1; })
+               .map(t => t.textContent); })"""
+    )
+    assert outside == []
+    visit.page.locator("svg.papers-chart").first.screenshot(path=str(SCREENSHOTS / f"chart-{width}.png"))
+    assert visit.close() == []
 
 
 def test_a_results_file_turns_its_accuracies_into_checks_on_the_pages(built, tmp_path, monkeypatch):
