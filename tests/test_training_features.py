@@ -455,3 +455,15 @@ def test_rand_augment_is_an_augmentation_name():
         TrainConfig.model_validate(
             {**config.model_dump(), "augmentation": [{"name": "rand_augment", "args": {"magnitude": 40}}]}
         )
+
+
+def test_every_nth_step_is_logged_to_steps_csv_and_a_resume_repeats_none(tmp_path):
+    folder = tmp_path / "run"
+    overrides = {**QUICK, "log_steps": 5}
+    train("lenet5", "builtin:digits", overrides=overrides, out=folder, stop_after=1, **QUIET)
+    train("lenet5", resume=folder, **QUIET)
+    rows = (folder / "steps.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,lr,loss"
+    steps = [int(row.split(",")[0]) for row in rows[1:]]
+    assert steps == list(range(5, 45, 5))  # 22 steps an epoch, 2 epochs
+    assert json.loads((folder / "recipe.json").read_text())["recipe"]["log_steps"] == 5
