@@ -236,18 +236,10 @@ def _quiet() -> Iterator[None]:
 
 def _move(temporary: Path, path: Path, *, force: bool) -> None:
     """Rename into place; without ``force``, never over a file that appeared meanwhile."""
+    from papers.files import place
+
     try:
-        if force:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)  # never replaces: an existing path is an error
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links: check, then rename
-                if os.path.lexists(path):
-                    raise FileExistsError(path) from None
-                os.replace(temporary, path)
+        place(temporary, path, overwrite=force)
     except FileExistsError:
         raise ExportError("exists; pass --force to overwrite it", file=str(path)) from None
     except OSError as error:

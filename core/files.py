@@ -21,20 +21,26 @@ def write_atomic(path: Path, content: bytes, *, durable: bool = False, overwrite
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)  # never replaces: an existing path is an error
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links: check, then rename
-                if os.path.lexists(path):
-                    raise FileExistsError(path) from None
-                os.replace(temporary, path)
+        place(temporary, path, overwrite=overwrite)
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def place(temporary: Path, path: Path, *, overwrite: bool) -> None:
+    """Rename a finished ``temporary`` file to ``path``; without ``overwrite`` it is linked into place
+    instead, which raises ``FileExistsError`` if ``path`` exists, even one that appeared meanwhile."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)  # never replaces: an existing path is an error
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(temporary, path)
 
 
 def cache_dir() -> Path | None:

@@ -75,6 +75,37 @@ def demo(_demo_registry, monkeypatch):
     return _demo_registry
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: several test runs share two cores, where two threads make
+    a small forward pass many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def dry_run(run, variant: str, *args: str) -> dict[str, Any]:
+    """``papers train VARIANT --dry-run``'s resolved recipe."""
+    import json
+
+    result = run("train", variant, "--dry-run", *args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def cited(paper: str) -> str:
+    """The prose of a spec's recipes (paper-level and per group: loss and notes), where the paper's
+    numbers are quoted."""
+    import papers
+
+    spec = papers.get_spec(paper)
+    recipes = [spec.hyperparameters] + [r.hyperparameters for r in spec.recipes]
+    return " ".join(" ".join(f"{h.loss or ''} {h.notes or ''}" for h in recipes).split())
+
+
 class Result:
     def __init__(self, exit_code: int, stdout: str, stderr: str):
         self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr

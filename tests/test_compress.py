@@ -51,14 +51,7 @@ REPORT_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Latency is timed with torch's threads as they are: one here, where several test runs share
-    two cores (two threads on a busy machine make a LeNet-5 forward 40 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def compressed(run, *args: str) -> dict:

@@ -18,31 +18,13 @@ from papers.recipe import RecipeError, TrainConfig, make_optimizer, make_schedul
 from papers.registry import get_registry
 from papers.spec import validate_spec
 from papers.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, cited, dry_run
 
 SPECS = REPO / "specs" / "classification"
 QUICK = {"batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9}, "epochs": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def dry_run(run, variant: str, *args: str) -> dict:
-    result = run("train", variant, "--dry-run", *args)
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def cited(paper: str) -> str:
-    """The prose of a spec's recipes (paper-level and per group), where the numbers are quoted."""
-    spec = papers.get_spec(paper)
-    texts = [spec.hyperparameters.notes or ""] + [r.hyperparameters.notes or "" for r in spec.recipes]
-    return " ".join(" ".join(texts).split())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def key_fields(recipe: dict) -> dict:

@@ -28,13 +28,7 @@ from tests.conftest import REPO
 QUICK = {"batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9}, "epochs": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are small: they train faster on one thread, and the suite shares two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def without_time(metrics: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import papers
 from papers.recipe import RecipeError, TrainConfig, make_loss, resolve
 from papers.train import RunError, _batch_mixer, _Loop, _Progress, train
+from tests.conftest import cited, dry_run
 
 QUICK = {
     "batch_size": 64,
@@ -29,24 +30,7 @@ QUICK = {
 QUIET = {"log": lambda _: None, "progress": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def dry_run(run, variant: str, *args: str) -> dict:
-    result = run("train", variant, "--dry-run", *args)
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def cited(paper: str) -> str:
-    spec = papers.get_spec(paper)
-    recipes = [spec.hyperparameters] + [r.hyperparameters for r in spec.recipes]
-    return " ".join(" ".join(f"{h.loss or ''} {h.notes or ''}" for h in recipes).split())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- deviations are those of the recipe that runs ------------------------------------------------
