@@ -1,0 +1,1 @@
+"""Model-compression papers: methods that transform a built model."""
