@@ -12,6 +12,7 @@ last stage to the ``head``.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -76,6 +77,82 @@ class VariantDiff:
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
+
+    def node_rows(self) -> list[tuple[str, str, str, str]]:
+        """One row per node that differs, as the command line and the site show it: a mark (``~``
+        changed, ``→`` renamed, ``−`` only in ``a``, ``+`` only in ``b``), the node, its op and what
+        differs."""
+        from papers.text import plain
+
+        def shown(value: Any) -> str:
+            return "(unset)" if value is None else plain(value)
+
+        def arguments(args: dict[str, list[Any]]) -> list[str]:
+            return [f"{key}: {shown(before)} → {shown(after)}" for key, (before, after) in args.items()]
+
+        rows = []
+        for change in self.changed:
+            what = arguments(change.args)
+            if change.op_b is not None:
+                what.insert(0, f"op: {change.op} → {change.op_b}")
+            if change.inputs is not None:
+                what.append(f"inputs: {plain(change.inputs[0])} → {plain(change.inputs[1])}")
+            rows.append(("~", change.name, change.op, "; ".join(what)))
+        for change in self.renamed:
+            what = [f"named {change.name_b} in {self.b}", *arguments(change.args)]
+            rows.append(("→", change.name, change.op, "; ".join(what)))
+        for mark, side, only in (("−", self.a, self.removed), ("+", self.b, self.added)):
+            for node in only:
+                rows.append(
+                    (
+                        mark,
+                        node.name,
+                        node.op,
+                        f"only in {side}" + (f": {plain(node.args)}" if node.args else ""),
+                    )
+                )
+        return rows
+
+
+LIBRARY_ORIGINS_EXCLUDED = ("paper", "derived")
+"""Origins of a paper's own variants; any other origin (``torchvision``, ``timm``) is a library's."""
+
+
+def library_pairs(spec: Any, used: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The pairs ``(a, b)`` a paper's page shows the difference of, read from the variant ids.
+
+    A library variant (its origin is neither the paper nor derived from it) against the paper's own
+    variant whose id its id extends (``resnet50`` → ``resnet50.torchvision``, ``vgg11`` →
+    ``vgg11_bn``); and each variant against the variant of a paper it ``uses`` whose id is the
+    longest part of its own, not followed by a letter or digit (``resnet50`` → ``seresnet50``,
+    ``resnet110`` → ``preact_resnet110``, not ``resnet20`` → ``preact_resnet200``).
+    ``used`` maps the papers of ``spec.uses`` that are registered to their specs."""
+    own = {v.id for v in spec.variants if _origin(v) in LIBRARY_ORIGINS_EXCLUDED}
+    pairs: list[tuple[str, str]] = []
+    for variant in spec.variants:
+        if _origin(variant) not in LIBRARY_ORIGINS_EXCLUDED:
+            bases = [
+                b for b in own if variant.id[len(b) : len(b) + 1] in (".", "_") and variant.id.startswith(b)
+            ]
+            if bases:
+                pairs.append((max(bases, key=len), variant.id))
+                continue
+        inside = [
+            other.id
+            for paper in spec.uses
+            if paper in used
+            for other in used[paper].variants
+            if _origin(other) in LIBRARY_ORIGINS_EXCLUDED
+            and other.id != variant.id
+            and re.search(re.escape(other.id) + r"(?![0-9A-Za-z])", variant.id)
+        ]
+        if inside:
+            pairs.append((max(inside, key=len), variant.id))
+    return pairs
+
+
+def _origin(variant: Any) -> str:
+    return getattr(variant, "origin", None) or "paper"
 
 
 def diff(a: str, b: str, **options: Any) -> VariantDiff:

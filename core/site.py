@@ -176,6 +176,10 @@ class VariantPage:
     library_model: str | None = None
     features: list[str] = field(default_factory=list)
     """The graph's feature stages, for ``build_model(..., features=[...])``."""
+    protocol: str | None = None
+    """The test protocol of the variant's first reported accuracy (``single_crop``, ``ten_crop``, ...)."""
+    task: Any = None
+    """The graph's task layer (:class:`papers.spec.DenseDetection`, :class:`papers.spec.Segmentation`)."""
     snippet: str = ""
     """Python that runs the variant on an image, with its preprocessing, and extracts features."""
 
@@ -191,6 +195,9 @@ class ArchitectureView:
 
 MARKS = {"pass": "✓", "fail": "✗", "not_measurable": "○", "inconsistent": "≠"}
 """The mark beside a variant in a results table, per check status (the legend says what each means)."""
+DIFF_ROWS = 40
+"""The most node rows a difference shows on a paper page; `papers diff` lists them all."""
+
 MARK_TITLES = {
     "pass": "within the tolerance",
     "fail": "outside the tolerance",
@@ -376,6 +383,9 @@ class PaperPage:
     """The reported-vs-measured table."""
     notes: list[str] = field(default_factory=list)
     """Its numbered footnotes."""
+    diffs: list[Any] = field(default_factory=list)
+    """``papers diff`` of each library variant against the variant it is built from
+    (:func:`papers.diff.library_pairs`)."""
 
 
 @dataclass
@@ -393,10 +403,12 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
     of a results file from ``papers eval``, where given), diagrams."""
     from papers import api
     from papers.cite import bibtex, reference
+    from papers.diff import diff, library_pairs
     from papers.registry import get_registry
 
     entries = get_registry().list()
     api.measure_many([v.id for entry in entries for v in entry.spec.variants])  # in parallel, into the cache
+    specs = {entry.spec.id: entry.spec for entry in entries}
     pages = []
     for entry in entries:
         spec = entry.spec
@@ -418,12 +430,18 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
             reference=reference(spec).strip(),
             links=_links(spec.citation),
             hyperparameters=_hyperparameters(spec),
-            variants=[_variant_page(v, measured[v.id], flats[v.id]) for v in spec.variants],
+            variants=[_variant_page(v, measured[v.id], flats[v.id], spec) for v in spec.variants],
             checks=checks,
             counts=counts,
         )
         page.rows = result_rows(spec, checks, page.notes)
         _architecture(page, spec, flats, measured)
+        used = {  # a paper of another topic (a detector's backbone) is not drawn from
+            paper: specs[paper]
+            for paper in spec.uses
+            if paper in specs and set(specs[paper].topics) & set(spec.topics)
+        }
+        page.diffs = [diff(a, b) for a, b in library_pairs(spec, used)]
         pages.append(page)
     topics: dict[str, list[PaperPage]] = {}
     for page in pages:
@@ -468,7 +486,7 @@ def _hyperparameters(spec: Any) -> list[tuple[str, str]]:
     return [(key.replace("_", " "), plain(value)) for key, value in data.items() if value not in ([], {})]
 
 
-def _variant_page(variant: Any, measurement: Any, flat: Any = None) -> VariantPage:
+def _variant_page(variant: Any, measurement: Any, flat: Any = None, spec: Any = None) -> VariantPage:
     page = VariantPage(
         id=variant.id,
         name=variant.name,
@@ -484,7 +502,17 @@ def _variant_page(variant: Any, measurement: Any, flat: Any = None) -> VariantPa
         library=variant.reference.partition(":")[0] if variant.reference else None,
         library_model=variant.reference.partition(":")[2] if variant.reference else None,
         features=list(getattr(flat, "features", {}) or {}),
+        protocol=next(
+            (
+                r.protocol
+                for r in (spec.results if spec is not None else [])
+                if r.variant == variant.id and getattr(r, "protocol", None)
+            ),
+            None,
+        ),
     )
+    graph = spec.graphs.get(variant.graph) if spec is not None else None
+    page.task = getattr(graph, "detection", None) or getattr(graph, "segmentation", None)
     page.snippet = usage_snippet(page)
     return page
 
@@ -496,6 +524,8 @@ def usage_snippet(variant: VariantPage) -> str:
     """Python that runs ``variant`` on one image with the preprocessing it expects (the library
     weights' own transforms where it has weights, else resize, centre crop and normalisation at its
     input size), then extracts its last feature stages with ``features=``."""
+    from papers.evaluate import default_resize
+
     shapes = list(variant.inputs.values())
     shape = shapes[0] if len(shapes) == 1 else None
     lines = ["import torch", "import papers"]
@@ -503,8 +533,8 @@ def usage_snippet(variant: VariantPage) -> str:
         lines[1:1] = ["import torchvision"]
     elif variant.library == "timm":
         lines[1:1] = ["import timm"]
-    else:
-        lines[1:1] = ["from torchvision.transforms import v2 as T"]
+    elif shape is not None and len(shape) == 3:
+        return _trained_snippet(variant, shape, default_resize)
     lines.append("")
     lines.append(f'model = papers.build_model("{variant.id}").eval()')
     if variant.library == "torchvision":
@@ -520,44 +550,130 @@ def usage_snippet(variant: VariantPage) -> str:
             "config = timm.data.resolve_data_config({}, model=library)  # input size, mean, std, crop",
             "preprocess = timm.data.create_transform(**config)",
         ]
-    elif shape is not None and len(shape) == 3:
-        channels, height, width = shape
-        mean, std = _IMAGENET if channels == 3 else ("[0.5]", "[0.5]")
-        resize = round(height * 256 / 224) if height >= 100 else height
-        lines[-1] += "  # random weights: train it first (`papers train`)"
-        lines += [
-            f"MEAN, STD = {mean}, {std}  # use the training set's per-channel statistics",
-            "preprocess = T.Compose([",
-            *(["    T.Grayscale(),"] if channels == 1 else []),
-            f"    T.Resize({resize}),",
-            f"    T.CenterCrop({[height, width] if height != width else height}),",
-            "    T.ToImage(),",
-            "    T.ToDtype(torch.float32, scale=True),",
-            "    T.Normalize(mean=MEAN, std=STD),",
-            "])",
-        ]
     else:
         inputs = ", ".join(f"{name}: {_shape(s)}" for name, s in variant.inputs.items())
         lines.append(f"# inputs: {inputs} (without the batch)")
         return "\n".join(lines) + "\n"
+    if variant.task is not None:
+        return "\n".join(lines + _task_lines(variant)) + "\n"
     lines += [
         "",
         "batch = preprocess(image).unsqueeze(0)  # image: a PIL image or a uint8 tensor",
         "with torch.no_grad():",
         "    logits = model(batch)",
     ]
-    if variant.features:
-        stages = variant.features[-2:]
-        lines += [
+    return "\n".join(lines + _features_lines(variant, from_run=False)) + "\n"
+
+
+def _task_lines(variant: VariantPage) -> list[str]:
+    """A detector or a segmenter run on one image, as its task layer takes it."""
+    from papers.spec import DenseDetection
+
+    if isinstance(variant.task, DenseDetection):
+        t = variant.task.transform
+        return [
             "",
-            f'backbone = papers.build_model("{variant.id}", features={stages!r})'.replace("'", '"'),
-            *(["backbone.load_state_dict(model.state_dict(), strict=False)"] if variant.library else []),
+            f"# the detector resizes (shorter side {t.min_size}, longer at most {t.max_size}) and normalises",
+            f"# (mean {t.image_mean}, std {t.image_std}) each image itself",
+            "images = [preprocess(image)]  # image: a PIL image or a uint8 tensor",
             "with torch.no_grad():",
-            f"    maps = backbone(batch)  # {{{', '.join(repr(s) for s in stages)}: feature maps}}".replace(
-                "'", '"'
-            ),
+            "    detections = model(images)  # per image: boxes, labels and scores",
         ]
-    return "\n".join(lines) + "\n"
+    return [
+        "",
+        "batch = preprocess(image).unsqueeze(0)  # image: a PIL image or a uint8 tensor",
+        "with torch.no_grad():",
+        '    scores = model(batch)["out"]  # class scores per pixel, at the input\'s size',
+    ]
+
+
+def _features_lines(variant: VariantPage, *, from_run: bool) -> list[str]:
+    """``features=``: the variant's last two feature stages, with the model's weights (and the run's
+    build options, ``from_run``)."""
+    if not variant.features:
+        return []
+    stages = variant.features[-2:]
+    build = f'backbone = papers.build_model("{variant.id}", features={stages!r}'.replace("'", '"')
+    return [
+        "",
+        build + (', **record["options"])' if from_run else ")"),
+        "backbone.load_state_dict(model.state_dict(), strict=False)",
+        "with torch.no_grad():",
+        "    maps = backbone(batch)  # " + ", ".join(f'maps["{s}"]' for s in stages) + ": feature maps",
+    ]
+
+
+_NORMALIZE = '    *([T.Normalize(norm["mean"], norm["std"])] if norm else []),'
+
+
+def _trained_snippet(variant: VariantPage, shape: list[int], default_resize: Any) -> str:
+    """A variant without library weights: trained with ``papers train``, its run folder read back
+    (build options, weights, the normalisation training used) and its paper's test protocol applied
+    as ``papers eval`` does (the shorter side resized, one centre crop, or ten crops averaged)."""
+    channels, height, width = shape
+    size = height if height == width else [height, width]
+    resize = default_resize((height, width))
+    ten_crop = variant.protocol == "ten_crop"
+    single = (None, "single_crop", "center_crop")
+    protocol = (
+        "ten crops, logits averaged"
+        if ten_crop
+        else "one centre crop"
+        if variant.protocol in single
+        else f"one centre crop (the paper's {variant.protocol} protocol, not run here)"
+    )
+    lines = [
+        "import json",
+        "from pathlib import Path",
+        "",
+        "import torch",
+        "from safetensors.torch import load_file",
+        "from torchvision.transforms import v2 as T",
+        "import papers",
+        "",
+        f'run = Path("run")  # papers train {variant.id} --data DIR --out run',
+        'record = json.loads((run / "recipe.json").read_text())',
+        f'model = papers.build_model("{variant.id}", **record["options"]).eval()',
+        'model.load_state_dict(load_file(run / "model.safetensors"))',
+        'norm = record["normalize"]  # the per-channel mean and std training used (None: none)',
+    ]
+    if variant.task is not None:  # any size: no resize or crop; a detector normalises itself
+        from papers.spec import DenseDetection
+
+        lines += [
+            "preprocess = T.Compose([",
+            "    T.ToImage(),",
+            "    T.ToDtype(torch.float32, scale=True),",
+            *([] if isinstance(variant.task, DenseDetection) else [_NORMALIZE]),
+            "])",
+        ]
+        return "\n".join(lines + _task_lines(variant)) + "\n"
+    lines += [
+        f"# as `papers eval --protocol {'ten_crop' if ten_crop else 'single_crop'}` tests it: shorter side to"
+        f" {resize} px, {protocol}",
+        "preprocess = T.Compose([",
+        *(["    T.Grayscale(),"] if channels == 1 else []),
+        "    T.ToImage(),",
+        "    T.ToDtype(torch.float32, scale=True),",
+        f"    T.Resize({resize}, antialias=True),",
+        f"    T.TenCrop({size})," if ten_crop else f"    T.CenterCrop({size}),",
+        _NORMALIZE,
+        "])",
+        "",
+    ]
+    if ten_crop:
+        lines += [
+            "batch = torch.stack(preprocess(image))  # image: a PIL image or a uint8 tensor; ten crops",
+            "with torch.no_grad():",
+            "    logits = model(batch).mean(0, keepdim=True)",
+        ]
+    else:
+        lines += [
+            "batch = preprocess(image).unsqueeze(0)  # image: a PIL image or a uint8 tensor",
+            "with torch.no_grad():",
+            "    logits = model(batch)",
+        ]
+    return "\n".join(lines + _features_lines(variant, from_run=True)) + "\n"
 
 
 def _representatives(spec: Any) -> list[Any]:
@@ -613,12 +729,14 @@ def _architecture(page: PaperPage, spec: Any, flats: dict[str, Any], measured: d
 
 
 def _typical_instance(flat: Any, names: list[str]) -> str:
-    """The instance that shows most of its block (most kinds of node), the smallest of those."""
+    """The instance that shows most of its block (most kinds of node), a downsampling one (a stride
+    above 1, where variants such as ResNet v1 and v1.5 differ) before others, the smallest of those."""
 
-    def kinds(instance: str) -> tuple[int, int]:
+    def kinds(instance: str) -> tuple[int, int, int]:
         members = [n for n in flat.nodes if n.name.startswith(instance + ".")]
         shapes = {(re.sub(r"\d+", "", n.name[len(instance) :]), n.op) for n in members}
-        return (-len(shapes), len(members))
+        strided = any(n.args.get("stride") not in (None, 1, [1, 1], (1, 1)) for n in members)
+        return (-len(shapes), -strided, len(members))
 
     return min(names, key=kinds)
 
@@ -643,6 +761,13 @@ def _environment(sources: Path) -> Any:
     environment.filters["code"] = lambda value: jinja2.utils.markupsafe.Markup(str(value).rstrip("\n"))
     environment.filters["fence"] = lambda value: jinja2.utils.markupsafe.Markup(_fence(str(value)))
     environment.filters["count"] = lambda value: count(value, space=" ")
+    # a long node name (roi_heads.box_predictor.cls_score) may break after its dots, not overflow its column
+    environment.filters["break_at_dots"] = lambda value: jinja2.utils.markupsafe.Markup(
+        str(value).replace("\\.", "\\.<wbr>")
+    )
+    environment.filters["signed_count"] = lambda value: (
+        ("+" if value > 0 else "−" if value < 0 else "") + (count(abs(value), space=" "))
+    )
     environment.filters["shape"] = _shape
     environment.filters["plain"] = plain
     environment.filters["delta"] = lambda c: "" if c.difference is None else f"{c.difference:+.2%}"
@@ -656,6 +781,7 @@ def _environment(sources: Path) -> Any:
     environment.filters["description"] = _help_paragraphs
     environment.globals["topic_titles"] = TOPIC_TITLES
     environment.globals["mark_titles"] = MARK_TITLES
+    environment.globals["diff_rows"] = DIFF_ROWS
     return environment
 
 

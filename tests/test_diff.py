@@ -97,3 +97,61 @@ def test_an_unknown_variant_is_one_line_and_exit_2(run):
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert "resnet5O" in result.stderr
+
+
+def test_each_node_row_says_what_differs_as_the_cli_and_the_site_show_it():
+    rows = papers.diff("resnet50", "resnet50.torchvision").node_rows()
+    assert ("~", "layer2.0.conv1", "conv2d", "stride: 2 → 1") in rows and len(rows) == 6
+    rows = papers.diff("resnet50", "seresnet50").node_rows()
+    marks = {mark for mark, *_ in rows}
+    assert marks == {"~", "→", "+"}, "changed adds, renamed stem and head, the SE gates only in B"
+    assert ("→", "conv1", "conv2d", "named layer0.conv1 in seresnet50") in rows
+    assert sum(mark == "+" and "se_module" in name for mark, name, _, _ in rows) == 96
+
+
+def _variant(id_: str, origin: str = "paper"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=id_, origin=origin)
+
+
+def test_library_pairs_read_the_variant_ids_and_the_papers_a_spec_uses():
+    from types import SimpleNamespace
+
+    from papers.diff import library_pairs
+
+    used = SimpleNamespace(uses=[], variants=[_variant(v) for v in ("resnet20", "resnet50", "resnet110")])
+    spec = SimpleNamespace(
+        uses=["used", "unregistered"],
+        variants=[
+            _variant("net"),
+            _variant("net_c"),
+            _variant("net_c.lib", "torchvision"),  # the longest own id it extends
+            _variant("netx", "torchvision"),  # extends none: "net" is not followed by a separator
+            _variant("derived_net", "derived"),
+            _variant("preact_resnet200"),  # holds "resnet20" only as part of "resnet200"
+            _variant("preact_resnet110"),
+            _variant("seresnet50", "timm"),  # a library variant that extends no own id: by `uses`
+        ],
+    )
+    assert library_pairs(spec, {"used": used}) == [
+        ("net_c", "net_c.lib"),
+        ("resnet110", "preact_resnet110"),
+        ("resnet50", "seresnet50"),
+    ]
+    assert library_pairs(spec, {}) == [("net_c", "net_c.lib")], "no used paper registered"
+
+
+def test_the_registrys_pairs_are_the_library_variants_and_the_variants_built_on_resnet():
+    from papers.diff import library_pairs
+
+    specs = {spec.id: spec for spec in papers.list_papers()}
+
+    def pairs(paper: str) -> list[tuple[str, str]]:
+        spec = specs[paper]
+        return library_pairs(spec, {p: specs[p] for p in spec.uses if p in specs})
+
+    assert ("resnet50", "resnet50.torchvision") in pairs("resnet")
+    assert ("resnet50", "seresnet50") in pairs("senet")
+    assert ("vgg16", "vgg16_bn") in pairs("vgg")
+    assert ("resnet110", "preact_resnet110") in pairs("preact-resnet")

@@ -31,6 +31,17 @@ def test_wrn_builds_on_pre_activation_resnet_through_its_block():
     assert _edges()[("preact-resnet", "wide-resnet")] == ("uses", "block preact-resnet.basic")
 
 
+def test_the_papers_that_reuse_nothing_are_drawn_from_their_specs_uses():
+    edges = _edges()
+    assert edges[("resnet", "preact-resnet")] == ("uses",)
+    assert edges[("googlenet", "bn-inception")] == ("uses",)
+    assert edges[("googlenet", "inception-v3")] == ("uses",)
+    assert edges[("inception-v3", "inception-v4")] == ("uses",)
+    assert edges[("resnet", "inception-v4")] == ("uses",)
+    for paper in ("preact-resnet", "bn-inception", "inception-v3", "inception-v4"):
+        assert papers.get_spec(paper).uses, f"{paper}: the edge is data in its spec"
+
+
 def test_every_edge_joins_two_registered_papers_older_first_and_none_repeats():
     edges = papers.lineage()
     registered = {spec.id for spec in papers.list_papers()}

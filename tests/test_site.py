@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ EPOCH = 1_000_000_000  # 2001-09-09
 HOSTILE_TITLE = "<script>alert('title')</script> & | *bold* [link](javascript:x) </title>"
 HOSTILE_URL = "https://example.org/x)(javascript:alert(1)'"
 """A valid address (parentheses and quotes are URL characters) that would end a Markdown link."""
+SITE_URL = "https://docs.example.org/papers/"
 
 
 @dataclass
@@ -70,7 +73,7 @@ def _hostile_plugin(root: Path) -> Path:
 
 def _build(out: Path, environment: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "papers", "site", "build", "--out", str(out)],
+        [sys.executable, "-m", "papers", "site", "build", "--out", str(out), "--site-url", SITE_URL],
         env=environment,
         capture_output=True,
         text=True,
@@ -281,7 +284,11 @@ def test_single_model_leaves_out_ensembles_averages_and_inconsistent_results():
 
 def _result_rows(built: Built, paper: str) -> list[str]:
     page = (built.first / "docs" / "classification" / f"{paper}.md").read_text()
-    return [line for line in page.splitlines() if line.startswith('| <span class="papers-mark')]
+    return [
+        line
+        for line in page.splitlines()
+        if line.startswith('| <span class="papers-variant"><span class="papers-mark')
+    ]
 
 
 def test_result_rows_show_split_conditions_notes_and_tolerance(built):
@@ -411,8 +418,101 @@ def test_each_variant_has_an_inference_and_features_snippet_with_its_preprocessi
     assert 'get_model_weights("vgg16").DEFAULT' in vgg and "weights.transforms()" in vgg
     assert 'features=["stage4", "stage5"]' in vgg or "features=[" in vgg
     resnet = (built.first / "docs" / "classification" / "resnet.md").read_text()
-    snippet = resnet.split('??? example "resnet110"', 1)[1].split("???", 1)[0]
-    assert "T.Resize(32)" in snippet and "T.CenterCrop(32)" in snippet and "T.Normalize" in snippet
+    cifar = _snippet(resnet, "resnet110")  # CIFAR-10: the original 32×32 view, the run's statistics
+    assert "T.Resize(32, antialias=True)" in cifar and "T.CenterCrop(32)" in cifar
+    assert 'T.Normalize(norm["mean"], norm["std"])' in cifar and '"model.safetensors"' in cifar
+    ten = _snippet(resnet, "resnet18_a")  # Table 2: ten crops of the image resized to 256
+    assert "T.Resize(256, antialias=True)" in ten and "T.TenCrop(224)" in ten and ".mean(0" in ten
+
+
+def _snippet(page: str, variant: str) -> str:
+    """The Python of a variant's example on a paper page's Markdown."""
+    block = page.split(f'??? example "{variant}', 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(block)
+
+
+def test_a_trained_variants_snippet_runs_on_an_image_with_its_run_folder(built, tmp_path, monkeypatch):
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    import papers
+
+    torch.set_num_threads(1)
+    snippet = _snippet((built.first / "docs" / "classification" / "resnet.md").read_text(), "resnet110")
+    (tmp_path / "run").mkdir()
+    state = papers.build_model("resnet110", num_classes=7).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "run" / "model.safetensors"))
+    record = {"options": {"num_classes": 7}, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    scope = {"image": Image.new("RGB", (48, 40), (200, 30, 90))}
+    exec(compile(snippet, "resnet110 snippet", "exec"), scope)
+    assert scope["logits"].shape == (1, 7)
+    assert {name: tuple(m.shape) for name, m in scope["maps"].items()} == {
+        "stage2": (1, 32, 16, 16),
+        "stage3": (1, 64, 8, 8),
+    }
+
+
+def test_a_detectors_and_a_segmenters_snippets_go_through_their_task_layers():
+    from types import SimpleNamespace
+
+    from papers.site import _variant_page
+    from papers.spec import validate_spec
+
+    def snippet(file: str, variant_id: str) -> str:
+        spec = validate_spec(yaml.safe_load((REPO / "tests" / "specs" / file).read_text()))
+        variant = next(v for v in spec.variants if v.id == variant_id)
+        measured = SimpleNamespace(
+            params=1, macs=1, input_shapes={"images": [1, 3, 64, 64]}, output_shapes={}
+        )
+        text = _variant_page(variant, measured, None, spec).snippet
+        compile(text, variant_id, "exec")  # Python, whatever else it says
+        return text
+
+    detector = snippet("retinanet_demo.yaml", "retinanet_demo")
+    assert "detections = model(images)" in detector and "shorter side 800, longer at most 1333" in detector
+    assert "CenterCrop" not in detector and "logits" not in detector and "T.Normalize" not in detector
+    classifier = snippet("retinanet_demo.yaml", "fpn_p3p7_demo")  # no task layer: an image classifier's
+    assert "logits = model(batch)" in classifier
+
+
+def test_each_resnet_v1_5_note_gives_its_own_measured_multiply_adds(built, monkeypatch):
+    import papers
+
+    monkeypatch.setenv("PAPERS_CACHE_DIR", built.environment["PAPERS_CACHE_DIR"])  # measured already
+    notes = {v.id: v.origin_note for v in papers.get_spec("resnet").variants}
+    for depth in (50, 101, 152):
+        v1, v15 = papers.measure(f"resnet{depth}").macs, papers.measure(f"resnet{depth}.torchvision").macs
+        assert f"{v15 / 1e9:.2f} against {v1 / 1e9:.2f} billion" in notes[f"resnet{depth}.torchvision"]
+    for spec in papers.list_papers():  # a note with numbers in it belongs to one variant
+        numbered = [
+            v.origin_note for v in spec.variants if v.origin_note and re.search(r"\d\.\d", v.origin_note)
+        ]
+        assert len(numbered) == len(set(numbered)), spec.id
+
+
+def test_the_bottleneck_is_drawn_for_a_downsampling_instance(built):
+    page = (built.first / "docs" / "classification" / "resnet.md").read_text()
+    block = page.split('??? note "Block bottleneck"', 1)[1].split("???", 1)[0]
+    assert "Drawn for layer2\\.0 of" in block, "the first block of a stage that halves the grid"
+    assert "conv2d 1×1 /2" in block, "the paper's stride, in the first 1×1 (v1.5 moves it)"
+
+
+def test_a_paper_page_shows_papers_diff_for_each_library_variant(built):
+    resnet = (built.first / "docs" / "classification" / "resnet.md").read_text()
+    section = resnet.split("## Differences", 1)[1].split("\n## ", 1)[0]
+    for depth in (50, 101, 152):
+        assert f'??? note "resnet{depth} → resnet{depth}.torchvision: 6 nodes differ, +231.21 M' in section
+    assert "| ~ | `layer2.0.conv1` | conv2d | stride: 2 → 1 |" in section
+    assert "| total | 25.56 M | 25.56 M | 0 | 3.86 G | 4.09 G | +231.21 M |" in section
+    senet = (built.first / "docs" / "classification" / "senet.md").read_text()
+    assert '??? note "resnet50 → seresnet50:' in senet and "`layer1.0.se_module.fc1`" in senet
+    assert "more rows: `papers diff resnet50 seresnet50` lists them all" in senet
+    html_page = _page(built, "senet").read_text()
+    assert "<details" in html_page and "papers diff resnet50 seresnet50" in _text(html_page)
+    assert "## Differences" not in (built.first / "docs" / "classification" / "lenet.md").read_text()
 
 
 def test_the_site_ships_no_source_maps_and_mermaid_only_where_diagrams_are(built):
@@ -432,6 +532,15 @@ def test_chart_text_stays_out_of_the_search_index(built):
     index = (built.first / "site" / "search" / "search_index.json").read_text()
     assert "top-1 error (%, reported)" not in index and "multiply-adds (measured" not in index
     assert "Accuracy against cost" in index, "the page itself is indexed"
+
+
+def test_canonical_links_and_the_sitemap_use_the_site_url(built):
+    site = built.first / "site"
+    page = (site / "classification" / "resnet" / "index.html").read_text()
+    assert f'<link rel="canonical" href="{SITE_URL}classification/resnet/">' in page
+    locations = re.findall(r"<loc>([^<]+)</loc>", (site / "sitemap.xml").read_text())
+    assert f"{SITE_URL}classification/resnet/" in locations
+    assert all(location.startswith(SITE_URL) for location in locations)
 
 
 def test_the_site_url_defaults_from_the_projects_metadata(monkeypatch):
@@ -460,6 +569,8 @@ def test_docstrings_restructuredtext_and_spec_backticks_show_as_code(built):
     assert "\\`" not in lenet, "no literal backticks"
     home = (built.first / "site" / "index.html").read_text()
     assert "<code>papers site build</code>" in home and "`papers site build`" not in home, "the footer"
+    cli = _text((built.first / "site" / "reference" / "cli" / "index.html").read_text())
+    assert "`" not in re.sub(r"```.*?```", "", cli, flags=re.S), "option help shows code as code"
 
 
 def test_markdown_text_escapes_html_and_markdown_syntax():
@@ -503,7 +614,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = REPO / "build" / "screenshots"
+# Beside the build, not in it: `papers site build` refuses a build/ that holds anything of its own.
+SCREENSHOTS = Path(os.environ.get("PAPERS_SCREENSHOTS") or Path(tempfile.gettempdir()) / "papers-screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -665,7 +777,96 @@ def test_the_results_table_fits_with_marks_beside_ids_on_one_line_in_a_browser(b
     )
     assert lines == 1, "no id breaks across lines"
     assert abs(mark.bounding_box()["y"] - code.bounding_box()["y"]) < 12, "the mark sits beside the id"
+    apart = visit.page.evaluate(
+        "() => [...document.querySelectorAll('article td .papers-mark')].filter(m => {"
+        " const code = m.parentElement.querySelector('code');"
+        " return !code || Math.abs(m.getBoundingClientRect().top - code.getBoundingClientRect().top) > 12;"
+        " }).length"
+    )
+    assert apart == 0, "in every row"
     visit.page.screenshot(path=str(SCREENSHOTS / f"resnet-results-{width}.png"))
+    assert visit.close() == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_paper_page_fits_with_each_mark_beside_its_id_in_a_browser(browser_site, built, width):
+    """Every paper of the registry, whichever topic: the page never scrolls sideways, every table
+    shows every column at 1280 px, and no mark wraps away from its variant."""
+    browser, base = browser_site
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    context.route(re.compile(r"mermaid"), lambda route: route.abort())  # tables, not diagrams: faster
+    page = context.new_page()
+    site = built.first / "site"
+    for paper in built.ids:
+        path = _page(built, paper).parent.relative_to(site).as_posix()
+        page.goto(f"{base}{path}/", wait_until="domcontentloaded")  # the layout, not the diagrams
+        page.wait_for_function(  # Material has wrapped the tables in their scrolling boxes
+            "() => [...document.querySelectorAll('article table')]"
+            ".every(t => t.closest('.md-typeset__scrollwrap'))"
+        )
+        found = page.evaluate(
+            """() => ({
+              overflow: document.documentElement.scrollWidth - window.innerWidth,
+              hidden: [...document.querySelectorAll('article table')].filter(t => {
+                const w = t.closest('.md-typeset__scrollwrap') || t.parentElement;
+                return w.scrollWidth > w.clientWidth + 1; }).length,
+              apart: [...document.querySelectorAll('article td .papers-mark')].filter(m => {
+                const code = m.parentElement.querySelector('code');
+                const top = code && code.getBoundingClientRect().top;
+                return !code || Math.abs(m.getBoundingClientRect().top - top) > 12;
+              }).length,
+              scripted: [...document.querySelectorAll('a[href]')]
+                .filter(a => a.protocol === 'javascript:').length,
+            })"""
+        )
+        assert found["overflow"] <= 0 and found["apart"] == 0 and found["scripted"] == 0, (paper, found)
+        if width >= 1280:
+            assert found["hidden"] == 0, (paper, found)
+    context.close()
+
+
+def _javascript_links(visit: _Visit) -> list[str]:
+    """Links of the page (in its document, once scripts ran) whose address would run script."""
+    return visit.page.evaluate(
+        "() => [...document.querySelectorAll('a[href], area[href]')]"
+        ".filter(a => a.protocol === 'javascript:' || a.protocol === 'data:').map(a => a.href)"
+    )
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("paper", ["senet", "hostile"])
+def test_differences_fit_and_no_link_runs_script_in_a_browser(browser_site, built, paper, width):
+    browser, base = browser_site
+    topic_path = _page(built, paper).parent.relative_to(built.first / "site").as_posix()
+    visit = _Visit(browser, f"{base}{topic_path}/", width=width)
+    visit.page.evaluate("() => document.querySelectorAll('article details').forEach(d => { d.open = true; })")
+    assert _page_overflow(visit) <= 0
+    assert _javascript_links(visit) == []
+    if paper == "senet":
+        costs = visit.page.locator("details table", has_text="Δ multiply-adds").first
+        costs.scroll_into_view_if_needed()
+        assert costs.locator("td", has_text="total").first.is_visible()
+        if width >= 1280:  # every column of the node and cost tables in view
+            hidden = visit.page.evaluate(
+                "() => [...document.querySelectorAll('article details table')].filter(t => {"
+                " const w = t.closest('.md-typeset__scrollwrap') || t.parentElement;"
+                " return w.scrollWidth > w.clientWidth + 1; }).length"
+            )
+            assert hidden == 0
+        visit.page.screenshot(path=str(SCREENSHOTS / f"senet-diff-{width}.png"))
+    assert visit.close() == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_lineage_page_draws_its_tree_and_fits_in_a_browser(browser_site, width):
+    browser, base = browser_site
+    visit = _Visit(browser, f"{base}lineage/", width=width)
+    visit.diagram_drawn()
+    assert _page_overflow(visit) <= 0
+    assert _javascript_links(visit) == []
+    links = visit.page.locator("article table a", has_text="Pre-activation ResNet")
+    assert links.count() >= 1 and links.first.is_visible()
+    visit.page.screenshot(path=str(SCREENSHOTS / f"lineage-{width}.png"))
     assert visit.close() == []
 
 
@@ -679,6 +880,7 @@ def test_pages_without_diagrams_fit_and_load_no_mermaid_in_a_browser(browser_sit
     visit.page.wait_for_load_state("networkidle")
     assert not [url for url in visit.requests if "mermaid" in url]
     assert _page_overflow(visit) <= 0
+    assert _javascript_links(visit) == []
     if width >= 1280:  # every column in view, ✗ and "not measurable" included
         hidden = visit.page.evaluate(
             "() => [...document.querySelectorAll('article table')].filter(t => {"
