@@ -41,10 +41,13 @@ def lineage() -> list[LineageEdge]:
 def spec_edges(specs: Sequence[Spec], paper_of: Mapping[str, str]) -> list[LineageEdge]:
     """The edges among ``specs``; ``paper_of`` maps a variant id to its paper's id (method bases)."""
     order = {spec.id: index for index, spec in enumerate(specs)}
+    year = {spec.id: spec.citation.year for spec in specs}
     found: dict[tuple[str, str], list[str]] = {}
     for spec in specs:
         for source, via in _references(spec, paper_of):
-            if source != spec.id:
+            # a later paper is no ancestor: torchvision's FCN on ResNet (2016) is a library variant of
+            # FCN (2015), not a sign that FCN built on ResNet
+            if source != spec.id and year.get(source, spec.citation.year) <= spec.citation.year:
                 reasons = found.setdefault((source, spec.id), [])
                 if via not in reasons:
                     reasons.append(via)
