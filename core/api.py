@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papers.checks import Check, check_result_nodes, check_spec, measured_check, proxy_check, reported_for
-from papers.errors import PapersError
+from papers.errors import GraphError, PapersError
 from papers.graph import FlatGraph, expand
 from papers.measure import Measurement, measure_graph
 from papers.registry import get_registry
@@ -39,10 +39,16 @@ def expand_variant(variant_id: str, **options: Any) -> FlatGraph:
     """The expanded graph of a variant, with graph parameters overridden by ``options``.
 
     Expansion is pure, so its result is kept per registry (a DenseNet takes 30 ms to expand, a
-    tenth of building it); the graph is immutable and safe to share.
+    tenth of building it); the graph is immutable and safe to share. Options of the graph's task
+    layer (``box_score_thresh``, ``min_size``) do not change the graph and are passed over.
     """
     registry = get_registry()
     entry, variant = registry.variant(variant_id)
+    if options:
+        from papers.tasks import task_options
+
+        layer = task_options(expand_variant(variant_id).task)
+        options = {k: v for k, v in options.items() if k not in layer}
     key = _options_key(variant_id, options)
     if key is not None and key in registry.expanded:
         return registry.expanded[key]
@@ -95,7 +101,7 @@ def build_model(
     from papers.tasks import task_options, wrap
 
     registry = get_registry()
-    entry, _ = registry.variant(variant_id)
+    entry, spec_variant = registry.variant(variant_id)
     task = expand_variant(variant_id).task if features is None and not raw else None
     task_args = {k: v for k, v in options.items() if k in task_options(task)}
     flat = expand_variant(variant_id, **{k: v for k, v in options.items() if k not in task_args})
@@ -109,7 +115,30 @@ def build_model(
             as_dict=features is not None or task is not None,
             device=device,
         )
-        return network if task is None else wrap(network, task, task_args)
+        if task is None:
+            return network
+        graph_args = {**spec_variant.args, **{k: v for k, v in options.items() if k not in task_args}}
+
+        def build_graph(name: str, args: dict[str, Any]) -> tuple[torch.nn.Module, FlatGraph]:
+            """Another graph of the spec (a box head), built and expanded: the detector's parameters it
+            declares, then ``args``."""
+            if name not in entry.spec.graphs:
+                known = ", ".join(entry.spec.graphs)
+                raise GraphError(
+                    f"box_head names graph {name!r}, not one of this spec's ({known})",
+                    field="detection.box_head.graph",
+                )
+            declared = entry.spec.graphs[name].params
+            shared = {k: v for k, v in graph_args.items() if k in declared}
+            other = expand(
+                entry.spec, name, {**shared, **args}, registry.catalogue, registry.library(entry.spec)
+            )
+            built = build(
+                other, registry.catalogue, class_name=_class_name(variant_id), as_dict=True, device=device
+            )
+            return built, other
+
+        return wrap(network, task, task_args, build_graph)
     except PapersError as error:
         raise error.located(file=entry.file) from None
 
@@ -256,6 +285,7 @@ def _with_training_checks(
     spec: Spec, checks: list[Check], variant: str | None, progress: bool
 ) -> list[Check]:
     import time
+    from dataclasses import replace
 
     from papers.train import run_training_check
 
@@ -264,8 +294,12 @@ def _with_training_checks(
         if variant is not None and training.variant != variant:
             continue
         started = time.perf_counter()
-        run = run_training_check(training, progress=progress)
-        made = proxy_check(spec, training, run.final["val_top1"], time.perf_counter() - started)
+        if training.runner is not None:  # a plugin's own procedure (train, prune, retrain)
+            accuracy, needed = training.runner(progress)
+            training = replace(training, min_accuracy=needed)
+        else:
+            accuracy = run_training_check(training, progress=progress).final["val_top1"]
+        made = proxy_check(spec, training, accuracy, time.perf_counter() - started)
         result = reported_for(spec, training)
         after = next((i + 1 for i, c in enumerate(out) if result is not None and _same(c, result)), len(out))
         out.insert(after, made)

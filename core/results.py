@@ -10,7 +10,9 @@ A results file is JSON, validated by :class:`ResultsFile`::
 A measured result answers a reported one when the variant, the metric's kind (top-1 or top-5;
 accuracy and error convert), the dataset, the split and the protocol agree, and the reported
 result's conditions are ones a single model's evaluation meets (``crops`` equal to the protocol's,
-``models: 1``) or are repeated in the measured result's ``conditions``.
+``models: 1``) or are repeated in the measured result's ``conditions``. A detection metric
+(``voc07_map``, ``coco_ap``, ...: :data:`papers.detection_metrics.DETECTION_METRICS`) is answered by
+the same metric only.
 
 Values are range-checked: accuracies and errors in percent lie in [0, 100], changes of an error in
 [-100, 100], and ``images`` is at least 1. Several processes may add to one file at once: each takes
@@ -29,6 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from papers.detection_metrics import DETECTION_METRICS
 from papers.errors import PapersError
 from papers.files import write_atomic
 from papers.spec import Metric, Protocol, Result, Value, field_path
@@ -38,6 +41,7 @@ _CROPS = {"single_crop": 1, "center_crop": 1, "ten_crop": 10}
 PERCENT_METRICS = frozenset(
     {"top1_error", "top5_error", "top1_accuracy", "top5_accuracy", "error", "accuracy"}
     | {"map", "map50", "miou", "pixel_accuracy"}
+    | set(DETECTION_METRICS)
 )
 CHANGE_METRICS = frozenset({"top1_error_change", "top5_error_change"})
 
@@ -81,6 +85,7 @@ class Measured(BaseModel):
 KNOWN_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("CIFAR-10", "test"): (10_000, 10),
     ("CIFAR-100", "test"): (10_000, 100),
+    ("PASCAL VOC 2007", "test"): (4_952, 20),
     ("ImageNet (ILSVRC-2012)", "val"): (50_000, 1_000),
     ("MNIST", "test"): (10_000, 10),
 }
@@ -192,6 +197,8 @@ def _kind(metric: str) -> str | None:
 
 def answer(result: Result, measured: list[Measured]) -> float | None:
     """The measured value (in the reported metric) that answers ``result``, if one does."""
+    if result.metric in DETECTION_METRICS:
+        return _detection_answer(result, measured)
     kind = _kind(result.metric)
     if kind is None:
         return None
@@ -209,6 +216,23 @@ def answer(result: Result, measured: list[Measured]) -> float | None:
             continue
         accuracy = m.value if m.metric.endswith("accuracy") else 100.0 - m.value
         return accuracy if result.metric.endswith("accuracy") else round(100.0 - accuracy, 6)
+    return None
+
+
+def _detection_answer(result: Result, measured: list[Measured]) -> float | None:
+    """A detection metric is answered by the same metric (``voc07_map`` by ``voc07_map``) on the same
+    dataset and split, under the same conditions and, where both name one, the same protocol."""
+    for m in measured:
+        if m.variant != result.variant or m.metric != result.metric:
+            continue
+        if result.dataset is not None and m.dataset != result.dataset:
+            continue
+        if result.split is not None and m.split is not None and m.split != result.split:
+            continue
+        if result.protocol is not None and m.protocol is not None and m.protocol != result.protocol:
+            continue
+        if _conditions_met(result, m):
+            return m.value
     return None
 
 

@@ -72,6 +72,8 @@ def named_outputs(out: Any) -> list[tuple[str, torch.Tensor]]:
         return [(str(name), tensor) for name, tensor in out.items()]
     if isinstance(out, tuple) and hasattr(out, "_fields"):
         return list(zip(out._fields, out, strict=True))
+    if isinstance(out, (tuple, list)) and all(isinstance(item, Mapping) for item in out):  # detections
+        return [(f"{index}.{key}", tensor) for index, item in enumerate(out) for key, tensor in item.items()]
     if isinstance(out, (tuple, list)):
         return [(str(index), tensor) for index, tensor in enumerate(out)]
     raise TypeError(f"not a tensor or a collection of tensors: {type(out).__name__}")

@@ -9,14 +9,15 @@ others are the graph's parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from papers.errors import GraphError
-from papers.spec import DenseDetection, Segmentation
+from papers.spec import DenseDetection, RegionDetection, Segmentation
 
-Task = DenseDetection | Segmentation
+Task = DenseDetection | RegionDetection | Segmentation
 
 
 def task_options(task: Task | None) -> tuple[str, ...]:
@@ -25,6 +26,11 @@ def task_options(task: Task | None) -> tuple[str, ...]:
         from papers.tasks.detection import OPTIONS, TRANSFORM_OPTIONS
 
         return OPTIONS + TRANSFORM_OPTIONS
+    if isinstance(task, RegionDetection):
+        from papers.tasks.detection import TRANSFORM_OPTIONS
+        from papers.tasks.region import OPTIONS as REGION_OPTIONS
+
+        return REGION_OPTIONS + TRANSFORM_OPTIONS
     if isinstance(task, Segmentation):
         return ("aux_loss",)
     return ()
@@ -32,12 +38,18 @@ def task_options(task: Task | None) -> tuple[str, ...]:
 
 def check_outputs(task: Task, outputs: Any, where: str) -> None:
     """Refuse a task section that names an output the graph does not give."""
-    named = (
-        {"levels": task.levels, "scores": [task.scores], "boxes": [task.boxes]}
-        if isinstance(task, DenseDetection)
-        else {"out": [task.out], "aux": [task.aux] if task.aux else []}
-    )
-    section = "detection" if isinstance(task, DenseDetection) else "segmentation"
+    if isinstance(task, DenseDetection):
+        named = {"levels": task.levels, "scores": [task.scores], "boxes": [task.boxes]}
+    elif isinstance(task, RegionDetection):
+        named = {
+            "levels": task.levels,
+            "objectness": task.objectness,
+            "rpn_deltas": task.rpn_deltas,
+            "roi_pool.levels": task.roi_pool.levels,
+        }
+    else:
+        named = {"out": [task.out], "aux": [task.aux] if task.aux else []}
+    section = "segmentation" if isinstance(task, Segmentation) else "detection"
     for key, names in named.items():
         for name in names:
             if name not in outputs:
@@ -48,9 +60,18 @@ def check_outputs(task: Task, outputs: Any, where: str) -> None:
                 )
 
 
-def wrap(network: Any, task: Task, options: dict[str, Any]) -> Any:
-    """The task model around a built ``network`` (whose outputs are named), with ``options`` applied."""
-    if isinstance(task, DenseDetection):
+def wrap(
+    network: Any,
+    task: Task,
+    options: dict[str, Any],
+    build_graph: Callable[[str, dict[str, Any]], tuple[Any, Any]] | None = None,
+) -> Any:
+    """The task model around a built ``network`` (whose outputs are named), with ``options`` applied.
+
+    ``build_graph(name, args)`` builds and expands another graph of the same spec (a two-stage
+    detector's box head, whose input shape gives the pooled size).
+    """
+    if isinstance(task, DenseDetection | RegionDetection):
         from papers.tasks.detection import TRANSFORM_OPTIONS, DenseDetector
 
         transform = {k: v for k, v in options.items() if k in TRANSFORM_OPTIONS}
@@ -59,12 +80,28 @@ def wrap(network: Any, task: Task, options: dict[str, Any]) -> Any:
         data.update(rest)
         data["transform"].update(transform)
         try:
-            validated = DenseDetection.model_validate(data)
+            validated = type(task).model_validate(data)
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise GraphError(f"build option {where}: {first['msg']}", field="detection") from None
-        return DenseDetector(network, validated)
+        if isinstance(validated, DenseDetection):
+            return DenseDetector(network, validated)
+        from papers.tasks.region import RegionDetector
+
+        if build_graph is None:
+            raise GraphError(
+                "a two-stage detector needs its box head graph built", field="detection.box_head"
+            )
+        box_head, expanded = build_graph(validated.box_head.graph, dict(validated.box_head.args))
+        inputs = list(expanded.inputs.values())
+        if len(inputs) != 1 or len(inputs[0]) != 3 or inputs[0][1] != inputs[0][2]:
+            raise GraphError(
+                f"the box head graph {validated.box_head.graph!r} takes one input [C, s, s] "
+                f"(the pooled RoIs), not {inputs}",
+                field="detection.box_head.graph",
+            )
+        return RegionDetector(network, box_head, validated, pooled_size=inputs[0][1])
     from papers.tasks.segmentation import Segmenter
 
     return Segmenter(network, task, aux_loss=options.get("aux_loss"))
