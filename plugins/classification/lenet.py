@@ -98,11 +98,13 @@ def papers_optimizers() -> list:
     ]
 
 
-# The small-scale reproduction: LeNet-5 on scikit-learn's digits, which every install has. These
-# settings are the registry's, chosen so the run takes seconds on a CPU; they are not the paper's,
-# except the input scaling: background -0.1 and foreground 1.175, as the spec's notes give the paper's.
+# The small-scale reproduction: LeNet-5 on 5,000 real MNIST digits (builtin:mnist5k, 4,000 to train,
+# 1,000 held out, 28×28 padded to the paper's 32×32). These settings are the registry's, chosen so the
+# run takes a minute on a CPU; they are not the paper's, except the input scaling: background -0.1 and
+# foreground 1.175, as the spec's notes give the paper's. The same settings train on builtin:digits
+# (`papers train lenet5 --data builtin:digits`).
 _BACKGROUND, _FOREGROUND = -0.1, 1.175
-DIGITS_OVERRIDES = {
+PROXY_OVERRIDES = {
     "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9},
     "batch_size": 16,
     "epochs": 20,
@@ -125,19 +127,19 @@ def papers_checks() -> list:
 
     return [
         TrainingCheck(
-            name="lenet5-digits",
+            name="lenet5-mnist5k",
             variant="lenet5",
-            data="builtin:digits",
-            overrides=DIGITS_OVERRIDES,
+            data="builtin:mnist5k",
+            overrides=PROXY_OVERRIDES,
             min_accuracy=95.0,
-            max_seconds=60.0,
+            max_seconds=240.0,
             compares_with={"metric": "error", "conditions": {}},
             proxy=(
-                "scikit-learn's 8×8 digits upsampled to 32×32 (1,438 training, 359 test images), not "
-                "MNIST; SGD with momentum, batch 16, 20 epochs, cosine rate, instead of SDLM one pattern "
-                "at a time for 20 passes; cross-entropy on the negated RBF penalties (eq. 9 without the "
-                "rejection term); inputs scaled to the paper's -0.1 (background) to 1.175; passes at ≥ 95% "
-                "test accuracy"
+                "5,000 of MNIST's digits (4,000 training, 1,000 test images, 28×28 padded to 32×32), not "
+                "the paper's 60,000/10,000; SGD with momentum, batch 16, 20 epochs, cosine rate, instead of "
+                "SDLM one pattern at a time for 20 passes; cross-entropy on the negated RBF penalties "
+                "(eq. 9 without the rejection term); inputs scaled to the paper's -0.1 (background) to "
+                "1.175; passes at ≥ 95% test accuracy"
             ),
         )
     ]
