@@ -516,7 +516,10 @@ def train(
     "--weights", required=True, type=click.Path(dir_okay=False), help=".safetensors, or a .pth checkpoint."
 )
 @click.option(
-    "--data", required=True, help="An ImageFolder (DIR/val, DIR/test or DIR itself) or builtin:digits."
+    "--data",
+    required=True,
+    help="An ImageFolder (DIR/val, DIR/test or DIR itself) or builtin:digits; for a detector a PASCAL "
+    "VOC folder, a COCO folder or builtin:shapes.",
 )
 @click.option(
     "--protocol", type=click.Choice(["single_crop", "center_crop", "ten_crop"]), default="single_crop"
@@ -564,7 +567,9 @@ def eval_command(
     results_out: str | None,
     as_json: bool,
 ) -> None:
-    """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol."""
+    """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol; a detector's
+    VOC and COCO mAP."""
+    from papers.detection_metrics import DETECTION_METRICS
     from papers.evaluate import evaluate
     from papers.results import Measured, check_results_target, size_warning, write_results
 
@@ -584,14 +589,22 @@ def eval_command(
             threads=threads,
             options=options,
         )
-    if data == "builtin:digits":
+    if data in ("builtin:digits", "builtin:mnist5k"):
         dataset, split = dataset or data, split or "test"
+    detector = "voc07_map" in measured  # a detector's evaluation (papers.detect)
+    if detector:
+        split = split or measured["split"]
     warning = size_warning(dataset, split, measured["images"], measured["classes"])
     if warning:
         click.echo(f"papers: warning: {warning}", err=True)
     # shown before the results file is written: a write that fails loses no measurement
     if as_json:
         _print_json(measured)
+    elif detector:
+        shown = "  ".join(
+            f"{name} {measured[name]:.2f}%" for name in DETECTION_METRICS if measured[name] is not None
+        )
+        click.echo(f"{variant}: {shown}  ({measured['images']} images, {measured['split']} split)")
     else:
         click.echo(
             f"{variant}: top-1 {measured['top1_accuracy']:.2f}%  top-5 {measured['top5_accuracy']:.2f}%  "
@@ -612,7 +625,8 @@ def eval_command(
                     conditions=conditions,
                     **labels,  # type: ignore[arg-type]
                 )
-                for metric in ("top1_accuracy", "top5_accuracy")
+                for metric in (DETECTION_METRICS if detector else ("top1_accuracy", "top5_accuracy"))
+                if measured[metric] is not None  # COCO's AP of small objects where there is none
             ],
         )
         if not as_json:
@@ -803,27 +817,9 @@ def diff_command(a: str, b: str, pairs: tuple[str, ...], as_json: bool) -> None:
         _print_json(result.as_dict())
         return
 
-    def arguments(args: dict[str, list[Any]]) -> list[str]:
-        def shown(value: Any) -> str:
-            return "(unset)" if value is None else plain(value)
-
-        return [f"{key}: {shown(before)} → {shown(after)}" for key, (before, after) in args.items()]
-
     nodes = _table("", "node", "op", "what differs", title=f"{a} → {b}")
-    for change in result.changed:
-        what = arguments(change.args)
-        if change.op_b is not None:
-            what.insert(0, f"op: {change.op} → {change.op_b}")
-        if change.inputs is not None:
-            what.append(f"inputs: {plain(change.inputs[0])} → {plain(change.inputs[1])}")
-        nodes.add_row("~", change.name, change.op, "; ".join(what))
-    for change in result.renamed:
-        what = [f"named {change.name_b} in {b}", *arguments(change.args)]
-        nodes.add_row("→", change.name, change.op, "; ".join(what))
-    for mark, side, only in (("−", a, result.removed), ("+", b, result.added)):
-        for node in only:
-            what = f"only in {side}" + (f": {plain(node.args)}" if node.args else "")
-            nodes.add_row(mark, node.name, node.op, what)
+    for row in result.node_rows():
+        nodes.add_row(*row)
     if nodes.rows:
         click.echo(str(nodes))
     else:
@@ -896,6 +892,73 @@ def export_command(
             click.echo(f"not written: {out}", err=True)
     if not report.passed:
         ctx.exit(1)
+
+
+@cli.command()
+@click.argument("variant")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--weights", help="Weights (.safetensors, .pth) [default: initialised, seed 0].")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Folder for <image>.png and <image>.overlay.png."
+)
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
+@click.option("--json", "as_json", is_flag=True, help="Print each image's class histogram as JSON.")
+def segment(
+    variant: str,
+    images: tuple[str, ...],
+    weights: str | None,
+    out: str | None,
+    pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Label every pixel of IMAGES with a segmenter; write label maps (VOC palette) and overlays."""
+    from papers.segment import segment as run_segment
+
+    with _warnings_held():
+        results = run_segment(variant, list(images), weights=weights, out=out, options=_options(pairs))
+    if as_json:
+        _print_json(results)
+        return
+    for result in results:
+        total = sum(result["histogram"].values())
+        shares = ", ".join(f"{name} {count / total:.1%}" for name, count in result["histogram"].items())
+        click.echo(f"{result['image']}: {shares}")
+        for file in result.get("files", []):
+            click.echo(f"  {file}")
+
+
+@cli.command()
+@click.argument("variant")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--weights", help="Weights (.safetensors, .pth) [default: initialised, seed 0].")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Folder for detections.json and the images, boxes drawn."
+)
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Build option.")
+@click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
+def detect(
+    variant: str,
+    images: tuple[str, ...],
+    weights: str | None,
+    out: str | None,
+    pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Find objects in IMAGES with a detector: boxes (x1, y1, x2, y2 in pixels), scores and labels."""
+    from papers.detect import detect as run_detect
+
+    with _warnings_held():
+        results = run_detect(variant, list(images), weights=weights, out=out, options=_options(pairs))
+    if as_json:
+        _print_json([{k: v for k, v in r.items() if k != "drawn"} for r in results])
+        return
+    for result in results:
+        found = len(result["boxes"])
+        click.echo(f"{result['image']}: {found} object{'' if found == 1 else 's'}")
+        for box, score, name in zip(result["boxes"], result["scores"], result["label_names"], strict=True):
+            click.echo(f"  {name:<16} {score:.3f}  [{', '.join(f'{v:.1f}' for v in box)}]")
+    if out is not None:
+        click.echo(f"detections: {os.path.join(out, 'detections.json')}")
 
 
 def main() -> None:

@@ -472,6 +472,102 @@ class DenseDetection(_Model):
         return self
 
 
+class BoxHead(_Model):
+    """The second stage's graph: pooled RoI features [K, C, h, w] in, class logits and box deltas out."""
+
+    graph: str = Field(
+        description="A graph of this spec whose one input [C, s, s] is the pooled RoI features."
+    )
+    args: dict[str, Value] = Field(
+        {}, description="Its arguments; parameters it shares by name with the detector's graph follow it."
+    )
+    class_logits: str = Field("class_logits", description="Its output [K, classes].")
+    box_regression: str = Field("box_regression", description="Its output [K, 4 × classes].")
+
+
+class RoIPooling(_Model):
+    """How each proposal is pooled from the maps: RoIAlign over the FPN levels (MultiScaleRoIAlign,
+    level by box size) or RoI max pooling on one map (Fast R-CNN's), to the box head graph's input
+    size."""
+
+    kind: Literal["align", "pool"] = "align"
+    levels: list[str] = Field(min_length=1, description="Graph outputs pooled from (`pool`: exactly one).")
+    sampling_ratio: int = Field(2, ge=0, le=16, description="RoIAlign's samples per bin (0: adaptive).")
+
+    @model_validator(mode="after")
+    def _one_map(self) -> RoIPooling:
+        if self.kind == "pool" and len(self.levels) != 1:
+            raise ValueError("RoI max pooling (`kind: pool`) reads one map: give one level")
+        return self
+
+
+class RegionDetection(_Model):
+    """A two-stage detector's task layer (Faster R-CNN): the graph's maps and per-level RPN objectness
+    and deltas become proposals (torchvision's RegionProposalNetwork); each proposal is pooled and
+    classified by the `box_head` graph (torchvision's RoIHeads). Field names are torchvision's
+    FasterRCNN keyword names, so each is also a build option."""
+
+    kind: Literal["two_stage"]
+    levels: list[str] = Field(min_length=1, description="Graph outputs the anchors lie on, finest first.")
+    objectness: list[str] = Field(min_length=1, description="Per level, the RPN's [N, A, H, W] logits.")
+    rpn_deltas: list[str] = Field(min_length=1, description="Per level, the RPN's [N, 4A, H, W] deltas.")
+    anchors: Anchors
+    roi_pool: RoIPooling
+    box_head: BoxHead
+    rpn_pre_nms_top_n_train: int = Field(2000, gt=0)
+    rpn_pre_nms_top_n_test: int = Field(1000, gt=0)
+    rpn_post_nms_top_n_train: int = Field(2000, gt=0)
+    rpn_post_nms_top_n_test: int = Field(1000, gt=0)
+    rpn_nms_thresh: float = Field(0.7, ge=0, le=1)
+    rpn_fg_iou_thresh: float = Field(0.7, ge=0, le=1)
+    rpn_bg_iou_thresh: float = Field(0.3, ge=0, le=1)
+    rpn_batch_size_per_image: int = Field(256, gt=0)
+    rpn_positive_fraction: float = Field(0.5, ge=0, le=1)
+    rpn_score_thresh: float = Field(0.0, ge=0, le=1)
+    box_score_thresh: float = Field(0.05, ge=0, le=1)
+    box_nms_thresh: float = Field(0.5, ge=0, le=1)
+    box_detections_per_img: int = Field(100, gt=0)
+    box_fg_iou_thresh: float = Field(0.5, ge=0, le=1)
+    box_bg_iou_thresh: float = Field(0.5, ge=0, le=1)
+    box_batch_size_per_image: int = Field(512, gt=0)
+    box_positive_fraction: float = Field(0.25, ge=0, le=1)
+    bbox_reg_weights: list[float] = Field(
+        [10.0, 10.0, 5.0, 5.0],
+        min_length=4,
+        max_length=4,
+        description="The second stage's box coder (wx, wy, ww, wh).",
+    )
+    transform: DetectionTransform = DetectionTransform()
+
+    @model_validator(mode="after")
+    def _per_level(self) -> RegionDetection:
+        for name in ("objectness", "rpn_deltas"):
+            if len(getattr(self, name)) != len(self.levels):
+                raise ValueError(
+                    f"{name} names {len(getattr(self, name))} outputs, `levels` {len(self.levels)}"
+                )
+        if len(self.anchors.sizes) != len(self.levels):
+            raise ValueError(
+                f"anchors.sizes gives {len(self.anchors.sizes)} levels, `levels` {len(self.levels)}"
+            )
+        for stage in ("rpn", "box"):
+            if getattr(self, f"{stage}_bg_iou_thresh") > getattr(self, f"{stage}_fg_iou_thresh"):
+                raise ValueError(f"{stage}_bg_iou_thresh is at most {stage}_fg_iou_thresh")
+        return self
+
+
+def _detection_kind(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "two_stage" if kind == "two_stage" else "dense"
+
+
+Detection = Annotated[
+    Union[Annotated[DenseDetection, Tag("dense")], Annotated[RegionDetection, Tag("two_stage")]],
+    Discriminator(_detection_kind),
+]
+"""A graph's `detection` section: single-stage (RetinaNet's) or, with `kind: two_stage`, Faster R-CNN's."""
+
+
 class Segmentation(_Model):
     """A segmenter's task layer: the graph's class maps resized to the input, as torchvision's
     segmentation models return them (``{"out": ..., "aux": ...}``)."""
@@ -496,7 +592,7 @@ class Graph(_Model):
     outputs: list[Output] | None = Field(None, description="Default: the last node, as `output`.")
     classifier: list[str] = Field([], description="Nodes that form the classification head.")
     init: list[InitRule] = []
-    detection: DenseDetection | None = Field(None, description="The task layer of a detector.")
+    detection: Detection | None = Field(None, description="The task layer of a detector.")
     segmentation: Segmentation | None = Field(None, description="The task layer of a segmenter.")
 
     @model_validator(mode="after")
@@ -523,6 +619,16 @@ Metric = Literal[
     "map50",
     "miou",
     "pixel_accuracy",
+    # detection, as papers.detection_metrics computes them: VOC's mAP@0.5 (2007's 11-point, 2010+'s
+    # area) and COCO's AP (0.5:0.95), AP at IoU 0.5 and 0.75, AP of small, medium and large objects
+    "voc07_map",
+    "voc_map",
+    "coco_ap",
+    "ap50",
+    "ap75",
+    "ap_s",
+    "ap_m",
+    "ap_l",
     "compression_ratio",
     "speedup",
     "top1_error_change",
@@ -555,6 +661,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "map50": "higher",
     "miou": "higher",
     "pixel_accuracy": "higher",
+    **dict.fromkeys(("voc07_map", "voc_map", "coco_ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l"), "higher"),
     "compression_ratio": "higher",
     "speedup": "higher",
     "top1_error_change": "lower",
@@ -667,7 +774,9 @@ class MethodStep(_Model):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_]*$", max_length=60, description="A method a plugin contributes."
     )
-    settings: dict[str, Value] = {}
+    settings: dict[str, Value | dict[str, Value]] = Field(
+        {}, description="The method's settings; a mapping gives one value per layer (`kept: {fc1: 0.08}`)."
+    )
 
 
 class Equivalence(_Model):
@@ -770,7 +879,11 @@ class Spec(_Model):
         description="Recipes of variant groups the paper trains otherwise (CIFAR and ImageNet): each "
         "replaces `hyperparameters` for the variants it names.",
     )
-    uses: list[str] = Field([], description="Papers whose blocks this spec reuses, as `paper.block`.")
+    uses: list[str] = Field(
+        [],
+        description="Papers this spec builds on: their blocks and graphs are reused as `paper.block` "
+        "and `paper.graph`, and the site's lineage page draws an edge from each.",
+    )
     blocks: dict[str, Block] = {}
     graphs: dict[str, Graph] = {}
     variants: list[Variant] = []
@@ -791,6 +904,10 @@ class Spec(_Model):
                 _method_variant_id(self.id, variant, f"variants[{index}].id")
             elif variant.graph not in self.graphs:
                 raise _at(f"variants[{index}].graph", f"no graph {variant.graph!r} in `graphs`")
+        for name, graph in self.graphs.items():
+            head = getattr(graph.detection, "box_head", None)
+            if head is not None and head.graph not in self.graphs:
+                raise _at(f"graphs.{name}.detection.box_head.graph", f"no graph {head.graph!r} in `graphs`")
         for index, result in enumerate(self.results):
             if result.variant not in seen:
                 raise _at(f"results[{index}].variant", f"no variant {result.variant!r} in this spec")
