@@ -17,6 +17,9 @@ from papers.registry import reset_registry
 
 REPO = Path(__file__).resolve().parent.parent
 VGG_SPEC = REPO / "specs" / "classification" / "vgg.yaml"
+BUILT_ON_VGG = ("han2015",)
+"""Built-in plugins with variants built on VGG's (a pruned VGG-16's ``base``): a test that disables
+``vgg`` disables them too, as strict discovery refuses a variant whose base is gone."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -89,16 +89,19 @@ def test_compress_writes_a_container_the_base_and_a_flat_report(demo, run, tmp_p
     assert report["theoretical"]["macs_nonzero_after"] < report["macs_after"]
 
 
-def test_masked_weights_are_stored_as_packed_bits_and_values_so_the_bytes_drop(demo, run, tmp_path):
+def test_masked_weights_are_stored_sparsely_so_the_bytes_drop(demo, run, tmp_path):
     report = compressed(run, "magnitude-demo-lenet5-90", "--out", str(tmp_path))
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
-        mask = handle.get_tensor("c5.conv.weight#mask")
-        values = handle.get_tensor("c5.conv.weight#values")
+        gaps = handle.get_tensor("c5.conv.weight#gaps")
+        entries = handle.get_tensor("c5.conv.weight#entries")
     encoding = json.loads(metadata["encoding"])["c5.conv.weight"]
-    assert encoding["kind"] == "bitmask" and encoding["shape"] == [120, 16, 5, 5]
-    assert mask.dtype == torch.uint8 and mask.numel() == 120 * 16 * 5 * 5 // 8
-    assert values.numel() == 48_000 - int(0.9 * 48_000)
+    # 10% kept: a byte per kept value (the gap before it, 8 bits for a convolution, as Han et al.
+    # store them) takes less than a bit per weight (48,000 bits = 6,000 bytes)
+    assert encoding["kind"] == "relative" and encoding["shape"] == [120, 16, 5, 5] and encoding["bits"] == 8
+    kept = 48_000 - int(0.9 * 48_000)
+    assert gaps.dtype == torch.uint8 and gaps.numel() == entries.numel() == encoding["entries"] < 6_000
+    assert int(torch.count_nonzero(entries)) == kept
     assert metadata["format"] == "papers.compressed" and metadata["variant"] == "magnitude-demo-lenet5-90"
     assert report["bytes_after"] < report["bytes_before"] / 5
     assert 4 < report["bits_per_weight_after"] < 6 and report["bits_per_weight_before"] == 32

@@ -241,7 +241,7 @@ REFUSED = {
     "unknown-method": (
         method_variant("lenet5", {"name": "magnitudes", "settings": {}}),
         "variants[0].methods[0].name",
-        "unknown method 'magnitudes'; did you mean magnitude?",
+        "unknown method 'magnitudes'; did you mean magnitude, magnitude_prune?",
     ),
     "unknown-base": (
         method_variant("lenet7"),

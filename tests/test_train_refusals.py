@@ -341,7 +341,7 @@ def test_one_class_is_refused_naming_the_folder(run, tmp_path):
         (
             ["eval", "vgg11", "--data", "builtin:digits", "-o", "image_size=8000", "--batch-size", "1"],
             "-o image_size",
-            "the digits at 3×8000×8000",
+            "builtin:digits at 3×8000×8000",
         ),
         (
             ["eval", "vgg11", "--data", "DIR", "--resize", "100000"],

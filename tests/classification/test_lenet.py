@@ -38,7 +38,8 @@ def test_builds_on_meta_and_every_static_check_passes():
     checks = papers.check("lenet")
     assert not [c for c in checks if c.status == "fail"]
     static = [c for c in checks if c.status != "not_measurable"]
-    assert {c.scope for c in static if c.metric == "params"} == {f"node:{name}" for name in LAYERS}
+    params = {(c.variant, c.scope) for c in static if c.metric == "params"}
+    assert params == {("lenet5", f"node:{name}") for name in LAYERS} | {("lenet300_100", "model")}
     assert all(c.status == "pass" for c in static), static
     assert {c.metric for c in checks if c.status == "not_measurable"} == {"error"}
 
@@ -159,7 +160,7 @@ def test_the_smallest_rbf_penalty_is_the_prediction():
 
 
 def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_registry):
-    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", "papers:lenet")
+    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", "papers:lenet,papers:han2015")  # han2015 prunes LeNets
     vgg = papers.get_spec("vgg")
     with pytest.raises(RecipeError) as criterion:
         resolve(vgg, {"criterion": "rbf_penalty"})
