@@ -256,7 +256,17 @@ def check(
                 raise error.located(file=entry.file) from None
         return cache[variant_id]
 
-    checks = check_spec(entry.spec, measured, variant)
+    computed_cache: dict[str, Any] = {}
+
+    def computed(variant_id: str) -> Any:
+        """What a method variant's settings say without weights (``Method.measure``)."""
+        if variant_id not in computed_cache:
+            from papers.methods import static_measurements
+
+            computed_cache[variant_id] = static_measurements(variant_id)
+        return computed_cache[variant_id]
+
+    checks = check_spec(entry.spec, measured, variant, computed)
     if results is not None:
         checks = _with_results(entry.spec, checks, variant, results)
     if run:
@@ -320,11 +330,17 @@ def reference_model(variant_id: str, **kwargs: Any) -> torch.nn.Module:
     """The library model a variant names as its reference (``torchvision:resnet50``, ``timm:...``),
     randomly initialised; its ``state_dict`` loads into ``build_model(variant_id)`` with ``strict=True``.
 
-    Needs torchvision or timm installed. ``kwargs`` go to the library's constructor.
+    Needs torchvision or timm installed. ``kwargs`` go to the library's constructor, over the keyword
+    arguments of the variant's first ``equivalence`` entry (``aux_logits=False`` for torchvision's
+    GoogLeNet, whose default builds auxiliary heads that our default graph has not). Where that entry's
+    options change the graph, ours needs them too: torchvision's Faster R-CNN built without weights
+    has trainable batch norms, ``build_model("fasterrcnn_resnet50_fpn", norm="batchnorm2d")``.
     """
     entry, variant = get_registry().variant(variant_id)
     if variant.reference is None:
         raise PapersError(f"variant {variant_id!r} names no reference model", file=entry.file)
+    if variant.equivalence:
+        kwargs = {**variant.equivalence[0].kwargs, **kwargs}
     library, _, name = variant.reference.partition(":")
     if library == "torchvision":
         import torchvision

@@ -438,7 +438,10 @@ def _warnings_held() -> Iterator[Callable[[], None]]:
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False),
-    help="Start from these weights (.safetensors, or a torchvision / timm .pth), loaded strictly.",
+    metavar="FILE|LIBRARY:NAME",
+    help="Start from these weights, loaded strictly: a file (.safetensors, or a torchvision / timm .pth), "
+    "or a library's pretrained weights by name (torchvision:resnet18, timm:legacy_seresnet50), read "
+    "through the library's cache (TORCH_HOME, HF_HOME) or downloaded by it.",
 )
 @click.option("--stop-after", type=click.IntRange(min=0), hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
@@ -513,7 +516,12 @@ def train(
 @cli.command("eval")
 @click.argument("variant")
 @click.option(
-    "--weights", required=True, type=click.Path(dir_okay=False), help=".safetensors, or a .pth checkpoint."
+    "--weights",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE|LIBRARY:NAME",
+    help=".safetensors, a .pth checkpoint, or a library's pretrained weights (torchvision:resnet18, "
+    "timm:NAME).",
 )
 @click.option(
     "--data",

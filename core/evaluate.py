@@ -40,6 +40,9 @@ class WeightsError(PapersError):
 
 def image_shape(flat: Any, task: str) -> tuple[int, int, int]:
     """The model's input as (channels, height, width); ``task`` (training, evaluation) takes images."""
+    if len(flat.inputs) != 1:  # Fast R-CNN's and SPP-net's graphs also take the image's RoIs
+        names = ", ".join(flat.inputs)
+        raise PapersError(f"{task} takes images alone; the model's inputs are {names}")
     shape = next(iter(flat.inputs.values()))
     if len(shape) != 3:
         raise PapersError(f"{task} takes images (C, H, W); the model's input is {list(shape)}")
@@ -190,9 +193,12 @@ def _evaluate(
             variant, weights, data, batch_size=batch_size, workers=workers, options=options
         )
     check_source(data)
-    state = load_weights(weights)
+    from papers.pretrained import is_library_weights, library_state_dict
+
+    library = is_library_weights(weights)  # torchvision:resnet18: the library's pretrained weights
+    state = library_state_dict(str(weights)) if library else load_weights(weights)
     spec = get_spec(variant)
-    record = _run_record(Path(weights))
+    record = None if library else _run_record(Path(weights))
     criterion = _criterion(spec, record, Path(weights))
     built = {**(record.options if record is not None else {}), **(options or {})}
     auto = normalize == "auto"
@@ -203,7 +209,7 @@ def _evaluate(
         built.setdefault("num_classes", _count_classes(folder))
     shape = image_shape(expand_variant(variant, **built), "evaluation")
     if auto:
-        if Path(weights).suffix in CHECKPOINT_SUFFIXES:  # ImageNet's statistics are for RGB inputs
+        if library or Path(weights).suffix in CHECKPOINT_SUFFIXES:  # ImageNet's statistics: RGB inputs
             normalize = IMAGENET if shape[0] == len(IMAGENET["mean"]) else None
         else:
             normalize = record.normalize if record is not None else None

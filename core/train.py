@@ -1,9 +1,10 @@
 """Training a variant with its paper's recipe: the loop, checkpoints, resume, and many processes.
 
 A run folder holds ``recipe.json`` (the resolved recipe, the overrides, the data and build options),
-``metrics.json`` (one record per epoch), ``log.txt``, ``checkpoints/`` and, at the end,
-``model.safetensors``. After every epoch the weights (safetensors), the optimizer's tensors
-(safetensors) and everything else (JSON) are written to temporary files and renamed into place, and
+``metrics.json`` (one record per epoch), ``log.txt``, ``checkpoints/``, ``tensorboard/`` (where the
+``tensorboard`` package is installed) and, at the end, ``model.safetensors``. After every epoch the
+weights (safetensors), the optimizer's tensors (safetensors) and everything else (JSON) are written
+to temporary files and renamed into place, and
 ``checkpoints/last.json`` is renamed last: an interrupted run loses at most the epoch in progress,
 and nothing pickled is ever written. Resuming refuses a damaged run folder with one line: an
 unreadable or truncated checkpoint, one whose tensors do not fit the model, and a ``last.json`` that
@@ -49,6 +50,7 @@ FINAL_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 METRICS_CSV = "metrics.csv"
 STEPS_CSV = "steps.csv"
+TENSORBOARD = "tensorboard"
 
 
 class RunError(PapersError):
@@ -75,6 +77,8 @@ class RunRecord(BaseModel):
     """The intra-op CPU threads of each process (``--threads``, else torch's default) when it started."""
     weights: str | None = None
     """The weights the run started from (``--weights``), as given; none: the graph's initialisation."""
+    tensorboard: str | None = None
+    """The folder in the run folder of TensorBoard's event files (where ``tensorboard`` is installed)."""
     papers_version: str = ""
     torch_version: str = ""
 
@@ -154,9 +158,10 @@ def train(
     ``out`` is the run folder (none: nothing is written); ``resume`` continues a run folder from its
     last checkpoint. ``stop_after`` ends this call cleanly after that many epochs, as an interrupt would.
     ``threads`` sets torch's intra-op threads for the run (none: torch's default), restored after it.
-    ``weights`` (ours as .safetensors, or a torchvision / timm state dict) replaces the initial weights,
-    loaded strictly as ``papers eval`` loads them. A resumed run takes ``overrides`` of ``epochs`` only,
-    and only more than it had: it is extended.
+    ``weights`` (ours as .safetensors, a torchvision / timm state dict, or a library's pretrained
+    weights by name, ``torchvision:resnet18``: see :mod:`papers.pretrained`) replaces the initial
+    weights, loaded strictly as ``papers eval`` loads them. A resumed run takes ``overrides`` of
+    ``epochs`` only, and only more than it had: it is extended.
     """
     if weights is not None and resume is not None:
         raise RunError(
@@ -203,6 +208,7 @@ def _train(
     from papers.recipe import check_length, check_processes, resolve
 
     dist = _Distributed()
+    initial = None  # the state dict of --weights, read before the data
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         if resume is not None:
@@ -215,6 +221,7 @@ def _train(
             spec = get_spec(variant)
             config = resolve(spec, overrides, variant=variant)
             check_length(config)  # before any data is read
+            initial = None if weights is None else _start_weights(weights)
             classes = class_names(data)
             options = _build_options(spec, variant, config, len(classes))
             record = RunRecord(
@@ -228,6 +235,7 @@ def _train(
                 world_size=dist.world,
                 threads=torch.get_num_threads(),
                 weights=None if weights is None else str(weights),
+                tensorboard=TENSORBOARD if _has_tensorboard() else None,
                 papers_version=_version(),
                 torch_version=torch.__version__,
             )
@@ -262,12 +270,37 @@ def _train(
         if start is not None:
             _check_fits(model, start)
         elif weights is not None:
-            from papers.evaluate import fit_weights, load_weights
-
-            fit_weights(model, load_weights(weights), file=str(weights))
+            _fit_start(model, initial, weights, variant)
         return _Loop(dist, record, model, loaded, folder, start, progress, stop_after, workers, say).run()
     finally:
         dist.close()
+
+
+def _start_weights(weights: str | Path) -> dict[str, Any]:
+    """The state dict a new run starts from: a file's, or a library's pretrained weights by name."""
+    from papers.evaluate import load_weights
+    from papers.pretrained import is_library_weights, library_state_dict
+
+    return library_state_dict(str(weights)) if is_library_weights(weights) else load_weights(weights)
+
+
+def _fit_start(model: Any, state: Mapping[str, Any] | None, weights: str | Path, variant: str) -> None:
+    """Load the starting weights strictly; a library's that do not fit say what the variant is built as."""
+    from papers.api import get_registry
+    from papers.evaluate import WeightsError, fit_weights
+    from papers.pretrained import is_library_weights
+
+    assert state is not None
+    try:
+        fit_weights(model, state, file=str(weights))
+    except WeightsError as error:
+        if not is_library_weights(weights):
+            raise
+        reference = get_registry().variant(variant)[1].reference
+        built = f"its reference is {reference}" if reference else "it names no library reference"
+        raise WeightsError(
+            f"{error.message} ({variant}: {built})", file=str(weights), field="--weights"
+        ) from None
 
 
 def _resumed(
@@ -618,11 +651,19 @@ class _Loop:
             self.averaged = copy.deepcopy(self.module)
         self.mix = _batch_mixer(self.config, len(data.classes))
         self.step_rows: list[dict[str, Any]] = []
+        self.board: Any = None  # TensorBoard's SummaryWriter, opened at the first checkpoint
         self.scaler = torch.amp.GradScaler(enabled=self.config.precision == "fp16")
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> Run:
+        try:
+            return self._run()
+        finally:
+            if self.board is not None:
+                self.board.close()
+
+    def _run(self) -> Run:
         made = fresh = False
         if self.start is not None:
             self._restore(self.start)
@@ -890,9 +931,9 @@ class _Loop:
         _atomic_write(folder / LAST, json.dumps(pointer, indent=1).encode())
         _atomic_write(self.folder / METRICS, json.dumps(self.metrics, indent=1).encode())
         _atomic_write(self.folder / METRICS_CSV, _csv(self.metrics))
-        if self.step_rows:
-            _append_steps(self.folder / STEPS_CSV, self.step_rows, self.step)
-            self.step_rows = []
+        rows, self.step_rows = self.step_rows, []
+        if rows:
+            _append_steps(self.folder / STEPS_CSV, rows, self.step)
         with open(self.folder / "log.txt", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         kept = {
@@ -901,6 +942,25 @@ class _Loop:
         for old in folder.glob("epoch-*"):
             if not any(old.name.startswith(prefix) for prefix in kept):
                 old.unlink(missing_ok=True)
+        self._to_board(self.metrics[-1], rows)
+
+    def _to_board(self, entry: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """Add the epoch's scalars (``epoch/val_top1``...) and its logged steps' (``step/loss``) to
+        TensorBoard's event files, where the run keeps them."""
+        if self.record.tensorboard is None or not _has_tensorboard():
+            return
+        assert self.folder is not None
+        if self.board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(self.folder / self.record.tensorboard))
+        for row in rows:
+            for name in ("lr", "loss"):
+                self.board.add_scalar(f"step/{name}", row[name], row["step"])
+        for name, value in entry.items():
+            if name not in ("epoch", "step") and isinstance(value, (int, float)):
+                self.board.add_scalar(f"epoch/{name}", value, entry["epoch"])
+        self.board.flush()
 
     def _restore(self, state: dict[str, Any]) -> None:
         from safetensors.torch import load_file
@@ -933,6 +993,13 @@ class _Loop:
                     file=pointer["state"],
                 )
             self.ema = load_file(pointer["ema"], device=device)
+
+
+def _has_tensorboard() -> bool:
+    """Whether the ``tensorboard`` package, which ``torch.utils.tensorboard`` writes with, is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def sync_batchnorm(model: Any, config: TrainConfig, world: int, device: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -451,3 +452,42 @@ def test_every_nth_step_is_logged_to_steps_csv_and_a_resume_repeats_none(tmp_pat
     steps = [int(row.split(",")[0]) for row in rows[1:]]
     assert steps == list(range(5, 45, 5))  # 22 steps an epoch, 2 epochs
     assert json.loads((folder / "recipe.json").read_text())["recipe"]["log_steps"] == 5
+
+
+def test_tensorboard_gets_each_epochs_and_each_logged_steps_scalars_once_across_a_resume(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "run"
+    overrides = {**QUICK, "log_steps": 10}
+    train("lenet5", "builtin:digits", overrides=overrides, out=folder, stop_after=1, **QUIET)
+    result = train("lenet5", resume=folder, **QUIET)
+    assert json.loads((folder / "recipe.json").read_text())["tensorboard"] == "tensorboard"
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    for name in ("val_top1", "train_loss", "lr", "images_per_second"):
+        scalars = events.Scalars(f"epoch/{name}")
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([m[name] for m in result.metrics], rel=1e-6)
+    steps = [row.split(",") for row in (folder / "steps.csv").read_text().splitlines()[1:]]
+    assert [s.step for s in events.Scalars("step/loss")] == [int(row[0]) for row in steps] == [10, 20, 30, 40]
+    assert [s.value for s in events.Scalars("step/loss")] == pytest.approx(
+        [float(r[3]) for r in steps], rel=1e-6
+    )
+
+
+def test_without_tensorboard_a_run_writes_no_events_and_says_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    said: list[str] = []
+    folder = tmp_path / "run"
+    train(
+        "lenet5",
+        "builtin:digits",
+        overrides={**QUICK, "epochs": 1},
+        out=folder,
+        log=said.append,
+        progress=False,
+    )
+    assert not (folder / "tensorboard").exists()
+    assert json.loads((folder / "recipe.json").read_text())["tensorboard"] is None
+    assert len(said) == 1 and said[0].startswith("epoch 1/1")
