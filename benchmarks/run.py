@@ -349,7 +349,8 @@ def hostile_specs(folder: Path, env: dict[str, str]) -> list[Budget]:
 
 
 def budgets() -> list[Budget]:
-    """The jobs the issues give a time budget: every static check, the site, LeNet-5 on the digits.
+    """The jobs the issues give a time budget: every static check, the site, LeNet-5 on the digits,
+    Han et al.'s pruned LeNets on MNIST digits.
 
     Each runs in a fresh process with an empty cache first (cold), then again with the cache it left
     (warm), where a cache changes the answer.
@@ -373,6 +374,13 @@ def budgets() -> list[Budget]:
                 "papers check lenet5 --run (digits proxy)",
                 wall([PAPERS, "check", "lenet5", "--run"], env),
                 60,
+            )
+        )
+        rows.append(
+            Budget(
+                "papers check han2015 --run (two LeNets on mnist5k: train, prune, retrain)",
+                wall([PAPERS, "check", "han2015", "--run"], env),  # one thread: the proxies set it
+                300,
             )
         )
         rows.extend(resnet20_epochs(folder, env))

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from papers.errors import GraphError
 from papers.graph import FlatGraph
 from papers.measure import Measurement
+from papers.methods import Estimate
 from papers.spec import STATIC_METRICS, UNIT_SCALE, Result, Spec
 
 Status = Literal["pass", "fail", "not_measurable", "inconsistent"]
@@ -74,15 +75,23 @@ def default_tolerance(value: float) -> float:
 
 
 def check_spec(
-    spec: Spec, measure: Callable[[str], tuple[FlatGraph, Measurement]], variant: str | None = None
+    spec: Spec,
+    measure: Callable[[str], tuple[FlatGraph, Measurement]],
+    variant: str | None = None,
+    computed: Callable[[str], Mapping[str, float | Estimate]] | None = None,
 ) -> list[Check]:
-    """Check every result of ``spec`` (of one variant, if given); ``measure`` gives a variant's numbers."""
+    """Check every result of ``spec`` (of one variant, if given); ``measure`` gives a variant's numbers,
+    ``computed`` what a method variant's settings say without weights (by metric, base units)."""
     checks = []
     for index, result in enumerate(spec.results):
         if variant is not None and result.variant != variant:
             continue
         if result.metric not in STATIC_METRICS:
-            checks.append(_unmeasured(spec, result, "needs trained weights and the dataset"))
+            values = computed(result.variant) if computed is not None and result.scope == "model" else {}
+            if result.metric in values:
+                checks.append(_compare_computed(spec, result, values[result.metric]))
+            else:
+                checks.append(_unmeasured(spec, result, "needs trained weights and the dataset"))
             continue
         flat, measurement = measure(result.variant)
         try:
@@ -134,6 +143,11 @@ def _output_shapes(result: Result, flat: FlatGraph, m: Measurement) -> dict[str,
 
 
 def _measured_value(result: Result, flat: FlatGraph, m: Measurement) -> float:
+    if result.metric == "receptive_field":
+        from papers.receptive_field import receptive_field
+
+        assert result.node is not None  # the spec requires it (Result)
+        return receptive_field(flat, _node(result, flat))
     if result.metric == "params":
         if result.scope == "model":
             return m.params
@@ -203,6 +217,25 @@ def _compare(spec: Spec, result: Result, flat: FlatGraph, m: Measurement) -> Che
     difference = (in_unit - result.value) / result.value if result.value else None
     status = "pass" if abs(in_unit - result.value) <= tolerance * (1 + 1e-9) else "fail"
     return _check(spec, result, round(in_unit, 6), tolerance, difference, status)
+
+
+def _compare_computed(spec: Spec, result: Result, value: float | Estimate) -> Check:
+    """A result against a value computed from a method's settings; an :class:`Estimate` agrees where
+    the reported number is within its tolerance of any point of the estimate's interval."""
+    assert isinstance(result.value, float | int)
+    scale = UNIT_SCALE[result.unit]
+    tolerance = result.tolerance if result.tolerance is not None else default_tolerance(result.value)
+    central, low, high = (
+        (value.value, value.low, value.high) if isinstance(value, Estimate) else (value, value, value)
+    )
+    central, low, high = central / scale, low / scale, high / scale
+    gap = max(low - result.value, result.value - high, 0.0)
+    status: Status = "pass" if gap <= tolerance * (1 + 1e-9) else "fail"
+    difference = (central - result.value) / result.value if result.value else None
+    reason = "computed from the method's settings"
+    if low != high:
+        reason += f": {low:.4g} to {high:.4g} with each setting anywhere within its printed precision"
+    return _check(spec, result, round(central, 6), tolerance, difference, status, reason)
 
 
 def _check(

@@ -15,9 +15,14 @@ element saying which are non-zero, then the non-zero values) and ``codebook`` (t
 then each element's index into them, packed at ``bits`` bits); the values of a bitmask may
 themselves be a codebook. ``relative`` is the pruning papers' sparse format: the kept values, each
 with the count of zeros before it packed at 5 bits (matrices) or 8 bits (convolutions), filler
-zeros bridging longer gaps. Packed bits and indices are ``uint8`` tensors named ``<tensor>#mask``,
-``<tensor>#indices`` ...; the ``encoding`` entry of the metadata (JSON, as safetensors metadata
-values are strings) says how to decode every tensor. Encodings are lossless (up to the sign of a
+zeros bridging longer gaps. ``huffman`` is Deep Compression's storage (Han, Mao and Dally 2016,
+Section 4): the relative layout with each entry's index into a codebook of the values, the gaps and
+the indices each Huffman-coded (dahuffman's code lengths; the canonical code of those lengths, which
+alone are stored, in the encoding), a CRC-32 of every 4 KiB of each stream and of what it decodes
+to, so a damaged stream is refused naming the bytes, never decoded into other weights. Packed bits
+and indices are ``uint8`` tensors named ``<tensor>#mask``, ``<tensor>#indices`` ...; the
+``encoding`` entry of the metadata (JSON, as safetensors metadata values are strings) says how to
+decode every tensor. Encodings are lossless (up to the sign of a
 zero), so a masked model is decoded to the very weights the method left; which encoding a tensor
 gets is chosen by size alone, whatever method produced it. Bits are packed least significant
 first (numpy's ``bitorder="little"``). Hand-written: no maintained library stores masks and
@@ -27,6 +32,7 @@ codebooks in safetensors.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -34,6 +40,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +143,9 @@ def _encode_tensor(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Ten
                 "values": {"kind": "dense", "tensor": f"{name}#entries"},
             }
             best_size, best = size, (stored, described)
+        huffman = _huffman(name, mask, flat[mask], bits, header)
+        if huffman is not None and huffman[0] < best_size:
+            best_size, best = huffman[0], huffman[1]()
     return best
 
 
@@ -156,6 +166,143 @@ def _relative(mask: torch.Tensor, values: torch.Tensor, bits: int) -> tuple[np.n
     out_values = torch.zeros(len(out_gaps), dtype=values.dtype)
     out_values[torch.from_numpy(ends)] = values
     return out_gaps.astype(np.uint8), out_values
+
+
+def _huffman(
+    name: str, mask: torch.Tensor, values: torch.Tensor, bits: int, header: dict[str, Any]
+) -> tuple[int, Any] | None:
+    """The ``huffman`` encoding's size in bytes and a function that makes it (coding is slow in pure
+    Python, so only the one chosen is coded); ``None`` where the values are more than 256 distinct (a
+    codebook cannot hold them) or dahuffman is not installed."""
+    import numpy as np
+    import torch
+
+    if importlib.util.find_spec("dahuffman") is None:
+        return None
+    if torch.unique(values[:4096]).numel() > _MAX_CODEBOOK:
+        return None
+    gaps, entries = _relative(mask, values, bits)
+    book, inverse = torch.unique(entries, return_inverse=True)
+    if book.numel() > _MAX_CODEBOOK + 1:  # 256 values and the fillers' zero: 8-bit weights of a conv
+        return None
+    streams = {"gaps": gaps.astype(np.int64), "indices": inverse.numpy()}
+    lengths = {part: _huffman_lengths(symbols) for part, symbols in streams.items()}
+    size = book.numel() * book.element_size() + 3 * _ENTRY_BYTES
+    for part, symbols in streams.items():
+        counts = np.bincount(symbols)
+        payload = int(counts @ np.asarray(lengths[part][1 : len(counts) + 1]))
+        size += payload // 8 + 1 + len(json.dumps(lengths[part])) + 12 * (payload // 8 // _BLOCK + 1)
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        stored = {f"{name}#codebook": book.contiguous()}
+        described = {**header, "kind": "huffman", "bits": bits, "entries": len(entries)}
+        described["codebook"] = f"{name}#codebook"
+        for part, symbols in streams.items():
+            stream = _huffman_codec(lengths[part]).encode(symbols.tolist())
+            stored[f"{name}#{part}"] = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+            described[part] = f"{name}#{part}"
+            described[f"{part}_code"] = {
+                "lengths": lengths[part],
+                "bytes": len(stream),
+                "crc32": _block_crcs(stream),
+                "decoded_crc32": zlib.crc32(symbols.astype(np.uint16).tobytes()),
+            }
+        return stored, described
+
+    return size, build
+
+
+_EOF = -1
+"""The end-of-stream symbol of every Huffman code (the others are gap lengths and codebook indices)."""
+_BLOCK = 4096
+"""Bytes of a Huffman stream under one CRC-32: a damaged stream is refused naming the damaged block."""
+
+
+def _huffman_lengths(symbols: np.ndarray) -> list[int]:
+    """The code length of each symbol of a Huffman code for ``symbols`` (dahuffman's), ``_EOF`` first,
+    then symbols 0, 1, ... (0: a symbol that does not occur). Only the lengths are stored: the codes
+    are the canonical ones they give, as DEFLATE stores its codes."""
+    import numpy as np
+    from dahuffman import HuffmanCodec
+
+    counts = np.bincount(symbols)
+    frequencies = {int(s): int(c) for s, c in enumerate(counts) if c}
+    table = HuffmanCodec.from_frequencies(frequencies, concat=list, eof=_EOF).get_code_table()
+    lengths = [0] * (len(counts) + 1)
+    for symbol, (bits, _) in table.items():
+        lengths[symbol + 1] = int(bits)
+    return lengths
+
+
+def _huffman_codec(lengths: list[int]) -> Any:
+    """dahuffman's codec of the canonical code of ``lengths`` (as :func:`_huffman_lengths` gives them):
+    symbols in order of length, then of symbol, each code one more than the last, shifted left when
+    the length grows. Hand-written: dahuffman builds codes from frequencies, not from lengths."""
+    from dahuffman.huffmancodec import PrefixCodec
+
+    if not lengths or not lengths[0] or sum(2.0**-n for n in lengths if n) > 1.0:  # lengths[0]: _EOF's
+        raise ValueError("Huffman code lengths that form no prefix code with an end symbol")
+    table, code, previous = {}, 0, 0
+    for length, symbol in sorted((n, s - 1) for s, n in enumerate(lengths) if n):
+        code <<= length - previous
+        table[symbol] = (length, code)
+        code, previous = code + 1, length
+    return PrefixCodec(table, concat=list, check=False, eof=_EOF)
+
+
+def _block_crcs(stream: bytes) -> list[int]:
+    return [zlib.crc32(stream[start : start + _BLOCK]) for start in range(0, max(len(stream), 1), _BLOCK)]
+
+
+def _decode_huffman(
+    described: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], count: int, dtype: str
+) -> Any:
+    """A ``huffman`` tensor's values; a stream that is cut, damaged or decodes to other symbols than
+    were coded raises ``ValueError`` naming its tensor and, where a checksum fails, the bytes."""
+    import numpy as np
+    import torch
+
+    if importlib.util.find_spec("dahuffman") is None:
+        raise ValueError("decoding Huffman-coded weights needs dahuffman (pip install dahuffman)")
+    bits, entries = int(described["bits"]), int(described["entries"])
+    if not 1 <= bits <= 8 or not 0 < entries <= count + count // (1 << bits) + 1:
+        raise ValueError(f"{entries} relative indices of {bits} bits for {count} values")
+    book = tensors[described["codebook"]]
+    if str(book.dtype).removeprefix("torch.") != dtype or book.dim() != 1:
+        raise ValueError(f"a codebook of {book.dtype}, a 1-D one of {dtype} expected")
+    alphabets = {"gaps": 1 << bits, "indices": book.numel()}
+    decoded = {}
+    for part, alphabet in alphabets.items():
+        name, code = described[part], described[f"{part}_code"]
+        stream = _uint8(tensors[name]).tobytes()
+        if len(stream) != int(code["bytes"]):
+            raise ValueError(f"{name}: {len(stream)} bytes, {code['bytes']} were written (cut short?)")
+        crcs, blocks = [int(c) for c in code["crc32"]], _block_crcs(stream)
+        if len(crcs) != len(blocks):
+            raise ValueError(f"{name}: {len(crcs)} checksums for {len(blocks)} blocks of {_BLOCK} bytes")
+        for block, (crc, expected) in enumerate(zip(blocks, crcs, strict=True)):
+            if crc != expected:
+                end = min(len(stream), (block + 1) * _BLOCK) - 1
+                raise ValueError(f"{name}: bytes {block * _BLOCK}-{end} are damaged (their CRC-32 differs)")
+        lengths = [int(n) for n in code["lengths"]]
+        if len(lengths) > alphabet + 1 or not all(0 <= n <= 64 for n in lengths):
+            raise ValueError(
+                f"{name}: code lengths for {len(lengths) - 1} symbols of {alphabet}, or out of range"
+            )
+        symbols = np.asarray(_huffman_codec(lengths).decode(stream), dtype=np.int64)
+        if symbols.size != entries:
+            raise ValueError(f"{name}: decodes to {symbols.size} symbols, {entries} were coded")
+        if zlib.crc32(symbols.astype(np.uint16).tobytes()) != int(code["decoded_crc32"]):
+            raise ValueError(
+                f"{name}: decodes to other symbols than were coded (its code lengths are damaged)"
+            )
+        decoded[part] = symbols
+    positions = torch.from_numpy(np.cumsum(decoded["gaps"] + 1) - 1)
+    if int(positions[-1]) >= count:
+        raise ValueError(f"relative indices reach position {int(positions[-1])} of a tensor of {count}")
+    values = torch.zeros(count, dtype=getattr(torch, dtype))
+    values[positions] = book[torch.from_numpy(decoded["indices"])]
+    return values
 
 
 def _codebook(
@@ -274,6 +421,8 @@ def _decode_values(
             raise ValueError(f"relative indices reach position {int(positions[-1])} of a tensor of {count}")
         values = torch.zeros(count, dtype=getattr(torch, dtype))
         values[positions] = _decode_values(described["values"], tensors, entries, dtype)
+    elif kind == "huffman":
+        values = _decode_huffman(described, tensors, count, dtype)
     elif kind == "bitmask":
         packed = _uint8(tensors[described["mask"]])
         if packed.size != math.ceil(count / 8):
@@ -445,7 +594,6 @@ def _prepare(
     the weights (and the build options and normalisation of the run that trained them)."""
     from papers.api import expand_variant
     from papers.evaluate import CHECKPOINT_SUFFIXES, IMAGENET, load_weights
-    from papers.recipe import criterion_of
     from papers.registry import get_registry
 
     registry = get_registry()
@@ -497,7 +645,7 @@ def _prepare(
         state=state,
         data=data,
         normalize=normalize,
-        scores=criterion_of(base_entry.spec).scores,
+        scores=_base_criterion(base_entry.spec, variant.base).scores,
         metric="top1_accuracy" if classification else None,
         flat_before=flat_before,
         flat_after=expand_variant(variant_id, **options),
@@ -654,6 +802,17 @@ def _report(job: _Job, written: _Written, measured: dict[str, Any]) -> dict[str,
             f"dense kernels are not; energy: {ENERGY_MODEL}",
         },
     }
+
+
+def _base_criterion(spec: Any, base: str) -> Any:
+    """The criterion the base variant's own recipe names (LeNet-300-100's is cross-entropy, where the
+    LeNet spec's default recipe reads LeNet-5's RBF penalties), else the spec's."""
+    from papers.recipe import criterion_of, get_criterion
+
+    recipe = spec.hyperparameters_of(base)
+    if recipe is not None and recipe is not spec.hyperparameters:
+        return get_criterion(recipe.criterion or "cross_entropy")
+    return criterion_of(spec)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

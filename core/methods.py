@@ -20,6 +20,11 @@ A method is code in its plugin (:class:`Method`) with two optional steps:
 - ``apply(model, settings, context) -> model``: a step on a model with weights (masks, codebooks,
   decompositions), run by ``papers compress`` (:mod:`papers.compress`); ``context.data`` is the data
   source where one is given.
+- ``measure(flat, settings) -> {metric: value}``: what the settings alone say of the result, without
+  weights (a pruning method's kept weights and compression ratio from its per-layer kept fractions),
+  by metric of the spec's vocabulary in its base unit; a value may be an :class:`Estimate`, with the
+  interval the settings' printed precision allows. ``papers check`` compares a method variant's
+  reported results of those metrics with it (:func:`static_measurements`).
 
 Settings are typed by the method's :class:`Settings` model (strict, unknown fields refused), so a
 spec's settings are checked when the registry is discovered, before anything is built: a setting a
@@ -32,6 +37,7 @@ This module imports no torch: plugins make :class:`Method` objects when they are
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -42,7 +48,7 @@ from papers.errors import GraphError, PapersError, PluginError, SpecError
 from papers.graph import FlatGraph, FlatNode, check_name
 from papers.ops import Catalogue
 from papers.plugins import describe
-from papers.spec import Variant, field_path
+from papers.spec import METRIC_DIRECTION, Variant, field_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,6 +82,17 @@ class MethodContext:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """A value computed from settings, with the interval their printed precision allows (a kept fraction
+    printed as 8% lies in [7.5%, 8.5%)): a reported number within its own precision of any point of
+    the interval agrees with it."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Method:
     """A method a plugin contributes: a name, typed settings, and a rewrite, an apply step, or both."""
 
@@ -86,6 +103,9 @@ class Method:
     """Settings in, graph out: a static rewrite of the expanded graph (no torch, no weights)."""
     apply: Callable[[Any, Any, MethodContext], Any] | None = None
     """Model with weights in, model out (it may change the model in place and return it)."""
+    measure: Callable[[FlatGraph, Any], Mapping[str, float | Estimate | None]] | None = None
+    """Graph (after this method's rewrite) and settings in, static measurements out, by metric (``None``:
+    no longer fixed by the settings after this step, whatever an earlier step said)."""
 
 
 def check_method(method: Any) -> Method:
@@ -101,7 +121,7 @@ def check_method(method: Any) -> Method:
         raise PluginError(f"method {method.name!r}: settings is not a papers.methods.Settings subclass")
     if method.rewrite is None and method.apply is None:
         raise PluginError(f"method {method.name!r} has neither a rewrite nor an apply step")
-    for step in ("rewrite", "apply"):
+    for step in ("rewrite", "apply", "measure"):
         if getattr(method, step) is not None and not callable(getattr(method, step)):
             raise PluginError(f"method {method.name!r}: {step} is not callable")
     return method
@@ -265,7 +285,65 @@ def variant_steps(variant_id: str) -> list[Step]:
         raise error.located(file=entry.file) from None
 
 
+def static_measurements(variant_id: str) -> dict[str, float | Estimate]:
+    """What a method variant's settings say without weights: each step's ``measure``, on the graph after
+    its rewrite, by metric (a later step's value of a metric replaces an earlier one's, and ``None``
+    drops it: the step makes it depend on the weights, as Huffman coding does a ratio); empty for a
+    variant whose methods measure nothing."""
+    from papers.api import expand_variant
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    entry, variant = registry.variant(variant_id)
+    if variant.base is None:
+        return {}
+    steps = variant_steps(variant_id)
+    if all(step.method.measure is None for step in steps):
+        return {}
+    flat = expand_variant(variant.base)
+    measured: dict[str, float | Estimate | None] = {}
+    try:
+        for step in steps:
+            if step.method.rewrite is not None:
+                flat = rewrite_once(flat, step, registry.catalogue)
+            if step.method.measure is not None:
+                measured.update(_measure_once(flat, step))
+    except PapersError as error:
+        raise error.located(file=entry.file) from None
+    return {metric: value for metric, value in measured.items() if value is not None}
+
+
+def _measure_once(flat: FlatGraph, step: Step) -> dict[str, float | Estimate | None]:
+    """One step's ``measure``, run under a guard like a rewrite: what it gives is checked."""
+    method = step.method
+    assert method.measure is not None
+    label = f"method {method.name!r} ({step.origin}): measure"
+    try:
+        values = method.measure(flat, step.settings)
+    except PapersError as error:
+        raise error.located(field=None if error.field else step.field) from None
+    except Exception as exc:  # a plugin's code: anything it raises is reported as its failure
+        raise PluginError(f"{label} failed: {describe(exc)}", field=step.field) from exc
+    if not isinstance(values, Mapping):
+        raise PluginError(f"{label} returned {type(values).__name__}, not a mapping", field=step.field)
+    for metric, value in values.items():
+        if metric not in METRIC_DIRECTION:
+            raise PluginError(f"{label} gave {str(metric)[:60]!r}, which is no metric", field=step.field)
+        if value is None:  # no longer fixed by the settings
+            continue
+        numbers = (value.value, value.low, value.high) if isinstance(value, Estimate) else (value,)
+        finite = all(type(n) in (int, float) and math.isfinite(n) for n in numbers)
+        if not finite or (isinstance(value, Estimate) and not value.low <= value.value <= value.high):
+            raise PluginError(
+                f"{label} gave {metric} = {str(value)[:80]}, not a finite number or an Estimate with "
+                "low <= value <= high",
+                field=step.field,
+            )
+    return dict(values)
+
+
 __all__ = [
+    "Estimate",
     "Method",
     "MethodContext",
     "NoSettings",
@@ -276,6 +354,7 @@ __all__ = [
     "expand_method_variant",
     "resolve_steps",
     "rewrite_graph",
+    "static_measurements",
     "validate_settings",
     "variant_steps",
 ]

@@ -17,7 +17,7 @@ from papers.registry import reset_registry
 
 REPO = Path(__file__).resolve().parent.parent
 VGG_SPEC = REPO / "specs" / "classification" / "vgg.yaml"
-BUILT_ON_VGG = ("han2015",)
+BUILT_ON_VGG = ("han2015", "deep_compression")
 """Built-in plugins with variants built on VGG's (a pruned VGG-16's ``base``): a test that disables
 ``vgg`` disables them too, as strict discovery refuses a variant whose base is gone."""
 

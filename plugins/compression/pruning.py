@@ -10,7 +10,8 @@ convolutions and the fully connected layers separately, each kind retrained whil
 (Section 3.3), pruned connections held at zero by a mask. Pruned weights are zeros in dense tensors
 until ``papers compress`` writes them: its container stores a tensor with zeros sparsely (a bit mask
 or the paper's relative indices and the kept values), so the file's bytes drop; the model it builds
-back is dense, and its measured latency shows no speed-up.
+back is dense, and its measured latency shows no speed-up. Without weights, ``static_measure`` gives
+Table 1's kept weights and compression ratio from the kept fractions (``papers check han2015``).
 
 Hand-written: the threshold rule and the retraining loop (a few lines of torch); torch's
 ``torch.nn.utils.prune`` masks by a global or per-layer amount but has neither the paper's
@@ -21,15 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from importlib.resources import files
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
 from papers.errors import PapersError, SpecError
 from papers.graph import FlatGraph
-from papers.hookspecs import hookimpl
-from papers.methods import Method, MethodContext, Settings
+from papers.methods import Estimate, Method, MethodContext, Settings
 
 if TYPE_CHECKING:
     import torch
@@ -121,36 +121,48 @@ class Kept:
     """Weights kept by settings of kept fractions, with the interval the fractions' rounding allows."""
 
     total: int
-    """Weights of the pruned layers and every other parameter of the model (biases: never pruned)."""
+    """The weights of every convolution and linear layer (biases are not counted: see below)."""
     kept: float
     low: float
     high: float
-    """``kept`` where each fraction given to ``digits`` decimals lies anywhere within its rounding."""
-
-    @property
-    def ratio(self) -> float:
-        return self.total / self.kept
+    """``kept`` where each fraction lies anywhere within half a unit of its last printed digit."""
 
 
-def kept_parameters(
-    flat: FlatGraph, settings: PruneSettings, total: int, *, decimals: int = 2, biases: bool = False
-) -> Kept:
-    """The parameters left by ``settings``' kept fractions (no weights needed): each named layer's
-    weights times its fraction, plus the model's other parameters where ``biases`` (Han et al. count
-    weights only: Table 1's 36K for LeNet-5 is its 36,280 kept weights). ``low``/``high`` bound it
-    where each fraction was rounded to ``decimals`` places, as the paper prints them (8%)."""
+def kept_parameters(flat: FlatGraph, settings: PruneSettings) -> Kept:
+    """The weights left by ``settings``' kept fractions (no weights needed): each named layer's weights
+    times its fraction, every other convolution and linear layer whole. Han et al. count weights only:
+    Table 1's 36K for LeNet-5 is its 36,280 kept weights (with its 580 biases it would be 37K).
+    ``low``/``high`` bound it where each fraction was rounded as printed: the paper prints whole
+    percents (8%), so a fraction of 0.08 stands for anything in [0.075, 0.085]."""
     layers = prunable_layers(flat)
-    weights = sum(layer.weights for layer in layers.values())
-    rest = total - weights if biases else 0
-    base = float(rest + sum(layer.weights for name, layer in layers.items() if name not in settings.kept))
-    half = 0.5 * 10.0**-decimals
-    kept = low = high = base
+    total = sum(layer.weights for layer in layers.values())
+    kept = low = high = float(
+        sum(layer.weights for name, layer in layers.items() if name not in settings.kept)
+    )
     for name, fraction in settings.kept.items():
         count = layers[name].weights
+        places = Decimal(repr(fraction)).as_tuple().exponent  # 0.08 -> -2
+        assert isinstance(places, int)  # a fraction is finite
+        half = 0.5 * 10.0 ** min(-2, places)
         kept += fraction * count
         low += max(0.0, fraction - half) * count
         high += min(1.0, fraction + half) * count
-    return Kept(total if biases else weights, kept, low, high)
+    return Kept(total, kept, low, high)
+
+
+def static_measure(flat: FlatGraph, settings: PruneSettings) -> dict[str, float | Estimate]:
+    """Table 1's static columns from the settings: the weights kept and the compression ratio (all the
+    weights over those kept), each with its interval; nothing where ``quality`` prunes a layer, since
+    then its weights decide how many stay."""
+    if settings.quality is not None and set(prunable_layers(flat)) - set(settings.kept):
+        return {}
+    kept = kept_parameters(flat, settings)
+    if not kept.total:  # no convolution or linear layer: nothing to count
+        return {}
+    return {
+        "nonzero_params": Estimate(kept.kept, kept.low, kept.high),
+        "compression_ratio": Estimate(kept.total / kept.kept, kept.total / kept.high, kept.total / kept.low),
+    }
 
 
 # -- apply: pruning a model with weights ----------------------------------------------------------
@@ -208,7 +220,7 @@ def _mask(weight: torch.Tensor, settings: PruneSettings, name: str, progress: fl
         mask[magnitude.flatten().topk(count).indices] = True  # ties broken by position, as topk does
         return mask.view_as(weight).to(weight.dtype)
     assert settings.quality is not None
-    alive = magnitude[magnitude != 0]
+    alive = weight.detach()[magnitude != 0]  # the weights themselves (signed), those not yet pruned
     spread = float(alive.std()) if alive.numel() > 1 else 0.0
     return (magnitude > settings.quality * spread).to(weight.dtype)
 
@@ -313,17 +325,8 @@ MAGNITUDE_PRUNE = Method(
     "separately (Han et al. 2015).",
     rewrite=check_settings,
     apply=magnitude_prune,
+    measure=static_measure,
 )
-
-
-@hookimpl
-def papers_specs() -> list:
-    return [files("papers_specs") / "compression" / "han2015.yaml"]
-
-
-@hookimpl
-def papers_methods() -> list:
-    return [MAGNITUDE_PRUNE]
 
 
 # -- the small-scale reproduction (`papers check han2015 --run`) ----------------------------------
@@ -407,8 +410,8 @@ def _proxy_runner(variant_id: str) -> Any:
     return run
 
 
-@hookimpl
-def papers_checks() -> list:
+def proxy_checks() -> list:
+    """The paper's proxy checks (its plugin's ``papers_checks``)."""
     from papers.checks import TrainingCheck
 
     checks = []
