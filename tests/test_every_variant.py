@@ -19,7 +19,12 @@ def test_variant_builds_on_meta_and_runs_to_its_inferred_shape(variant):
     flat = papers.expand_variant(variant)
     traced = trace(flat, registry.catalogue)
     model = assemble(flat, traced, registry.catalogue).eval()
-    out = model(*[torch.empty((1, *shape), device="meta") for shape in flat.inputs.values()])
+    out = model(
+        *[
+            torch.empty(shape if name in flat.unbatched else (1, *shape), device="meta")
+            for name, shape in flat.inputs.items()
+        ]
+    )
     outputs = list(out) if isinstance(out, tuple) else [out]
     assert [tuple(o.shape) for o in outputs] == [traced.shapes[node] for node in flat.outputs.values()]
     assert sum(traced.params.values()) > 0
