@@ -79,7 +79,13 @@ def segment(
     for path, stem, image in zip(images, stems, loaded, strict=True):
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with torch.no_grad():
-            logits = model(((pixels - mean) / std)[None])["out"][0]
+            try:
+                logits = model(((pixels - mean) / std)[None])["out"][0]
+            except RuntimeError as exc:  # too small for the network's poolings (SegNet's five)
+                reason = str(exc).splitlines()[0]
+                raise PapersError(
+                    f"{variant} cannot take this {image.height}×{image.width} image: {reason}", file=path
+                ) from None
         labels = logits.argmax(0).to(torch.uint8).numpy()
         classes = logits.shape[0]
         names = VOC_CLASSES if classes == len(VOC_CLASSES) else tuple(str(c) for c in range(classes))

@@ -609,6 +609,8 @@ Metric = Literal[
     "macs",
     "flops",
     "output_shape",
+    # a node's receptive field, in input pixels along one side (papers.receptive_field)
+    "receptive_field",
     "top1_error",
     "top5_error",
     "top1_accuracy",
@@ -651,6 +653,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "macs": "lower",
     "flops": "lower",
     "output_shape": "exact",
+    "receptive_field": "exact",
     "top1_error": "lower",
     "top5_error": "lower",
     "top1_accuracy": "higher",
@@ -678,7 +681,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "map_change": "higher",
     "miou_change": "higher",
 }
-STATIC_METRICS = frozenset({"params", "macs", "flops", "output_shape"})
+STATIC_METRICS = frozenset({"params", "macs", "flops", "output_shape", "receptive_field"})
 Unit = Literal[
     "count",
     "thousand",
@@ -762,6 +765,8 @@ class Result(_Model):
             raise ValueError("output_shape results take a list value and unit 'shape'; others a number")
         if (self.scope == "node") != (self.node is not None):
             raise ValueError("scope 'node' needs `node`, and `node` needs scope 'node'")
+        if self.metric == "receptive_field" and self.scope != "node":
+            raise ValueError("a receptive_field result is a node's: it needs scope 'node' and `node`")
         return self
 
 
