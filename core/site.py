@@ -182,6 +182,10 @@ class VariantPage:
     """The graph's task layer (:class:`papers.spec.DenseDetection`, :class:`papers.spec.Segmentation`)."""
     snippet: str = ""
     """Python that runs the variant on an image, with its preprocessing, and extracts features."""
+    base: str | None = None
+    """A method variant's base: the variant its methods are applied to."""
+    methods: list[tuple[str, str]] = field(default_factory=list)
+    """A method variant's methods, each with its settings as plain text."""
 
 
 @dataclass
@@ -497,7 +501,10 @@ def _variant_page(variant: Any, measurement: Any, flat: Any = None, spec: Any = 
         args=dict(variant.args),
         params=measurement.params,
         macs=measurement.macs,
-        inputs={name: shape[1:] for name, shape in measurement.input_shapes.items()},
+        inputs={
+            name: shape if name in getattr(flat, "unbatched", ()) else shape[1:]  # rois: [K, 5] whole
+            for name, shape in measurement.input_shapes.items()
+        },
         output=measurement.output_shapes,
         library=variant.reference.partition(":")[0] if variant.reference else None,
         library_model=variant.reference.partition(":")[2] if variant.reference else None,
@@ -511,12 +518,21 @@ def _variant_page(variant: Any, measurement: Any, flat: Any = None, spec: Any = 
             None,
         ),
     )
-    graph = spec.graphs.get(variant.graph) if spec is not None else None
+    graph = spec.graphs.get(variant.graph) if spec is not None and variant.graph else None
     page.task = getattr(graph, "detection", None) or getattr(graph, "segmentation", None)
+    page.base = variant.base
+    page.methods = [(step.name, plain(step.settings)) for step in variant.methods]
     page.snippet = usage_snippet(page)
     return page
 
 
+_TRANSFORMS = {
+    "NoneType": "the weights' resize, centre crop, mean and std",
+    "DenseDetection": "to floats in [0, 1]",
+    "RegionDetection": "to floats in [0, 1]",
+    "Segmentation": "the weights' resize, mean and std",
+}
+"""What a torchvision weights' ``transforms()`` does, by the variant's task layer."""
 _IMAGENET = ("[0.485, 0.456, 0.406]", "[0.229, 0.224, 0.225]")
 
 
@@ -526,6 +542,8 @@ def usage_snippet(variant: VariantPage) -> str:
     input size), then extracts its last feature stages with ``features=``."""
     from papers.evaluate import default_resize
 
+    if variant.base is not None:
+        return _compressed_snippet(variant)
     shapes = list(variant.inputs.values())
     shape = shapes[0] if len(shapes) == 1 else None
     lines = ["import torch", "import papers"]
@@ -541,7 +559,7 @@ def usage_snippet(variant: VariantPage) -> str:
         lines += [
             f'weights = torchvision.models.get_model_weights("{variant.library_model}").DEFAULT',
             "model.load_state_dict(weights.get_state_dict())",
-            "preprocess = weights.transforms()  # the weights' resize, centre crop, mean and std",
+            f"preprocess = weights.transforms()  # {_TRANSFORMS[type(variant.task).__name__]}",
         ]
     elif variant.library == "timm":
         lines += [
@@ -565,11 +583,24 @@ def usage_snippet(variant: VariantPage) -> str:
     return "\n".join(lines + _features_lines(variant, from_run=False)) + "\n"
 
 
+def _compressed_snippet(variant: VariantPage) -> str:
+    """A method variant: its base's weights compressed with ``papers compress``, the file read back."""
+    lines = [
+        "import papers",
+        "",
+        f"# papers train {variant.base} --data DIR --out run  (or weights of your own)",
+        f"# papers compress {variant.id} --weights run/model.safetensors --data DIR --out out",
+        "# out/report.json: bytes, top-1 before and after, and the speed measured on this machine",
+        'model = papers.load_compressed("out/model.safetensors").eval()  # the decoded weights',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _task_lines(variant: VariantPage) -> list[str]:
     """A detector or a segmenter run on one image, as its task layer takes it."""
-    from papers.spec import DenseDetection
+    from papers.spec import DenseDetection, RegionDetection
 
-    if isinstance(variant.task, DenseDetection):
+    if isinstance(variant.task, DenseDetection | RegionDetection):
         t = variant.task.transform
         return [
             "",
@@ -638,13 +669,13 @@ def _trained_snippet(variant: VariantPage, shape: list[int], default_resize: Any
         'norm = record["normalize"]  # the per-channel mean and std training used (None: none)',
     ]
     if variant.task is not None:  # any size: no resize or crop; a detector normalises itself
-        from papers.spec import DenseDetection
+        from papers.spec import DenseDetection, RegionDetection
 
         lines += [
             "preprocess = T.Compose([",
             "    T.ToImage(),",
             "    T.ToDtype(torch.float32, scale=True),",
-            *([] if isinstance(variant.task, DenseDetection) else [_NORMALIZE]),
+            *([] if isinstance(variant.task, DenseDetection | RegionDetection) else [_NORMALIZE]),
             "])",
         ]
         return "\n".join(lines + _task_lines(variant)) + "\n"

@@ -478,6 +478,32 @@ def test_a_detectors_and_a_segmenters_snippets_go_through_their_task_layers():
     assert "logits = model(batch)" in classifier
 
 
+def test_a_two_stage_detectors_and_a_method_variants_snippets_say_how_they_run():
+    from types import SimpleNamespace
+
+    import papers
+    from papers.site import _variant_page
+
+    def page(paper: str, variant_id: str):
+        spec = papers.get_spec(paper)
+        variant = next(v for v in spec.variants if v.id == variant_id)
+        measured = SimpleNamespace(
+            params=1, macs=1, input_shapes={"images": [1, 3, 64, 64]}, output_shapes={}
+        )
+        built = _variant_page(variant, measured, None, spec)
+        compile(built.snippet, variant_id, "exec")
+        return built
+
+    detector = page("fpn", "fasterrcnn_resnet50_fpn").snippet
+    assert "detections = model(images)" in detector and "to floats in [0, 1]" in detector
+    assert '["out"]' not in detector and "centre crop" not in detector
+    pruned = page("han2015", "han2015-lenet300_100")
+    assert pruned.base == "lenet300_100" and pruned.methods[0][0] == "magnitude_prune"
+    assert "fc1: 0.08" in pruned.methods[0][1]
+    assert "papers compress han2015-lenet300_100 --weights" in pruned.snippet
+    assert 'papers.load_compressed("out/model.safetensors")' in pruned.snippet
+
+
 def test_each_resnet_v1_5_note_gives_its_own_measured_multiply_adds(built, monkeypatch):
     import papers
 
