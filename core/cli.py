@@ -902,15 +902,34 @@ def export_command(
         ctx.exit(1)
 
 
+def _on_images(out_help: str, option_help: str, json_help: str) -> Callable[[Callable], Callable]:
+    """The arguments and options ``papers segment`` and ``papers detect`` share."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(
+            [
+                click.argument("variant"),
+                click.argument("images", nargs=-1, required=True),
+                click.option(
+                    "--weights", help="Weights (.safetensors, .pth) [default: initialised, seed 0]."
+                ),
+                click.option("--out", type=click.Path(file_okay=False), help=out_help),
+                click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help=option_help),
+                click.option("--json", "as_json", is_flag=True, help=json_help),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
-@click.argument("variant")
-@click.argument("images", nargs=-1, required=True)
-@click.option("--weights", help="Weights (.safetensors, .pth) [default: initialised, seed 0].")
-@click.option(
-    "--out", type=click.Path(file_okay=False), help="Folder for <image>.png and <image>.overlay.png."
+@_on_images(
+    "Folder for <image>.png and <image>.overlay.png.",
+    "Graph parameter.",
+    "Print each image's class histogram as JSON.",
 )
-@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Graph parameter.")
-@click.option("--json", "as_json", is_flag=True, help="Print each image's class histogram as JSON.")
 def segment(
     variant: str,
     images: tuple[str, ...],
@@ -936,14 +955,11 @@ def segment(
 
 
 @cli.command()
-@click.argument("variant")
-@click.argument("images", nargs=-1, required=True)
-@click.option("--weights", help="Weights (.safetensors, .pth) [default: initialised, seed 0].")
-@click.option(
-    "--out", type=click.Path(file_okay=False), help="Folder for detections.json and the images, boxes drawn."
+@_on_images(
+    "Folder for detections.json and the images, boxes drawn.",
+    "Build option.",
+    "Print the detections as JSON.",
 )
-@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Build option.")
-@click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
 def detect(
     variant: str,
     images: tuple[str, ...],
