@@ -11,8 +11,8 @@ A measured result answers a reported one when the variant, the metric's kind (to
 accuracy and error convert), the dataset, the split and the protocol agree, and the reported
 result's conditions are ones a single model's evaluation meets (``crops`` equal to the protocol's,
 ``models: 1``) or are repeated in the measured result's ``conditions``. A detection metric
-(``voc07_map``, ``coco_ap``, ...: :data:`papers.detection_metrics.DETECTION_METRICS`) is answered by
-the same metric only.
+(``voc07_map``, ``coco_ap``, ...: :data:`papers.detection_metrics.DETECTION_METRICS`) or segmentation
+metric (``miou``, ``pixel_acc``, ``mean_acc``, ``fwiou``) is answered by the same metric only.
 
 Values are range-checked: accuracies and errors in percent lie in [0, 100], changes of an error in
 [-100, 100], and ``images`` is at least 1. Several processes may add to one file at once: each takes
@@ -34,14 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from papers.detection_metrics import DETECTION_METRICS
 from papers.errors import PapersError
 from papers.files import write_atomic
+from papers.segmentation_metrics import SEGMENTATION_METRICS
 from papers.spec import Metric, Protocol, Result, Value, field_path
 
 _CROPS = {"single_crop": 1, "center_crop": 1, "ten_crop": 10}
 # The metrics a results file holds (all in percent), and the range of their values.
 PERCENT_METRICS = frozenset(
     {"top1_error", "top5_error", "top1_accuracy", "top5_accuracy", "error", "accuracy"}
-    | {"map", "map50", "miou", "pixel_accuracy"}
+    | {"map", "map50"}
     | set(DETECTION_METRICS)
+    | set(SEGMENTATION_METRICS)
 )
 CHANGE_METRICS = frozenset({"top1_error_change", "top5_error_change"})
 
@@ -197,8 +199,8 @@ def _kind(metric: str) -> str | None:
 
 def answer(result: Result, measured: list[Measured]) -> float | None:
     """The measured value (in the reported metric) that answers ``result``, if one does."""
-    if result.metric in DETECTION_METRICS:
-        return _detection_answer(result, measured)
+    if result.metric in DETECTION_METRICS or result.metric in SEGMENTATION_METRICS:
+        return _same_metric_answer(result, measured)
     kind = _kind(result.metric)
     if kind is None:
         return None
@@ -219,9 +221,10 @@ def answer(result: Result, measured: list[Measured]) -> float | None:
     return None
 
 
-def _detection_answer(result: Result, measured: list[Measured]) -> float | None:
-    """A detection metric is answered by the same metric (``voc07_map`` by ``voc07_map``) on the same
-    dataset and split, under the same conditions and, where both name one, the same protocol."""
+def _same_metric_answer(result: Result, measured: list[Measured]) -> float | None:
+    """A detection or segmentation metric is answered by the same metric (``voc07_map`` by
+    ``voc07_map``, ``miou`` by ``miou``) on the same dataset and split, under the same conditions
+    and, where both name one, the same protocol."""
     for m in measured:
         if m.variant != result.variant or m.metric != result.metric:
             continue

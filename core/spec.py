@@ -619,8 +619,11 @@ Metric = Literal[
     "accuracy",
     "map",
     "map50",
+    # segmentation, as papers.segmentation_metrics computes them from one confusion matrix
     "miou",
-    "pixel_accuracy",
+    "pixel_acc",
+    "mean_acc",
+    "fwiou",
     # detection, as papers.detection_metrics computes them: VOC's mAP@0.5 (2007's 11-point, 2010+'s
     # area) and COCO's AP (0.5:0.95), AP at IoU 0.5 and 0.75, AP of small, medium and large objects
     "voc07_map",
@@ -662,8 +665,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "accuracy": "higher",
     "map": "higher",
     "map50": "higher",
-    "miou": "higher",
-    "pixel_accuracy": "higher",
+    **dict.fromkeys(("miou", "pixel_acc", "mean_acc", "fwiou"), "higher"),
     **dict.fromkeys(("voc07_map", "voc_map", "coco_ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l"), "higher"),
     "compression_ratio": "higher",
     "speedup": "higher",
