@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from papers.errors import GraphError
+
 Shape = tuple[int, ...]
 
 
@@ -63,7 +65,13 @@ class Op:
 
     def resolve(self) -> Any:
         module, _, attribute = self.target.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as error:  # an op from a package this environment lacks
+            raise GraphError(
+                f"op {self.name!r} needs the {error.name!r} package, which is not installed "
+                f"(pip install {error.name})"
+            ) from None
 
 
 def _module(

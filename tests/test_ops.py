@@ -357,3 +357,12 @@ def test_a_bilinear_init_of_a_weight_that_mixes_channels_is_refused():
         bilinear_(torch.empty(4, 3, 4, 4))
     with pytest.raises(ValueError, match="convolution weight"):
         bilinear_(torch.empty(4))
+
+
+def test_an_op_from_a_package_not_installed_names_the_package():
+    from papers.errors import GraphError
+    from papers.ops import Op
+
+    op = Op("warp", "papers_no_such_package.layers:Warp", "module", {}, doc="a plugin's layer")
+    with pytest.raises(GraphError, match="op 'warp' needs the 'papers_no_such_package' package"):
+        op.resolve()
