@@ -31,6 +31,7 @@ from papers.methods import Method, MethodContext, Settings
 from papers_plugins.compression.pruning import (
     PRUNED_OPS,
     PruneSettings,
+    mnist5k_check,
     prunable_layers,
     retrain,
     shuffled_batches,
@@ -330,32 +331,21 @@ def _proxy_runner(variant_id: str) -> Any:
 
 def proxy_checks() -> list:
     """The paper's proxy checks (its plugin's ``papers_checks``)."""
-    from papers.checks import TrainingCheck
-
-    checks = []
-    for variant_id, network, ratio in (
-        ("deep_compression-lenet300_100", "LeNet-300-100", "40×"),
-        ("deep_compression-lenet5_caffe", "LeNet-5", "39×"),
-    ):
-        checks.append(
-            TrainingCheck(
-                name=f"{variant_id}-mnist5k",
-                variant=variant_id,
-                data=PROXY_DATA,
-                min_accuracy=0.0,
-                max_seconds=300.0,
-                compares_with={"metric": "error"},
-                runner=_proxy_runner(variant_id),
-                proxy=(
-                    f"{network} trained on 5,000 of MNIST's digits (4,000 training, 1,000 test images) for "
-                    f"{PROXY_EPOCHS} epochs with Caffe's SGD settings, not on MNIST's 60,000; then "
-                    "`papers compress` with the data: pruned at the paper's per-layer rates and retrained, "
-                    "quantized at its per-layer bits (k-means, linear initialisation) and the centroids "
-                    "fine-tuned, written Huffman-coded; passes when the top-1 of the model decoded from "
-                    f"the file is within 1 point of the unpruned model's. The paper's {ratio} is for "
-                    "weights trained on all of MNIST; the ratio of the written file's bytes is printed "
-                    "with --run"
-                ),
-            )
+    return [
+        mnist5k_check(
+            variant_id,
+            _proxy_runner(variant_id),
+            f"{network} trained on 5,000 of MNIST's digits (4,000 training, 1,000 test images) for "
+            f"{PROXY_EPOCHS} epochs with Caffe's SGD settings, not on MNIST's 60,000; then "
+            "`papers compress` with the data: pruned at the paper's per-layer rates and retrained, "
+            "quantized at its per-layer bits (k-means, linear initialisation) and the centroids "
+            "fine-tuned, written Huffman-coded; passes when the top-1 of the model decoded from "
+            f"the file is within 1 point of the unpruned model's. The paper's {ratio} is for "
+            "weights trained on all of MNIST; the ratio of the written file's bytes is printed "
+            "with --run",
         )
-    return checks
+        for variant_id, network, ratio in (
+            ("deep_compression-lenet300_100", "LeNet-300-100", "40×"),
+            ("deep_compression-lenet5_caffe", "LeNet-5", "39×"),
+        )
+    ]
