@@ -186,14 +186,14 @@ class Registry:
         if check.name in self.checks:
             other = self.checks[check.name][0]
             raise PluginError(f"check {check.name!r} is claimed by both {other} and {where}")
-        if check.variant not in self.variants:
+        if check.variant not in self.variants and check.variant not in self.papers:
             raise PluginError(f"check {check.name!r} names no variant {check.variant!r}")
         self.checks[check.name] = (where, check)
         info.contributes.setdefault("checks", []).append(check.name)
 
     def training_checks(self, paper: str) -> list[TrainingCheck]:
         """The training checks of a paper's variants."""
-        return [c for _, c in self.checks.values() if self.variants[c.variant][0].spec.id == paper]
+        return [c for _, c in self.checks.values() if self.paper(c.variant).spec.id == paper]
 
     # -- queries ------------------------------------------------------------------------------
 
