@@ -55,8 +55,12 @@ lint: $(VENV)/.installed-test
 test: lint site-assets /usr/bin/chromium
 	PAPERS_STRICT_PLUGINS=1 $(BIN)/python -m pytest
 
+# run.py's table, then each paper family's own timings (each prints its rows and ratios).
+BENCH_SCRIPTS := $(filter-out benchmarks/run.py,$(sort $(wildcard benchmarks/*.py)))
+
 bench: $(VENV)/.installed-bench site-assets
 	$(BIN)/python benchmarks/run.py
+	for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
