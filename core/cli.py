@@ -930,6 +930,7 @@ def _on_images(out_help: str, option_help: str, json_help: str) -> Callable[[Cal
     "Graph parameter.",
     "Print each image's class histogram as JSON.",
 )
+@click.option("--crf", is_flag=True, help="Refine the scores with the paper's fully connected CRF (DeepLab).")
 def segment(
     variant: str,
     images: tuple[str, ...],
@@ -937,12 +938,15 @@ def segment(
     out: str | None,
     pairs: tuple[str, ...],
     as_json: bool,
+    crf: bool,
 ) -> None:
     """Label every pixel of IMAGES with a segmenter; write label maps (VOC palette) and overlays."""
     from papers.segment import segment as run_segment
 
     with _warnings_held():
-        results = run_segment(variant, list(images), weights=weights, out=out, options=_options(pairs))
+        results = run_segment(
+            variant, list(images), weights=weights, out=out, options=_options(pairs), crf=crf
+        )
     if as_json:
         _print_json(results)
         return

@@ -41,9 +41,11 @@ def segment(
     weights: str | None = None,
     out: str | None = None,
     options: dict[str, Any] | None = None,
+    crf: bool = False,
 ) -> list[dict[str, Any]]:
     """Label maps of ``images``: per image its size and class histogram (pixels per class); with
-    ``out``, ``<out>/<stem>.png`` (palette) and ``<out>/<stem>.overlay.png`` are written."""
+    ``out``, ``<out>/<stem>.png`` (palette) and ``<out>/<stem>.overlay.png`` are written; with
+    ``crf``, the scores are refined by the paper's fully connected CRF (:mod:`papers.crf`) first."""
     import numpy as np
     import torch
     from PIL import Image
@@ -53,8 +55,11 @@ def segment(
     from papers.evaluate import fit_weights, load_weights
     from papers.spec import Segmentation
 
-    if not isinstance(papers.expand_variant(variant).task, Segmentation):
+    task = papers.expand_variant(variant).task
+    if not isinstance(task, Segmentation):
         raise PapersError(f"{variant} is not a segmenter (its graph has no `segmentation` section)")
+    if crf and task.crf is None:
+        raise PapersError(f"--crf: {variant}'s paper runs no CRF (its `segmentation` section has no `crf`)")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PapersError("--out must be a folder", file=out)
     loaded = []
@@ -86,6 +91,11 @@ def segment(
                 raise PapersError(
                     f"{variant} cannot take this {image.height}×{image.width} image: {reason}", file=path
                 ) from None
+        if crf:
+            from papers.crf import dense_crf
+
+            refined = dense_crf(np.asarray(image), logits.softmax(0).numpy(), task.crf)
+            logits = torch.from_numpy(refined)
         labels = logits.argmax(0).to(torch.uint8).numpy()
         classes = logits.shape[0]
         names = VOC_CLASSES if classes == len(VOC_CLASSES) else tuple(str(c) for c in range(classes))

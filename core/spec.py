@@ -568,6 +568,20 @@ Detection = Annotated[
 """A graph's `detection` section: single-stage (RetinaNet's) or, with `kind: two_stage`, Faster R-CNN's."""
 
 
+class DenseCRF(_Model):
+    """The fully connected CRF a segmenter's paper runs on its scores (DeepLab): mean-field inference
+    with an appearance (bilateral) and a smoothness (Gaussian) Potts kernel (``papers segment --crf``)."""
+
+    appearance_weight: float = Field(
+        5.0, gt=0, description="w1, the bilateral kernel's weight (the paper cross-validates it)."
+    )
+    appearance_xy: float = Field(50.0, gt=0, description="θα, the bilateral kernel's position std (pixels).")
+    appearance_rgb: float = Field(3.0, gt=0, description="θβ, the bilateral kernel's colour std (0-255).")
+    smoothness_weight: float = Field(3.0, gt=0, description="w2, the Gaussian kernel's weight.")
+    smoothness_xy: float = Field(3.0, gt=0, description="θγ, the Gaussian kernel's position std (pixels).")
+    iterations: int = Field(10, ge=1, le=1000, description="Mean-field iterations.")
+
+
 class Segmentation(_Model):
     """A segmenter's task layer: the graph's class maps resized to the input, as torchvision's
     segmentation models return them (``{"out": ..., "aux": ...}``)."""
@@ -576,6 +590,7 @@ class Segmentation(_Model):
     aux: str | None = Field(None, description="Graph output of an auxiliary classifier, if any.")
     mode: Literal["bilinear", "nearest"] = "bilinear"
     align_corners: bool = False
+    crf: DenseCRF | None = Field(None, description="The paper's CRF post-processing, if it has one.")
 
 
 class Graph(_Model):
