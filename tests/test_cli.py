@@ -26,7 +26,7 @@ def test_list_filters_by_topic(run):
     detection = {p["id"] for p in json.loads(run("list", "--topic", "detection", "--json").stdout)}
     assert {"fpn", "faster_rcnn", "sppnet", "fast_rcnn"} <= detection and "vgg" not in detection
     segmentation = {p["id"] for p in json.loads(run("list", "--topic", "segmentation", "--json").stdout)}
-    assert {"fcn", "segnet", "dilated_conv", "deeplab_v1", "deeplabv3"} <= segmentation
+    assert {"fcn", "segnet", "dilated_conv", "deeplab_v1", "deeplab_v2", "deeplabv3"} <= segmentation
 
 
 def test_list_does_not_import_torch():
