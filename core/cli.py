@@ -508,6 +508,11 @@ def train(
         _print_json({"run": str(run.folder), "finished": run.finished, "metrics": run.final})
         return
     final = run.final
+    if "val_miou" in final:
+        click.echo(
+            f"mIoU {100 * final['val_miou']:.2f}%  "
+            f"pixel accuracy {100 * final['val_pixel_acc']:.2f}% (val split)"
+        )
     if "val_top1" in final:
         click.echo(f"top-1 {final['val_top1']:.2f}%  top-5 {final['val_top5']:.2f}% (held-out split)")
     click.echo(f"run: {run.folder}" + ("" if run.finished else " (stopped; continue with --resume)"))
@@ -585,6 +590,11 @@ def eval_command(
     conditions = _conditions(condition_pairs)
     if results_out is not None:  # refused before the evaluation, not after it
         check_results_target(results_out)
+    from papers.train_segmentation import is_segmenter
+
+    if is_segmenter(variant):
+        _eval_segmenter(variant, weights, data, split, dataset, options, conditions, results_out, as_json)
+        return
     with _warnings_held():
         measured = evaluate(
             variant,
@@ -635,6 +645,51 @@ def eval_command(
                 )
                 for metric in (DETECTION_METRICS if detector else ("top1_accuracy", "top5_accuracy"))
                 if measured[metric] is not None  # COCO's AP of small objects where there is none
+            ],
+        )
+        if not as_json:
+            click.echo(f"results: {results_out}")
+
+
+def _eval_segmenter(
+    variant: str,
+    weights: str,
+    data: str,
+    split: str | None,
+    dataset: str | None,
+    options: dict[str, Any],
+    conditions: dict[str, Any],
+    results_out: str | None,
+    as_json: bool,
+) -> None:
+    """``papers eval`` of a segmenter: miou, pixel_acc, mean_acc and fwiou, per-class IoU."""
+    from papers.results import Measured, write_results
+    from papers.segmentation_metrics import SEGMENTATION_METRICS
+    from papers.train_segmentation import evaluate_segmenter
+
+    with _warnings_held():
+        measured = evaluate_segmenter(variant, weights, data, split=split or "val", options=options)
+    if as_json:
+        _print_json(measured)
+    else:
+        shown = "  ".join(f"{name} {measured[name]:.2f}%" for name in SEGMENTATION_METRICS)
+        click.echo(f"{variant}: {shown}  ({measured['images']} images, {measured['split']} split)")
+    if results_out is not None:
+        write_results(
+            results_out,
+            [
+                Measured(
+                    variant=variant,
+                    metric=metric,  # type: ignore[arg-type]
+                    value=round(measured[metric], 4),
+                    images=measured["images"],
+                    classes=measured["classes"],
+                    weights=weights,
+                    conditions=conditions,
+                    dataset=dataset or data,
+                    split=measured["split"],
+                )
+                for metric in SEGMENTATION_METRICS
             ],
         )
         if not as_json:

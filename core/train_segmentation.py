@@ -1,0 +1,234 @@
+"""``papers train`` and ``papers eval`` for segmenters (variants whose graph has a ``segmentation``
+section): pixel-wise cross-entropy with label 255 ignored, scored by one confusion matrix.
+
+No segmentation spec carries a training recipe yet, so the registry's defaults stand in (overridable
+with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r crop=``, ``-r weight_decay=``, ``-r seed=``):
+SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule (lr × (1 − step/steps)^0.9) of
+DeepLab, random crops of ``crop`` pixels with random horizontal flips (masks padded with 255), and
+the auxiliary head's loss weighted 0.5 as torchvision's references do. Evaluation runs each image
+whole, one at a time, the network's scores argmax-ed at the input's resolution; the confusion matrix
+lives on the model's device. A run folder holds ``model.safetensors``, ``recipe.json`` (what was
+trained, on what, with what) and ``metrics.json`` (per epoch: loss and the held-out metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from papers.errors import PapersError
+
+DEFAULTS = {"epochs": 10, "batch_size": 8, "lr": 0.01, "weight_decay": 5e-4, "crop": 128, "seed": 0}
+"""The registry's recipe for segmenters (no segmentation paper's recipe is in a spec yet)."""
+AUX_WEIGHT = 0.5
+POLY_POWER = 0.9
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_segmenter(variant: str) -> bool:
+    import papers
+    from papers.spec import Segmentation
+
+    return isinstance(papers.expand_variant(variant).task, Segmentation)
+
+
+@dataclass
+class SegmentationRun:
+    """A segmenter's run: its folder, its per-epoch metrics, and the recipe it used."""
+
+    folder: Path | None
+    recipe: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = True
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    made = dict(DEFAULTS)
+    for key, value in (overrides or {}).items():
+        name = "lr" if key == "optimizer.lr" else key
+        if name not in DEFAULTS:
+            raise PapersError(
+                f"a segmenter's recipe has {', '.join(DEFAULTS)}; not {key!r}", field=f"-r {key}"
+            )
+        kind = float if name in ("lr", "weight_decay") else int
+        try:
+            made[name] = kind(value)
+        except (TypeError, ValueError):
+            raise PapersError(f"{key} must be a number, not {value!r}", field=f"-r {key}") from None
+        if made[name] <= 0 and name not in ("weight_decay", "seed"):
+            raise PapersError(f"{key} must be positive, not {value!r}", field=f"-r {key}")
+    return made
+
+
+def _tensors(image: Any, mask: Any) -> tuple[Any, Any]:
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (pixels - mean) / std, torch.from_numpy(np.asarray(mask, dtype=np.int64))
+
+
+def _crop(pixels: Any, labels: Any, size: int, generator: Any) -> tuple[Any, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    height, width = labels.shape
+    pad_h, pad_w = max(0, size - height), max(0, size - width)
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+        labels = F.pad(labels, (0, pad_w, 0, pad_h), value=255)
+    top = int(torch.randint(0, labels.shape[0] - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, labels.shape[1] - size + 1, (1,), generator=generator))
+    pixels, labels = (
+        pixels[:, top : top + size, left : left + size],
+        labels[top : top + size, left : left + size],
+    )
+    if bool(torch.rand(1, generator=generator) < 0.5):
+        pixels, labels = pixels.flip(-1), labels.flip(-1)
+    return pixels, labels
+
+
+def _loaded(pairs: list[Any], classes: int) -> list[tuple[Any, Any]]:
+    from papers.segmentation_data import read_pair
+
+    return [_tensors(*read_pair(pair, classes)) for pair in pairs]
+
+
+def train_segmenter(
+    variant: str,
+    data: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SegmentationRun:
+    """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    import papers
+    from papers.segmentation_data import segmentation_pairs
+
+    config = recipe(overrides)
+    folder = Path(out) if out is not None else None
+    if folder is not None and folder.exists() and any(folder.iterdir()):
+        raise PapersError("run folder exists and is not empty", file=str(folder))
+    train_pairs, names = segmentation_pairs(data, "train")
+    val_pairs, _ = segmentation_pairs(data, "val")
+    build = dict(options or {})
+    if names is not None:
+        build.setdefault("num_classes", len(names))
+    torch.manual_seed(config["seed"])
+    model = papers.build_model(variant, **build)
+    classes = _classes(model, build)
+    if names is not None and classes != len(names):
+        raise PapersError(f"{variant} scores {classes} classes and {data} has {len(names)}", field="--data")
+    train_set, val_set = _loaded(train_pairs, classes), _loaded(val_pairs, classes)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"]
+    )
+    steps = config["epochs"] * -(-len(train_set) // config["batch_size"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / steps) ** POLY_POWER)
+    generator = torch.Generator().manual_seed(config["seed"])
+    run = SegmentationRun(folder, {"variant": variant, "data": data, "options": build, **config})
+    say = log or (lambda line: None)
+    for epoch in range(1, config["epochs"] + 1):
+        model.train()
+        started, total, seen = time.perf_counter(), 0.0, 0
+        order = torch.randperm(len(train_set), generator=generator).tolist()
+        for first in range(0, len(order), config["batch_size"]):
+            crops = [
+                _crop(*train_set[i], config["crop"], generator)
+                for i in order[first : first + config["batch_size"]]
+            ]
+            pixels = torch.stack([c[0] for c in crops])
+            labels = torch.stack([c[1] for c in crops])
+            output = model(pixels)
+            loss = F.cross_entropy(output["out"], labels, ignore_index=255)
+            if "aux" in output:
+                loss = loss + AUX_WEIGHT * F.cross_entropy(output["aux"], labels, ignore_index=255)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, seen = total + loss.item() * len(crops), seen + len(crops)
+        scored = score(model, val_set, classes)
+        row = {"epoch": epoch, "train_loss": total / seen, "seconds": time.perf_counter() - started}
+        row.update({f"val_{k}": v for k, v in scored.items()})
+        run.metrics.append(row)
+        say(
+            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
+            f"mIoU {100 * scored['miou']:.2f}%"
+        )
+    if folder is not None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
+        )
+        (folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
+    return run
+
+
+def _classes(model: Any, options: Mapping[str, Any]) -> int:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        probe = model(torch.zeros(1, 3, 64, 64))["out"]
+    return int(probe.shape[1])
+
+
+def score(model: Any, pairs: list[tuple[Any, Any]], classes: int) -> dict[str, Any]:
+    """miou, pixel_acc, mean_acc, fwiou (fractions) and per-class IoU of ``model`` on whole images."""
+    import torch
+
+    from papers.segmentation_metrics import confusion_matrix, scores
+
+    device = next(model.parameters()).device
+    model.eval()
+    confusion = torch.zeros(classes, classes, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for pixels, labels in pairs:
+            predicted = model(pixels[None].to(device))["out"][0].argmax(0)
+            confusion += confusion_matrix(predicted, labels.to(device), classes)
+    return scores(confusion)
+
+
+def evaluate_segmenter(
+    variant: str, weights: str, data: str, *, split: str = "val", options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``papers eval`` of a segmenter: the four metrics in percent, per-class IoU, images and classes."""
+    import papers
+    from papers.evaluate import fit_weights, load_weights
+    from papers.segmentation_data import segmentation_pairs
+
+    pairs, names = segmentation_pairs(data, split)
+    build = dict(options or {})
+    if names is not None:
+        build.setdefault("num_classes", len(names))
+    model = papers.build_model(variant, **build)
+    fit_weights(model, load_weights(weights), file=weights)
+    classes = _classes(model, build)
+    scored = score(model, _loaded(pairs, classes), classes)
+    measured: dict[str, Any] = {k: 100 * scored[k] for k in ("miou", "pixel_acc", "mean_acc", "fwiou")}
+    labels = names or [str(c) for c in range(classes)]
+    measured["per_class_iou"] = {
+        name: (None if value != value else round(100 * value, 4))
+        for name, value in zip(labels, scored["per_class"], strict=True)
+    }
+    return measured | {"images": len(pairs), "classes": classes, "split": split, "protocol": "whole_image"}

@@ -1,0 +1,131 @@
+"""papers train / papers eval for segmenters: data layouts, the loop, the metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from papers.cli import cli
+from papers.segment import voc_palette
+
+
+def _scene(index: int, size: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(index)
+    image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    top, left = rng.integers(0, size // 2, 2)
+    image[top : top + size // 2, left : left + size // 2] = (220, 40, 40)
+    mask[top : top + size // 2, left : left + size // 2] = 1
+    mask[0, 0] = 255  # an ignored pixel
+    return image, mask
+
+
+def _palette_png(mask: np.ndarray, path: Path) -> None:
+    label_map = Image.fromarray(mask, mode="P")
+    label_map.putpalette(voc_palette())
+    label_map.save(path)
+
+
+def _plain(root: Path, n: int = 6) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image, mask = _scene(i)
+        Image.fromarray(image).save(root / "images" / f"{i:03d}.png")
+        _palette_png(mask, root / "masks" / f"{i:03d}.png")
+    return root
+
+
+def _voc(root: Path, n: int = 4) -> Path:
+    folder = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        image, mask = _scene(i)
+        Image.fromarray(image).save(folder / "JPEGImages" / f"{i:03d}.jpg")
+        _palette_png(mask, folder / "SegmentationClass" / f"{i:03d}.png")
+    for split in ("train", "val"):
+        (folder / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
+            "".join(f"{i:03d}\n" for i in range(n))
+        )
+    return folder
+
+
+def test_a_segmenter_trains_and_evaluates_with_the_four_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = _plain(tmp_path / "data")
+    runner = CliRunner()
+    args = ["train", "segnet_basic", "--data", str(data), "--epochs", "3", "--batch-size", "3"]
+    made = runner.invoke(
+        cli, [*args, "-r", "crop=32", "-r", "lr=0.05", "--out", str(tmp_path / "run"), "--json"]
+    )
+    assert made.exit_code == 0, made.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert {"val_miou", "val_pixel_acc", "val_mean_acc", "val_fwiou", "val_per_class"} <= set(metrics[-1])
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["crop"] == 32
+    results = tmp_path / "results.json"
+    weights = str(tmp_path / "run" / "model.safetensors")
+    scored = runner.invoke(
+        cli,
+        ["eval", "segnet_basic", "--weights", weights, "--data", str(data), "--out", str(results), "--json"],
+    )
+    assert scored.exit_code == 0, scored.output
+    measured = json.loads(scored.output)
+    assert measured["miou"] == pytest.approx(100 * metrics[-1]["val_miou"], abs=1e-6)
+    assert measured["images"] == 6 and measured["classes"] == 11
+    rows = json.loads(results.read_text())["results"]
+    assert {r["metric"] for r in rows} == {"miou", "pixel_acc", "mean_acc", "fwiou"}
+
+
+def test_a_voc_folder_sets_the_classes_and_its_split_files(tmp_path):
+    from papers.segmentation_data import read_pair, segmentation_pairs
+
+    _voc(tmp_path)
+    pairs, classes = segmentation_pairs(str(tmp_path), "train")
+    assert len(pairs) == 4 and classes is not None and len(classes) == 21
+    image, mask = read_pair(pairs[0], 21)
+    assert mask.shape == (image.height, image.width) and set(np.unique(mask)) <= {0, 1, 255}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("size", "the mask is 20×20, its image 40×40"),
+        ("label", "label 30 is outside the 21 classes"),
+        ("colour", "colour (1, 2, 3) is not in VOC's palette"),
+        ("split", "the split file lists no image"),
+    ],
+)
+def test_bad_masks_and_splits_are_refused_naming_the_file(tmp_path, damage, message):
+    folder = _voc(tmp_path / "data")
+    mask = folder / "SegmentationClass" / "000.png"
+    if damage == "size":
+        _palette_png(np.zeros((20, 20), np.uint8), mask)
+    elif damage == "label":
+        _palette_png(np.full((40, 40), 30, np.uint8), mask)
+    elif damage == "colour":
+        Image.fromarray(np.full((40, 40, 3), (1, 2, 3), np.uint8)).save(mask)
+    else:
+        (folder / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
+    out = tmp_path / "run"
+    made = CliRunner().invoke(
+        cli, ["train", "segnet_basic", "--data", str(tmp_path / "data"), "--epochs", "1", "--out", str(out)]
+    )
+    assert made.exit_code == 2, made.output
+    assert message in made.output and "Traceback" not in made.output
+    assert ("000.png" in made.output) or ("train.txt" in made.output)
+    assert not out.exists()
+
+
+def test_an_unknown_recipe_field_is_refused(tmp_path):
+    made = CliRunner().invoke(
+        cli, ["train", "segnet_basic", "--data", str(_plain(tmp_path / "d")), "-r", "momentum=0.5"]
+    )
+    assert made.exit_code == 2 and "not 'momentum'" in made.output
