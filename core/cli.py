@@ -508,6 +508,8 @@ def train(
         _print_json({"run": str(run.folder), "finished": run.finished, "metrics": run.final})
         return
     final = run.final
+    if "val_voc07_map" in final:
+        click.echo(f"VOC07 mAP {final['val_voc07_map']:.2f}% (val split)")
     if "val_miou" in final:
         click.echo(
             f"mIoU {100 * final['val_miou']:.2f}%  "

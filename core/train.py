@@ -163,15 +163,20 @@ def train(
     weights, loaded strictly as ``papers eval`` loads them. A resumed run takes ``overrides`` of
     ``epochs`` only, and only more than it had: it is extended.
     """
+    from papers.detect import is_detector
+    from papers.train_detection import train_detector
     from papers.train_segmentation import is_segmenter, train_segmenter
 
-    if is_segmenter(variant):  # pixel-wise training (papers.train_segmentation)
+    task_loop = train_segmenter if is_segmenter(variant) else train_detector if is_detector(variant) else None
+    if task_loop is not None:  # papers.train_segmentation, papers.train_detection
         if resume is not None or weights is not None or stop_after is not None:
-            raise RunError("a segmenter's run takes neither --resume, --weights nor --stop-after yet")
+            raise RunError(
+                "a segmenter's or detector's run takes neither --resume, --weights nor --stop-after yet"
+            )
         if data is None:
             raise RunError("name the training data with --data", field="--data")
         with intra_op_threads(threads):
-            return train_segmenter(variant, data, overrides=overrides, out=out, log=log)  # type: ignore[return-value]
+            return task_loop(variant, data, overrides=overrides, out=out, log=log)  # type: ignore[return-value]
     if weights is not None and resume is not None:
         raise RunError(
             "a resumed run continues from its checkpoint; --weights starts a new run", field="--weights"

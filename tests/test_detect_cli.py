@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -265,3 +266,28 @@ def test_eval_of_a_coco_folder_scores_against_the_files_ground_truth(
     assert measured["split"] == "val2017" and measured["images"] == 3 and measured["classes"] == 3
     assert measured["ap_m"] is not None and measured["ap_s"] is None  # 1,200 px² objects only
     assert set(measured["per_class_voc07_ap"]) == {"a", "b", "d"}
+
+
+def test_a_detector_trains_on_shapes_and_its_weights_evaluate(registry, run, shapes, tmp_path):
+    out = tmp_path / "run"
+    made = run("train", VARIANT, "--data", str(shapes), "--epochs", "2", "--out", str(out), "-r", "lr=0.005")
+    assert made.exit_code == 0, made.stderr
+    assert "VOC07 mAP" in made.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["train_loss"]) and 0.0 <= m["val_voc07_map"] <= 100.0 for m in metrics)
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert set(recipe["classes"][1:]) <= {"circle", "square", "triangle", "star"} and recipe["lr"] == 0.005
+    scored = run(
+        "eval", VARIANT, "--weights", str(out / "model.safetensors"), "--data", str(shapes), "--json"
+    )
+    assert scored.exit_code == 0, scored.stderr
+    assert {"voc07_map", "voc_map", "coco_ap", "ap50"} <= set(json.loads(scored.stdout))
+
+
+def test_a_detectors_recipe_and_classes_are_checked_before_training(registry, run, shapes, tmp_path):
+    refused = run("train", VARIANT, "--data", str(shapes), "-r", "momentum=0.5", "--out", str(tmp_path / "a"))
+    assert refused.exit_code == 2 and "not 'momentum'" in refused.stderr
+    wrong = run("train", VARIANT, "--data", "builtin:digits", "--out", str(tmp_path / "b"))
+    assert wrong.exit_code == 2 and "a detector trains on builtin:shapes" in wrong.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
