@@ -413,7 +413,11 @@ def _warnings_held() -> Iterator[Callable[[], None]]:
 
 @cli.command()
 @click.argument("variant")
-@click.option("--data", help="An ImageFolder root (DIR/train/<class>/*, DIR/val/...) or builtin:digits.")
+@click.option(
+    "--data",
+    help="An ImageFolder root (DIR/train/<class>/*, DIR/val/...) or builtin:digits; for a segmenter or a "
+    "detector a PASCAL VOC folder or builtin:shapes (a segmenter also images/ + masks/, a detector COCO).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's (global) batch size.")
 @click.option(
@@ -534,7 +538,8 @@ def train(
     "--data",
     required=True,
     help="An ImageFolder (DIR/val, DIR/test or DIR itself) or builtin:digits; for a detector a PASCAL "
-    "VOC folder, a COCO folder or builtin:shapes.",
+    "VOC folder, a COCO folder or builtin:shapes; for a segmenter a VOC folder, images/ + masks/ or "
+    "builtin:shapes.",
 )
 @click.option(
     "--protocol", type=click.Choice(["single_crop", "center_crop", "ten_crop"]), default="single_crop"
@@ -583,7 +588,7 @@ def eval_command(
     as_json: bool,
 ) -> None:
     """Top-1 / top-5 accuracy of a variant with given weights, under a test protocol; a detector's
-    VOC and COCO mAP."""
+    VOC and COCO mAP; a segmenter's mIoU, pixel and mean accuracy and frequency-weighted IoU."""
     from papers.detection_metrics import DETECTION_METRICS
     from papers.evaluate import evaluate
     from papers.results import Measured, check_results_target, size_warning, write_results
@@ -1021,6 +1026,12 @@ def segment(
     "Build option.",
     "Print the detections as JSON.",
 )
+@click.option(
+    "--proposals",
+    type=click.Path(dir_okay=False),
+    help="Region proposals for a detector that takes them (R-CNN): JSON {image name: [[x1, y1, x2, y2], "
+    "...]} or .npz, one array per image name [default: selective search].",
+)
 def detect(
     variant: str,
     images: tuple[str, ...],
@@ -1028,12 +1039,15 @@ def detect(
     out: str | None,
     pairs: tuple[str, ...],
     as_json: bool,
+    proposals: str | None,
 ) -> None:
     """Find objects in IMAGES with a detector: boxes (x1, y1, x2, y2 in pixels), scores and labels."""
     from papers.detect import detect as run_detect
 
     with _warnings_held():
-        results = run_detect(variant, list(images), weights=weights, out=out, options=_options(pairs))
+        results = run_detect(
+            variant, list(images), weights=weights, out=out, options=_options(pairs), proposals=proposals
+        )
     if as_json:
         _print_json([{k: v for k, v in r.items() if k != "drawn"} for r in results])
         return

@@ -33,11 +33,31 @@ classifier's, and 64 images at a detector's 800 × 1333 take tens of gigabytes."
 
 
 def is_detector(variant: str) -> bool:
-    """Whether ``variant``'s graph has a ``detection`` task layer."""
+    """Whether ``variant``'s graph has a ``detection`` task layer, or its plugin gives it a detector
+    that takes proposals (:func:`proposal_detector`)."""
     import papers
     from papers.spec import DenseDetection, RegionDetection
 
-    return isinstance(papers.expand_variant(variant).task, DenseDetection | RegionDetection)
+    task = papers.expand_variant(variant).task
+    return isinstance(task, DenseDetection | RegionDetection) or proposal_detector(variant) is not None
+
+
+def proposal_detector(variant: str) -> Any:
+    """The builder of ``variant`` as a detector on proposals (R-CNN's, Fast R-CNN's), or ``None``: the
+    ``proposal_detector(variant, *, weights, options)`` function of the plugin module that contributes
+    the variant's paper. What it builds is called ``model(images, proposals)`` (torchvision's
+    contract, each image's proposals [P, 4] in its pixels) and may have ``label_names``,
+    ``proposal_mode`` and ``max_proposals``."""
+    import importlib
+
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    entry, _ = registry.variant(variant)
+    info = registry.manager.plugins.get(entry.plugin)
+    if info is None or not info.module:
+        return None
+    return getattr(importlib.import_module(info.module), "proposal_detector", None)
 
 
 def model_classes(variant: str, options: Mapping[str, Any]) -> int | None:
@@ -97,9 +117,12 @@ def detect(
     weights: str | None = None,
     out: str | None = None,
     options: Mapping[str, Any] | None = None,
+    proposals: str | None = None,
 ) -> list[dict[str, Any]]:
     """Detections in each of ``images``: ``[{image, boxes, scores, labels, label_names}]``. With
-    ``out``, ``<out>/detections.json`` and each image with its boxes drawn, under its own name."""
+    ``out``, ``<out>/detections.json`` and each image with its boxes drawn, under its own name. A
+    detector on proposals takes each image's from the ``proposals`` file (:mod:`papers.proposals`),
+    else selective search's."""
     import numpy as np
     import torch
 
@@ -129,11 +152,26 @@ def detect(
             raise PapersError(f"cannot read the image: {exc}", file=path) from None
     record = _run_record(Path(weights)) if weights is not None else None
     built = {**(record.options if record is not None else {}), **(options or {})}
-    names = label_names(variant, built, record)
+    on_proposals = proposal_detector(variant)
+    if proposals is not None and on_proposals is None:
+        raise PapersError(
+            f"{variant} makes its own proposals; --proposals is for detectors that take them (R-CNN's)",
+            field="--proposals",
+        )
+    table = None
+    if proposals is not None:
+        from papers.proposals import load_proposals
+
+        table = load_proposals(proposals)
     torch.manual_seed(0)
-    model = papers.build_model(variant, **built)
-    if weights is not None:
-        fit_weights(model, load_weights(weights), file=weights)
+    if on_proposals is not None:
+        model = on_proposals(variant, weights=weights, options=built)
+        names = getattr(model, "label_names", None) or label_names(variant, built, record)
+    else:
+        names = label_names(variant, built, record)
+        model = papers.build_model(variant, **built)
+        if weights is not None:
+            fit_weights(model, load_weights(weights), file=weights)
     model.eval()
     results: list[dict[str, Any]] = []
     tensors = []
@@ -141,7 +179,17 @@ def detect(
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         tensors.append(pixels)
         with torch.inference_mode():
-            found = model([pixels.float() / 255.0])[0]
+            if on_proposals is not None:
+                from papers.proposals import image_proposals
+
+                boxes = image_proposals(
+                    image, path, table=table, file=proposals,
+                    mode=getattr(model, "proposal_mode", "fast"),
+                    max_proposals=getattr(model, "max_proposals", 2000),
+                )  # fmt: skip
+                found = model([pixels.float() / 255.0], [torch.from_numpy(boxes)])[0]
+            else:
+                found = model([pixels.float() / 255.0])[0]
         labels = [int(label) for label in found["labels"]]
         results.append(
             {
