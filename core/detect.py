@@ -33,13 +33,11 @@ classifier's, and 64 images at a detector's 800 × 1333 take tens of gigabytes."
 
 
 def is_detector(variant: str) -> bool:
-    """Whether ``variant``'s graph has a ``detection`` task layer, or its plugin gives it a detector
-    that takes proposals (:func:`proposal_detector`)."""
+    """Whether ``variant``'s graph has a ``detection`` task layer."""
     import papers
     from papers.spec import DenseDetection, RegionDetection
 
-    task = papers.expand_variant(variant).task
-    return isinstance(task, DenseDetection | RegionDetection) or proposal_detector(variant) is not None
+    return isinstance(papers.expand_variant(variant).task, DenseDetection | RegionDetection)
 
 
 def proposal_detector(variant: str) -> Any:
@@ -130,7 +128,8 @@ def detect(
     from papers.data import load_image
     from papers.evaluate import _run_record, fit_weights, load_weights
 
-    if not is_detector(variant):
+    on_proposals = proposal_detector(variant)
+    if on_proposals is None and not is_detector(variant):
         raise PapersError(
             f"{variant} is not a detector (its graph has no `detection` section)", field="VARIANT"
         )
@@ -152,10 +151,9 @@ def detect(
             raise PapersError(f"cannot read the image: {exc}", file=path) from None
     record = _run_record(Path(weights)) if weights is not None else None
     built = {**(record.options if record is not None else {}), **(options or {})}
-    on_proposals = proposal_detector(variant)
     if proposals is not None and on_proposals is None:
         raise PapersError(
-            f"{variant} makes its own proposals; --proposals is for detectors that take them (R-CNN's)",
+            f"{variant} makes its own proposals; --proposals is for those that take them (R-CNN, Fast R-CNN)",
             field="--proposals",
         )
     table = None
