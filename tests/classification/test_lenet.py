@@ -161,7 +161,7 @@ def test_the_smallest_rbf_penalty_is_the_prediction():
 
 def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_registry):
     monkeypatch.setenv(
-        "PAPERS_DISABLE_PLUGINS", "papers:lenet,papers:han2015,papers:deep_compression"
+        "PAPERS_DISABLE_PLUGINS", "papers:lenet,papers:han2015,papers:deep_compression,papers:dns"
     )  # they prune LeNets
     vgg = papers.get_spec("vgg")
     with pytest.raises(RecipeError) as criterion:
