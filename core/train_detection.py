@@ -17,7 +17,6 @@ images per mini-batch). A run folder holds ``model.safetensors``, ``recipe.json`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from papers.errors import PapersError
 from papers.train_segmentation import SegmentationRun as DetectionRun
+from papers.train_segmentation import task_recipe, write_run
 
 DEFAULTS = {"epochs": 10, "batch_size": 2, "lr": 0.01, "weight_decay": 5e-4, "seed": 0}
 """The registry's recipe for detectors."""
@@ -33,21 +33,7 @@ POLY_POWER = 0.9
 
 
 def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    made = dict(DEFAULTS)
-    for key, value in (overrides or {}).items():
-        name = "lr" if key == "optimizer.lr" else key
-        if name not in DEFAULTS:
-            raise PapersError(
-                f"a detector's recipe has {', '.join(DEFAULTS)}; not {key!r}", field=f"-r {key}"
-            )
-        kind = float if name in ("lr", "weight_decay") else int
-        try:
-            made[name] = kind(value)
-        except (TypeError, ValueError):
-            raise PapersError(f"{key} must be a number, not {value!r}", field=f"-r {key}") from None
-        if made[name] <= 0 and name not in ("weight_decay", "seed"):
-            raise PapersError(f"{key} must be positive, not {value!r}", field=f"-r {key}")
-    return made
+    return task_recipe(overrides, DEFAULTS, "a detector")
 
 
 def _flipped(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -155,13 +141,5 @@ def train_detector(
             f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
             f"VOC07 mAP {row['val_voc07_map']:.2f}%"
         )
-    if folder is not None:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
-        )
-        (folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
-        (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
+    write_run(run, model)
     return run

@@ -52,13 +52,17 @@ class SegmentationRun:
 
 
 def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    made = dict(DEFAULTS)
+    return task_recipe(overrides, DEFAULTS, "a segmenter")
+
+
+def task_recipe(overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any], who: str) -> dict[str, Any]:
+    """``defaults`` with the ``-r`` overrides of a task loop's recipe, each checked (``who``: "a
+    segmenter", "a detector")."""
+    made = dict(defaults)
     for key, value in (overrides or {}).items():
         name = "lr" if key == "optimizer.lr" else key
-        if name not in DEFAULTS:
-            raise PapersError(
-                f"a segmenter's recipe has {', '.join(DEFAULTS)}; not {key!r}", field=f"-r {key}"
-            )
+        if name not in defaults:
+            raise PapersError(f"{who}'s recipe has {', '.join(defaults)}; not {key!r}", field=f"-r {key}")
         kind = float if name in ("lr", "weight_decay") else int
         try:
             made[name] = kind(value)
@@ -172,15 +176,7 @@ def train_segmenter(
             f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
             f"mIoU {100 * scored['miou']:.2f}%"
         )
-    if folder is not None:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
-        )
-        (folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
-        (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
+    write_run(run, model)
     return run
 
 
@@ -232,3 +228,16 @@ def evaluate_segmenter(
         for name, value in zip(labels, scored["per_class"], strict=True)
     }
     return measured | {"images": len(pairs), "classes": classes, "split": split, "protocol": "whole_image"}
+
+
+def write_run(run: SegmentationRun, model: Any) -> None:
+    """A task run's folder: ``model.safetensors``, ``recipe.json``, ``metrics.json`` (none: nothing)."""
+    if run.folder is None:
+        return
+    from safetensors.torch import save_file
+
+    run.folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run.folder / "model.safetensors"))
+    (run.folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
+    (run.folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
