@@ -487,17 +487,20 @@ class BoxHead(_Model):
 
 class RoIPooling(_Model):
     """How each proposal is pooled from the maps: RoIAlign over the FPN levels (MultiScaleRoIAlign,
-    level by box size) or RoI max pooling on one map (Fast R-CNN's), to the box head graph's input
-    size."""
+    level by box size), or on one map RoI max pooling (Fast R-CNN's), position-sensitive RoI pooling
+    (R-FCN's ``ps_pool``) or position-sensitive RoIAlign (Light-Head R-CNN's ``ps_align``), to the
+    box head graph's input size (a position-sensitive map of C·s² channels gives [C, s, s])."""
 
-    kind: Literal["align", "pool"] = "align"
-    levels: list[str] = Field(min_length=1, description="Graph outputs pooled from (`pool`: exactly one).")
+    kind: Literal["align", "pool", "ps_pool", "ps_align"] = "align"
+    levels: list[str] = Field(
+        min_length=1, description="Graph outputs pooled from (all kinds but `align`: exactly one)."
+    )
     sampling_ratio: int = Field(2, ge=0, le=16, description="RoIAlign's samples per bin (0: adaptive).")
 
     @model_validator(mode="after")
     def _one_map(self) -> RoIPooling:
-        if self.kind == "pool" and len(self.levels) != 1:
-            raise ValueError("RoI max pooling (`kind: pool`) reads one map: give one level")
+        if self.kind != "align" and len(self.levels) != 1:
+            raise ValueError(f"`kind: {self.kind}` reads one map: give one level")
         return self
 
 

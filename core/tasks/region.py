@@ -5,13 +5,14 @@ box deltas; a second graph of the spec (``detection.box_head``) classifies the p
 Everything between is torchvision's, configured by the spec's ``detection`` section
 (``kind: two_stage``) with FasterRCNN's keyword names: GeneralizedRCNNTransform, AnchorGenerator,
 RegionProposalNetwork (its proposal filtering, matching, sampling and losses), MultiScaleRoIAlign
-or ``roi_pool`` on one map, and RoIHeads (sampling, losses, per-class NMS). The contract is
-torchvision's: ``model(images, targets=None)``; in eval a list of ``{boxes, scores, labels}`` in
-input pixels, in training ``{loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg}``.
+or, on one map, ``roi_pool``, ``ps_roi_pool`` or ``ps_roi_align``, and RoIHeads (sampling, losses,
+per-class NMS). The contract is torchvision's: ``model(images, targets=None)``; in eval a list of
+``{boxes, scores, labels}`` in input pixels, in training ``{loss_objectness, loss_rpn_box_reg,
+loss_classifier, loss_box_reg}``.
 
 Only the glue is ours: the RPN's forward is torchvision's with the head's outputs taken from the
-graph (which computes them in the same pass as the maps), and RoI max pooling on one map infers its
-scale as MultiScaleRoIAlign does.
+graph (which computes them in the same pass as the maps), pooling on one map infers its scale as
+MultiScaleRoIAlign does, and a box head's class-agnostic 4 deltas are given to RoIHeads per class.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign, roi_pool
+from torchvision.ops import MultiScaleRoIAlign, ps_roi_align, ps_roi_pool, roi_pool
 
 from papers.errors import GraphError
 from papers.spec import RegionDetection
@@ -82,7 +83,7 @@ class RegionDetector(nn.Module):
         pooler: nn.Module = (
             MultiScaleRoIAlign(pool.levels, pooled_size, pool.sampling_ratio)
             if pool.kind == "align"
-            else _RoIMaxPool(pool.levels[0], pooled_size)
+            else _OneMapPool(pool.levels[0], pooled_size, pool.kind, pool.sampling_ratio)
         )
         second = task.box_head
         roi_heads = RoIHeads(
@@ -164,7 +165,12 @@ class _GraphHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         outputs = _as_dict(self.graph(pooled))
-        return outputs[self.names[0]], outputs[self.names[1]]
+        logits, deltas = outputs[self.names[0]], outputs[self.names[1]]
+        if deltas.shape[-1] == 4 and logits.shape[-1] > 1:
+            # class-agnostic regression (R-FCN, Light-Head R-CNN): RoIHeads reads 4 deltas per class,
+            # and the same 4 for every class decode and train exactly as the paper's one box
+            deltas = deltas.repeat(1, logits.shape[-1])
+        return logits, deltas
 
 
 class _Passed(nn.Module):
@@ -174,13 +180,16 @@ class _Passed(nn.Module):
         return predicted
 
 
-class _RoIMaxPool(nn.Module):
-    """RoI max pooling on one map (Fast R-CNN's RoI pooling layer, ``torchvision.ops.roi_pool``), its
-    scale the map's size over the image's rounded to a power of two, as MultiScaleRoIAlign infers it."""
+class _OneMapPool(nn.Module):
+    """RoI pooling on one map, its scale the map's size over the image's rounded to a power of two, as
+    MultiScaleRoIAlign infers it: max pooling (Fast R-CNN's RoI pooling layer, ``roi_pool``), or
+    position-sensitive average pooling (R-FCN's, ``ps_roi_pool``) or RoIAlign (Light-Head R-CNN's,
+    ``ps_roi_align``), which read the channels c·s² + i·s + j for bin (i, j) of output channel c."""
 
-    def __init__(self, level: str, output_size: int):
+    def __init__(self, level: str, output_size: int, kind: str = "pool", sampling_ratio: int = 2):
         super().__init__()
-        self.level, self.output_size = level, output_size
+        self.level, self.output_size, self.kind = level, output_size, kind
+        self.sampling_ratio = sampling_ratio if sampling_ratio > 0 else -1  # torchvision's adaptive
 
     def forward(
         self, maps: Mapping[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -188,4 +197,9 @@ class _RoIMaxPool(nn.Module):
         feature = maps[self.level]
         largest = max(size[0] for size in image_shapes), max(size[1] for size in image_shapes)
         scale = 2.0 ** round(math.log2(feature.shape[-2] / largest[0]))
-        return roi_pool(feature, [b.to(feature.dtype) for b in boxes], self.output_size, scale)
+        rois = [b.to(feature.dtype) for b in boxes]
+        if self.kind == "ps_pool":
+            return ps_roi_pool(feature, rois, self.output_size, scale)
+        if self.kind == "ps_align":
+            return ps_roi_align(feature, rois, self.output_size, scale, self.sampling_ratio)
+        return roi_pool(feature, rois, self.output_size, scale)
