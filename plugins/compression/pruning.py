@@ -34,8 +34,9 @@ from papers.methods import Estimate, Method, MethodContext, Settings
 if TYPE_CHECKING:
     import torch
 
-PRUNED_OPS = {"conv2d": "conv", "linear": "fc"}
-"""The ops whose weights are pruned, and the kind each is retrained with (Section 3.3)."""
+PRUNED_OPS = {"conv2d": "conv", "sparse_conv2d": "conv", "linear": "fc"}
+"""The ops whose weights are pruned, and the kind each is retrained with (Section 3.3);
+``sparse_conv2d`` is Park et al.'s (2017) convolution with a direct sparse kernel."""
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
