@@ -160,9 +160,10 @@ def test_the_smallest_rbf_penalty_is_the_prediction():
 
 
 def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_registry):
-    monkeypatch.setenv(
-        "PAPERS_DISABLE_PLUGINS", "papers:lenet,papers:han2015,papers:deep_compression,papers:dns"
-    )  # they prune LeNets
+    pruners = ("han2015", "deep_compression", "dns", "park2017", "fine_pruning", "soft_weight_sharing")
+    monkeypatch.setenv(  # the plugins that prune LeNets go with it
+        "PAPERS_DISABLE_PLUGINS", ",".join(f"papers:{name}" for name in ("lenet", *pruners))
+    )
     vgg = papers.get_spec("vgg")
     with pytest.raises(RecipeError) as criterion:
         resolve(vgg, {"criterion": "rbf_penalty"})
