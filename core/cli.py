@@ -993,6 +993,9 @@ def _on_images(out_help: str, option_help: str, json_help: str) -> Callable[[Cal
     "Print each image's class histogram as JSON.",
 )
 @click.option("--crf", is_flag=True, help="Refine the scores with the paper's fully connected CRF (DeepLab).")
+@click.option(
+    "--msc", is_flag=True, help="Run at the paper's input scales, score maps max-fused (DeepLab v2's MSC)."
+)
 def segment(
     variant: str,
     images: tuple[str, ...],
@@ -1001,13 +1004,14 @@ def segment(
     pairs: tuple[str, ...],
     as_json: bool,
     crf: bool,
+    msc: bool,
 ) -> None:
     """Label every pixel of IMAGES with a segmenter; write label maps (VOC palette) and overlays."""
     from papers.segment import segment as run_segment
 
     with _warnings_held():
         results = run_segment(
-            variant, list(images), weights=weights, out=out, options=_options(pairs), crf=crf
+            variant, list(images), weights=weights, out=out, options=_options(pairs), crf=crf, msc=msc
         )
     if as_json:
         _print_json(results)

@@ -42,9 +42,11 @@ def segment(
     out: str | None = None,
     options: dict[str, Any] | None = None,
     crf: bool = False,
+    msc: bool = False,
 ) -> list[dict[str, Any]]:
     """Label maps of ``images``: per image its size and class histogram (pixels per class); with
     ``out``, ``<out>/<stem>.png`` (palette) and ``<out>/<stem>.overlay.png`` are written; with
+    ``msc``, the network runs at the paper's input scales, max-fused (:mod:`papers.multiscale`); with
     ``crf``, the scores are refined by the paper's fully connected CRF (:mod:`papers.crf`) first."""
     import numpy as np
     import torch
@@ -60,6 +62,11 @@ def segment(
         raise PapersError(f"{variant} is not a segmenter (its graph has no `segmentation` section)")
     if crf and task.crf is None:
         raise PapersError(f"--crf: {variant}'s paper runs no CRF (its `segmentation` section has no `crf`)")
+    if msc and not task.msc_scales:
+        raise PapersError(
+            f"--msc: {variant}'s paper uses no multi-scale inputs (its `segmentation` section has no "
+            "`msc_scales`)"
+        )
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PapersError("--out must be a folder", file=out)
     loaded = []
@@ -75,6 +82,10 @@ def segment(
     model = papers.build_model(variant, **(options or {}))
     if weights is not None:
         fit_weights(model, load_weights(weights), file=weights)
+    if msc:
+        from papers.multiscale import MultiScaleSegmenter
+
+        model = MultiScaleSegmenter(model, task.msc_scales)
     model.eval()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -594,6 +594,12 @@ class Segmentation(_Model):
     mode: Literal["bilinear", "nearest"] = "bilinear"
     align_corners: bool = False
     crf: DenseCRF | None = Field(None, description="The paper's CRF post-processing, if it has one.")
+    msc_scales: list[Annotated[float, Field(gt=0, le=4)]] | None = Field(
+        None,
+        min_length=2,
+        description="The paper's multi-scale inputs (DeepLab v2's MSC), if it has them: the image's "
+        "scales, the score maps fused by a per-pixel maximum.",
+    )
 
 
 class Graph(_Model):
