@@ -45,7 +45,8 @@ def proposal_detector(variant: str) -> Any:
     ``proposal_detector(variant, *, weights, options)`` function of the plugin module that contributes
     the variant's paper. What it builds is called ``model(images, proposals)`` (torchvision's
     contract, each image's proposals [P, 4] in its pixels) and may have ``label_names``,
-    ``proposal_mode`` and ``max_proposals``."""
+    ``proposal_mode`` and ``max_proposals``. A module whose paper also has variants that are no
+    detectors (SPP-net's classifier) names those that are in ``PROPOSAL_VARIANTS``."""
     import importlib
 
     from papers.registry import get_registry
@@ -55,7 +56,11 @@ def proposal_detector(variant: str) -> Any:
     info = registry.manager.plugins.get(entry.plugin)
     if info is None or not info.module:
         return None
-    return getattr(importlib.import_module(info.module), "proposal_detector", None)
+    module = importlib.import_module(info.module)
+    named = getattr(module, "PROPOSAL_VARIANTS", None)
+    if named is not None and variant not in named:
+        return None
+    return getattr(module, "proposal_detector", None)
 
 
 def model_classes(variant: str, options: Mapping[str, Any]) -> int | None:

@@ -291,3 +291,41 @@ def test_a_detectors_recipe_and_classes_are_checked_before_training(registry, ru
     wrong = run("train", VARIANT, "--data", "builtin:digits", "--out", str(tmp_path / "b"))
     assert wrong.exit_code == 2 and "a detector trains on builtin:shapes" in wrong.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_of_a_coco_file_with_an_undefined_category_stops_before_writing(
+    registry, run, weights, tmp_path
+):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    Image.new("RGB", (64, 48)).save(root / "val2017" / "a.jpg")
+    document = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 2, 10, 10]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    file = root / "annotations" / "instances_val2017.json"
+    file.write_text(json.dumps(document))
+    results = tmp_path / "results.json"
+    result = run("eval", VARIANT, "--weights", str(weights), "--data", str(root), "--out", str(results))
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert str(file) in line and "annotations[0].category_id" in line and "5 is not one of" in line
+    assert not results.exists()
+
+
+def test_training_on_a_voc_folder_with_an_empty_annotation_stops_before_writing(
+    registry, run, shapes, tmp_path
+):
+    root = Path(shutil.copytree(shapes, tmp_path / "voc"))
+    voc = root / "VOCdevkit" / "VOC2007"
+    first = (voc / "ImageSets/Main/train.txt").read_text().split()[0]
+    xml = voc / "Annotations" / f"{first}.xml"
+    xml.write_text("")
+    out = tmp_path / "run"
+    result = run("train", VARIANT, "--data", str(root), "--epochs", "1", "--out", str(out))
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert str(xml) in line and "empty annotation file" in line
+    assert not out.exists()

@@ -105,3 +105,34 @@ def test_the_detector_gives_12800_d_windows_fc7_features_and_21_scores_for_any_n
 def test_bad_pyramid_levels_are_refused():
     with pytest.raises(ValueError, match="positive bin counts"):
         SpatialPyramidPool([6, 0])
+
+
+def test_papers_detect_runs_the_detector_on_a_proposal_file_and_refuses_the_classifier(tmp_path):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from papers.cli import cli
+
+    picture = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(picture)
+    windows = [[10.0, 10.0, 80.0, 85.0], [40.0, 20.0, 115.0, 88.0], [0.0, 0.0, 50.0, 45.0]]
+    proposals = tmp_path / "proposals.json"
+    proposals.write_text(json.dumps({"scene.png": windows}))
+    runner = CliRunner()
+    args = ["detect", "sppnet_zf5_detector", str(picture), "--proposals", str(proposals), "--json"]
+    made = runner.invoke(cli, [*args, "-o", "box_score_thresh=0", "-o", "min_size=200"])
+    assert made.exit_code == 0, made.output
+    (result,) = json.loads(made.output)
+    # no box regression in SPP-net's detection form: every detection is one of the windows
+    assert result["boxes"] and all(
+        any(np.allclose(box, window, atol=1e-3) for window in windows) for box in result["boxes"]
+    )
+    assert min(result["labels"]) >= 1 and max(result["labels"]) <= 20
+    # with no score threshold each window survives once per class (3 windows, 20 classes, no overlap
+    # kills a window of another class)
+    assert len(result["boxes"]) <= 3 * 20 and len(result["boxes"]) >= 20
+    refused = runner.invoke(cli, ["detect", "sppnet_zf5", str(picture)])
+    assert refused.exit_code == 2 and "not a detector" in refused.output

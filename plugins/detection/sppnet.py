@@ -6,6 +6,7 @@ pyramid on an image and on its windows (``sppnet_layers``), imported only when a
 """
 
 from importlib.resources import files
+from typing import Any
 
 from papers.hookspecs import hookimpl
 from papers.ops import Op
@@ -40,3 +41,29 @@ def papers_ops() -> list:
             counts_macs=False,
         ),
     ]
+
+
+PROPOSAL_VARIANTS = ("sppnet_zf5_detector",)
+"""The variant ``papers detect`` runs on proposals (``sppnet_zf5`` is the classifier)."""
+SINGLE_SCALE = 688
+"""Section 4.1: single-scale detection resizes the image so that min(w, h) = 688."""
+
+
+def proposal_detector(variant: str, *, weights: str | None, options: dict[str, Any]) -> Any:
+    """``papers detect``'s SPP-net: the detection variant on proposals (selective search's or a file's,
+    :mod:`papers.proposals`), its windows pooled from one conv5 map of the image at the paper's single
+    scale and scored by the fine-tuned fc8 (the paper's SVMs on fc7 are R-CNN's, in ``rcnn``); the
+    windows are the boxes, suppressed per class (NMS at 0.3)."""
+    import papers
+    from papers.evaluate import fit_weights, load_weights
+    from papers_plugins.detection.fast_rcnn_detector import FastRCNNDetector
+    from papers_plugins.detection.sppnet_layers import WindowScores
+
+    settings = {"min_size": SINGLE_SCALE, "max_size": 2000} | {
+        k: v for k, v in options.items() if k.startswith(("min_", "max_", "box_"))
+    }
+    graph = {k: v for k, v in options.items() if k not in settings}
+    network = papers.build_model(variant, **graph)
+    if weights is not None:
+        fit_weights(network, load_weights(weights), file=weights)
+    return FastRCNNDetector(WindowScores(network), **settings)

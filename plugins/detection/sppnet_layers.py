@@ -81,3 +81,17 @@ class SpatialPyramidRoIPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={list(self.levels)}, stride={self.stride}"
+
+
+class WindowScores(nn.Module):
+    """SPP-net's detection network as a detector on proposals takes it: ``(image, rois)`` to the 21-way
+    window scores and, since SPP-net regresses no box in this form, zero offsets for every class (the
+    detections are the windows themselves, scored and suppressed per class)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        scores = self.network(images, rois).scores
+        return scores, scores.new_zeros(scores.shape[0], 4 * scores.shape[1])
