@@ -912,6 +912,47 @@ def diff_command(a: str, b: str, pairs: tuple[str, ...], as_json: bool) -> None:
     click.echo("MACs: multiply-adds for one image")
 
 
+@cli.group("import", cls=_Group)
+def import_group() -> None:
+    """Read another framework's network into a spec (Darknet's .cfg and .weights)."""
+
+
+@import_group.command("darknet")
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The spec file to write (.yaml).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Darknet .weights for the .cfg: loaded into the built network and written beside the spec as "
+    "<spec>.safetensors.",
+)
+@click.option("--id", "spec_id", help="The spec's id and its variant's [default: the .cfg's name].")
+def import_darknet(cfg: str, out: str, weights: str | None, spec_id: str | None) -> None:
+    """Write a spec for the Darknet network of CFG (one graph, `darknet`); `papers validate` accepts it."""
+    from pathlib import Path
+
+    import yaml
+
+    from papers.darknet import darknet_model, import_cfg, read_weights, weight_layers
+
+    if Path(out).suffix not in (".yaml", ".yml"):
+        raise PapersError("the spec is written as YAML: give a .yaml file", field="--out")
+    spec = import_cfg(cfg, spec_id=spec_id)
+    text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    model = darknet_model(cfg)  # refuses a graph that does not build, before anything is written
+    state = None
+    if weights is not None:
+        state = read_weights(weights, model, weight_layers(cfg))
+    Path(out).write_text(text, encoding="utf-8")
+    click.echo(f"written: {out} ({spec['id']}: {len(spec['graphs']['darknet']['nodes'])} layers)")
+    if state is not None:
+        from safetensors.torch import save_file
+
+        tensors = Path(out).with_suffix(".safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tensors))
+        click.echo(f"written: {tensors} ({sum(v.numel() for v in state.values()):,} values)")
+
+
 @cli.command("export")
 @click.argument("variant")
 @click.option("--format", "file_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)

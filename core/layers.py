@@ -3,8 +3,9 @@
 torch and torchvision provide every other op in the catalogue. These are the exceptions: FCN's crop
 (Caffe's ``Crop`` layer), a resize to another tensor's spatial size (``F.interpolate`` takes the size
 as numbers, which a straight-line graph only knows at run time), and the bilinear initialisation of
-FCN's upsampling filters (its ``surgery.interp``), and a dense detection head's map laid out one
-row per anchor (torchvision does it inline in its heads). Add here only what neither library has.
+FCN's upsampling filters (its ``surgery.interp``), a dense detection head's map laid out one
+row per anchor (torchvision does it inline in its heads), and Darknet's ``reorg`` layer with its own
+element order (:mod:`papers.darknet`). Add here only what neither library has.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def flatten_anchors(x: torch.Tensor, values: int) -> torch.Tensor:
     n, channels, height, width = x.shape
     anchors = channels // values
     return x.view(n, anchors, values, height, width).permute(0, 3, 4, 1, 2).reshape(n, -1, values)
+
+
+def darknet_reorg(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """Darknet's ``[reorg]`` layer exactly as its C code computes it: [N, C, H, W] to
+    [N, C·s², H/s, W/s]. Darknet's ``reorg_cpu`` is called with the input's sizes but indexes the
+    input as [C/s², H·s, W·s]; its output, [C, H, W] in that indexing, is read as [C·s², H/s, W/s].
+    Released YOLOv2 weights were trained with this order, not with a plain space-to-depth's."""
+    n, channels, height, width = x.shape
+    if channels % (stride * stride) or height % stride or width % stride:
+        raise ValueError(f"reorg by {stride}: channels must divide by {stride * stride}, sides by {stride}")
+    planes = channels // (stride * stride)
+    moved = x.reshape(n, planes, height, stride, width, stride).permute(0, 3, 5, 1, 2, 4)
+    return moved.reshape(n, channels * stride * stride, height // stride, width // stride)
 
 
 def crop_as(x: torch.Tensor, like: torch.Tensor, offset: int | Sequence[int] = 0) -> torch.Tensor:

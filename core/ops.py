@@ -175,6 +175,12 @@ BUILTIN_OPS: tuple[Op, ...] = (
     ),
     _module("relu", "torch.nn:ReLU", "Rectified linear unit.", counts_macs=False),
     _module("relu6", "torch.nn:ReLU6", "ReLU clipped at 6.", counts_macs=False),
+    _module(
+        "leaky_relu",
+        "torch.nn:LeakyReLU",
+        "Leaky ReLU with slope `negative_slope` below zero (Darknet's leaky: 0.1).",
+        counts_macs=False,
+    ),
     _module("sigmoid", "torch.nn:Sigmoid", "Logistic sigmoid.", counts_macs=False),
     _module("tanh", "torch.nn:Tanh", "Hyperbolic tangent.", counts_macs=False),
     _module("softmax", "torch.nn:Softmax", "Softmax over a dimension.", counts_macs=False),
@@ -271,6 +277,12 @@ BUILTIN_OPS: tuple[Op, ...] = (
         "Crop the first input to the second's spatial size from `offset` (one, or one per dimension): "
         "FCN's crop.",
         arity=2,
+    ),
+    _function(
+        "darknet_reorg",
+        "papers.layers:darknet_reorg",
+        "Darknet's reorg layer by `stride` (YOLOv2's passthrough as its C code orders the elements): "
+        "[N, C, H, W] to [N, C·s², H/s, W/s].",
     ),
     _function(
         "flatten_anchors",

@@ -71,6 +71,7 @@ def _every_op_graph() -> FlatGraph:
         {"name": "lrn", "op": "lrn", "args": {"size": 3}},
         {"name": "relu", "op": "relu"},
         {"name": "relu6", "op": "relu6"},
+        {"name": "leaky", "op": "leaky_relu", "args": {"negative_slope": 0.1}},
         {"name": "tanh", "op": "tanh"},
         {"name": "drop", "op": "dropout"},
         {"name": "drop2d", "op": "dropout2d"},
@@ -117,8 +118,10 @@ def _every_op_graph() -> FlatGraph:
         {"name": "fc", "op": "linear", "args": {"out_features": 5}},
         {"name": "score", "op": "mean", "args": {"dim": 1}},
         {"name": "rows", "op": "flatten_anchors", "in": "gated", "args": {"values": 2}},
+        {"name": "reorg", "op": "darknet_reorg", "in": "gated", "args": {"stride": 2}},
     ]
     outputs = [
+        {"name": "reorg", "node": "reorg"},
         {"name": "score", "node": "score"},
         {"name": "gated", "node": "gated"},
         {"name": "rows", "node": "rows"},
