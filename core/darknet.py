@@ -288,11 +288,17 @@ def _head_params(reader: _Reader, prefix: str) -> dict[str, Any]:
     anchors = reader.section.get("anchors")
     if anchors is not None:
         try:
-            made[f"{prefix}_anchors"] = [float(part) for part in anchors.split(",") if part.strip()]
+            values = [float(part) for part in anchors.split(",") if part.strip()]
         except ValueError:
             raise reader.fail(f"`anchors` must be numbers, not {anchors!r}", "anchors") from None
+        if not values or len(values) % 2:
+            raise reader.fail(f"`anchors` are width, height pairs: {len(values)} numbers", "anchors")
+        made[f"{prefix}_anchors"] = values
     if reader.section.get("mask") is not None:
-        made[f"{prefix}_mask"] = reader.integers("mask")
+        made[f"{prefix}_mask"] = mask = reader.integers("mask")
+        pairs = len(made.get(f"{prefix}_anchors", [])) // 2
+        if any(not 0 <= m < pairs for m in mask):
+            raise reader.fail(f"`mask` {mask} names anchors beyond the {pairs} pairs given", "mask")
     return made
 
 

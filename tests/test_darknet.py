@@ -324,6 +324,8 @@ def test_max_pooling_pads_as_darknet_does(tmp_path, size, stride):
         ("[net]\nwidth=8\nheight=8\n\n[convolutional]\nfilters=4\nactivation=mish\n", "activation 'mish'"),
         ("[net]\nwidth=8\nheight=8\n\n[route]\nlayers=-3\n", "not an earlier layer"),
         ("[net]\nwidth=8\nheight=8\nthis is no option\n", "line 4: expected [section] or key=value"),
+        ("[net]\nwidth=8\nheight=8\n\n[yolo]\nanchors=10,14,23\n", "are width, height pairs: 3 numbers"),
+        ("[net]\nwidth=8\nheight=8\n\n[yolo]\nmask=0,3\nanchors=10,14,23,27\n", "beyond the 2 pairs"),
     ],
 )
 def test_a_bad_cfg_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, text, message):
