@@ -47,6 +47,18 @@ def proposal_detector(variant: str) -> Any:
     contract, each image's proposals [P, 4] in its pixels) and may have ``label_names``,
     ``proposal_mode`` and ``max_proposals``. A module whose paper also has variants that are no
     detectors (SPP-net's classifier) names those that are in ``PROPOSAL_VARIANTS``."""
+    return _plugin_builder(variant, "proposal_detector", "PROPOSAL_VARIANTS")
+
+
+def image_detector(variant: str) -> Any:
+    """The builder of ``variant`` as a detector whose decoding is its paper's own rather than a task
+    layer's (MultiBox, YOLO), or ``None``: the plugin module's ``detector(variant, *, weights,
+    options)``, for the variants it names in ``DETECTOR_VARIANTS`` (all of its paper's without it).
+    What it builds has torchvision's contract: ``model(images)`` gives ``[{boxes, scores, labels}]``."""
+    return _plugin_builder(variant, "detector", "DETECTOR_VARIANTS")
+
+
+def _plugin_builder(variant: str, function: str, names: str) -> Any:
     import importlib
 
     from papers.registry import get_registry
@@ -57,10 +69,10 @@ def proposal_detector(variant: str) -> Any:
     if info is None or not info.module:
         return None
     module = importlib.import_module(info.module)
-    named = getattr(module, "PROPOSAL_VARIANTS", None)
+    named = getattr(module, names, None)
     if named is not None and variant not in named:
         return None
-    return getattr(module, "proposal_detector", None)
+    return getattr(module, function, None)
 
 
 def model_classes(variant: str, options: Mapping[str, Any]) -> int | None:
@@ -134,7 +146,8 @@ def detect(
     from papers.evaluate import _run_record, fit_weights, load_weights
 
     on_proposals = proposal_detector(variant)
-    if on_proposals is None and not is_detector(variant):
+    own = image_detector(variant) if on_proposals is None and not is_detector(variant) else None
+    if on_proposals is None and own is None and not is_detector(variant):
         raise PapersError(
             f"{variant} is not a detector (its graph has no `detection` section)", field="VARIANT"
         )
@@ -167,8 +180,8 @@ def detect(
 
         table = load_proposals(proposals)
     torch.manual_seed(0)
-    if on_proposals is not None:
-        model = on_proposals(variant, weights=weights, options=built)
+    if on_proposals is not None or own is not None:
+        model = (on_proposals or own)(variant, weights=weights, options=built)
         names = getattr(model, "label_names", None) or label_names(variant, built, record)
     else:
         names = label_names(variant, built, record)
