@@ -559,16 +559,130 @@ class RegionDetection(_Model):
         return self
 
 
+class DefaultBoxes(_Model):
+    """SSD's default boxes on each map (torchvision's DefaultBoxGenerator): per level a square box of
+    scale s_k and one of scale √(s_k s_k+1), and for each ratio r a box of r and one of 1/r at s_k."""
+
+    aspect_ratios: list[list[float]] = Field(
+        min_length=1, description="Per level, the ratios r (width / height) besides 1; each adds r and 1/r."
+    )
+    scales: list[float] | None = Field(
+        None,
+        description="s_1 ... s_m+1, fractions of the image side, one more than the levels (the last one "
+        "only sizes the last level's extra square box); default: min_ratio to max_ratio evenly, then 1.",
+    )
+    min_ratio: float = Field(0.15, gt=0, le=1, description="s_min, where `scales` is not given.")
+    max_ratio: float = Field(0.9, gt=0, le=1, description="s_max, where `scales` is not given.")
+    steps: list[int] | None = Field(
+        None,
+        description="Per level, the pixel distance between box centres; default: the image side divided "
+        "by the map's (the centres ((i + 0.5)/|f_k|, (j + 0.5)/|f_k|) of the paper).",
+    )
+    clip: bool = Field(True, description="Clip the boxes (in fractions of the image) to [0, 1].")
+
+    @model_validator(mode="after")
+    def _per_level(self) -> DefaultBoxes:
+        levels = len(self.aspect_ratios)
+        if self.scales is not None and len(self.scales) != levels + 1:
+            raise ValueError(
+                f"scales gives {len(self.scales)} values, one more than the {levels} levels needed"
+            )
+        if self.steps is not None and len(self.steps) != levels:
+            raise ValueError(f"steps gives {len(self.steps)} values for {levels} levels")
+        if self.min_ratio > self.max_ratio:
+            raise ValueError("min_ratio is at most max_ratio")
+        if any(value <= 0 for row in self.aspect_ratios for value in row) or any(
+            value <= 0 for value in (*(self.scales or ()), *(self.steps or ()))
+        ):
+            raise ValueError("aspect ratios, scales and steps are positive")
+        return self
+
+
+class SingleShotDetection(DenseDetection):
+    """SSD's task layer (`kind: ssd`): default boxes on the graph's maps, each matched to the ground
+    truth at IoU ≥ `iou_thresh` and to the box that overlaps it most, hard negatives mined to
+    (1 − `positive_fraction`)/`positive_fraction` per positive, smooth L1 and softmax cross-entropy
+    (class 0 the background), per-class NMS in inference; every image resized to `size` × `size`.
+    torchvision's SSD does it all, and the field names are its keyword names (each a build option)."""
+
+    kind: Literal["ssd"]
+    anchors: Anchors | None = Field(None, description="Not used: `default_boxes` lays the boxes.")
+    default_boxes: DefaultBoxes
+    size: int = Field(300, gt=0, le=4096, description="The fixed square side every image is resized to.")
+    box_weights: list[float] = Field(
+        [10.0, 10.0, 5.0, 5.0],
+        min_length=4,
+        max_length=4,
+        description="The box coder's (wx, wy, ww, wh): 1/0.1 for the centre, 1/0.2 for the size.",
+    )
+    iou_thresh: float = Field(
+        0.5, ge=0, le=1, description="A default box matches a ground truth from this IoU."
+    )
+    positive_fraction: float = Field(
+        0.25, gt=0, le=1, description="Positives among the kept boxes: 0.25 keeps 3 negatives per positive."
+    )
+    score_thresh: float = Field(0.01, ge=0, le=1)
+    nms_thresh: float = Field(0.45, ge=0, le=1)
+    detections_per_img: int = Field(200, gt=0)
+    topk_candidates: int = Field(400, gt=0, description="Per class, the best boxes kept before NMS.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_size(cls, data: Any) -> Any:
+        """The transform resizes to `size` × `size` with no padding: its sizes are `size`'s."""
+        if not isinstance(data, dict):
+            return data
+        size = data.get("size", 300)
+        transform = dict(data.get("transform") or {})
+        for key, value in (("min_size", size), ("max_size", size), ("size_divisible", 1)):
+            if transform.setdefault(key, value) != value:
+                raise ValueError(
+                    f"`kind: ssd` resizes every image to `size` × `size`: transform.{key} is {value}"
+                )
+        return {**data, "transform": transform}
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> SingleShotDetection:
+        unused = self.model_fields_set & _DENSE_ONLY
+        if unused:
+            raise ValueError(f"`kind: ssd` does not use {', '.join(sorted(unused))}")
+        if len(self.default_boxes.aspect_ratios) != len(self.levels):
+            raise ValueError(
+                f"default_boxes.aspect_ratios gives {len(self.default_boxes.aspect_ratios)} levels, "
+                f"`levels` {len(self.levels)}"
+            )
+        return self
+
+
+_DENSE_ONLY = frozenset(
+    {
+        "anchors",
+        "fg_iou_thresh",
+        "bg_iou_thresh",
+        "allow_low_quality_matches",
+        "focal_alpha",
+        "focal_gamma",
+        "box_loss",
+    }
+)
+"""RetinaNet's fields, which SSD's task layer does not read."""
+
+
 def _detection_kind(value: Any) -> str:
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-    return "two_stage" if kind == "two_stage" else "dense"
+    return kind if kind in ("two_stage", "ssd") else "dense"
 
 
 Detection = Annotated[
-    Union[Annotated[DenseDetection, Tag("dense")], Annotated[RegionDetection, Tag("two_stage")]],
+    Union[
+        Annotated[DenseDetection, Tag("dense")],
+        Annotated[RegionDetection, Tag("two_stage")],
+        Annotated[SingleShotDetection, Tag("ssd")],
+    ],
     Discriminator(_detection_kind),
 ]
-"""A graph's `detection` section: single-stage (RetinaNet's) or, with `kind: two_stage`, Faster R-CNN's."""
+"""A graph's `detection` section: single-stage (RetinaNet's), with `kind: ssd` SSD's, or with
+`kind: two_stage` Faster R-CNN's."""
 
 
 class DenseCRF(_Model):

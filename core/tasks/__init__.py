@@ -15,13 +15,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from papers.errors import GraphError
-from papers.spec import DenseDetection, RegionDetection, Segmentation
+from papers.spec import DenseDetection, RegionDetection, Segmentation, SingleShotDetection
 
-Task = DenseDetection | RegionDetection | Segmentation
+Task = DenseDetection | SingleShotDetection | RegionDetection | Segmentation
 
 
 def task_options(task: Task | None) -> tuple[str, ...]:
     """The build options that configure ``task`` rather than the graph."""
+    if isinstance(task, SingleShotDetection):
+        from papers.tasks.detection import SSD_OPTIONS, SSD_TRANSFORM_OPTIONS
+
+        return SSD_OPTIONS + SSD_TRANSFORM_OPTIONS
     if isinstance(task, DenseDetection):
         from papers.tasks.detection import OPTIONS, TRANSFORM_OPTIONS
 
@@ -71,20 +75,14 @@ def wrap(
     ``build_graph(name, args)`` builds and expands another graph of the same spec (a two-stage
     detector's box head, whose input shape gives the pooled size).
     """
+    if isinstance(task, SingleShotDetection):
+        from papers.tasks.detection import SSD_TRANSFORM_OPTIONS, SingleShotDetector
+
+        return SingleShotDetector(network, _with_options(task, options, SSD_TRANSFORM_OPTIONS))
     if isinstance(task, DenseDetection | RegionDetection):
         from papers.tasks.detection import TRANSFORM_OPTIONS, DenseDetector
 
-        transform = {k: v for k, v in options.items() if k in TRANSFORM_OPTIONS}
-        rest = {k: v for k, v in options.items() if k not in TRANSFORM_OPTIONS}
-        data = task.model_dump()
-        data.update(rest)
-        data["transform"].update(transform)
-        try:
-            validated = type(task).model_validate(data)
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise GraphError(f"build option {where}: {first['msg']}", field="detection") from None
+        validated = _with_options(task, options, TRANSFORM_OPTIONS)
         if isinstance(validated, DenseDetection):
             return DenseDetector(network, validated)
         from papers.tasks.region import RegionDetector
@@ -105,3 +103,20 @@ def wrap(
     from papers.tasks.segmentation import Segmenter
 
     return Segmenter(network, task, aux_loss=options.get("aux_loss"))
+
+
+def _with_options(task: Any, options: dict[str, Any], transform_options: tuple[str, ...]) -> Any:
+    """``task`` with the build ``options`` applied (those in ``transform_options`` to its image
+    transform), validated again; only the fields the spec set are carried over, so a task section that
+    refuses fields it does not read (`kind: ssd`) is not given every default."""
+    transform = {k: v for k, v in options.items() if k in transform_options}
+    rest = {k: v for k, v in options.items() if k not in transform_options}
+    data = task.model_dump(exclude_unset=True)
+    data.update(rest)
+    data["transform"] = {**task.transform.model_dump(), **transform}
+    try:
+        return type(task).model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise GraphError(f"build option {where}: {first['msg']}", field="detection") from None

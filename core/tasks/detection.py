@@ -5,8 +5,10 @@ spec's ``detection`` section says how anchors are laid, coded, matched and score
 that with torchvision's detection utilities (GeneralizedRCNNTransform, AnchorGenerator, BoxCoder,
 Matcher, ``batched_nms``, ``sigmoid_focal_loss``), under torchvision's contract:
 ``model(images, targets=None)``; in eval a list of ``{boxes, scores, labels}`` in input pixels, in
-training a dict of losses. The scoring follows RetinaNet (focal loss, per-level top-k, class-wise
-NMS). Only the glue is ours.
+training a dict of losses. :class:`DenseDetector` scores as RetinaNet does (focal loss, per-level
+top-k, class-wise NMS); :class:`SingleShotDetector` (``kind: ssd``) as SSD does (default boxes,
+matching with each ground truth's best box, hard negative mining, softmax), with torchvision's SSD
+loss and post-processing themselves. Only the glue is ours.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
-from papers.spec import DenseDetection
+from papers.spec import DenseDetection, SingleShotDetection
 
 OPTIONS = (
     "score_thresh",
@@ -34,6 +37,17 @@ OPTIONS = (
 )
 """Build options that change the task layer, with torchvision's keyword names (as RetinaNet's)."""
 TRANSFORM_OPTIONS = ("min_size", "max_size", "image_mean", "image_std")
+SSD_OPTIONS = (
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "topk_candidates",
+    "iou_thresh",
+    "positive_fraction",
+)
+"""Build options of ``kind: ssd``, with the keyword names of torchvision's SSD."""
+SSD_TRANSFORM_OPTIONS = ("image_mean", "image_std")
+"""SSD resizes every image to its fixed ``size``: only the normalisation is a build option."""
 
 
 class DenseDetector(nn.Module):
@@ -160,6 +174,78 @@ class DenseDetector(nn.Module):
             keep = keep[: task.detections_per_img]
             results.append({"boxes": all_boxes[keep], "scores": all_scores[keep], "labels": all_labels[keep]})
         return results
+
+
+class SingleShotDetector(nn.Module):
+    """A graph (image batch → feature maps, per-box class logits with background first, box deltas) as
+    torchvision's SSD: the same transform (a fixed square size), default boxes, matching, loss and
+    post-processing, the last two torchvision's own methods."""
+
+    compute_loss = SSD.compute_loss
+    """Smooth L1 over the matched boxes and softmax cross-entropy over them and the hardest negatives
+    (``neg_to_pos_ratio`` per positive), both divided by the number of matched boxes."""
+    postprocess_detections = SSD.postprocess_detections
+    """Per class the boxes above ``score_thresh``, the best ``topk_candidates``; NMS per class; the
+    best ``detections_per_img``."""
+
+    def __init__(self, network: nn.Module, task: SingleShotDetection):
+        super().__init__()
+        for name, child in network.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "network", network)  # the generated forward, sharing those children
+        self.task = task
+        boxes = task.default_boxes
+        self.anchor_generator = DefaultBoxGenerator(
+            boxes.aspect_ratios,
+            min_ratio=boxes.min_ratio,
+            max_ratio=boxes.max_ratio,
+            scales=boxes.scales,
+            steps=boxes.steps,
+            clip=boxes.clip,
+        )
+        self.box_coder = det_utils.BoxCoder(weights=tuple(task.box_weights))
+        self.proposal_matcher = det_utils.SSDMatcher(task.iou_thresh)
+        t = task.transform
+        self.transform = GeneralizedRCNNTransform(
+            task.size,
+            task.size,
+            t.image_mean,
+            t.image_std,
+            size_divisible=1,
+            fixed_size=(task.size, task.size),
+        )
+        self.score_thresh = task.score_thresh
+        self.nms_thresh = task.nms_thresh
+        self.detections_per_img = task.detections_per_img
+        self.topk_candidates = task.topk_candidates
+        self.neg_to_pos_ratio = (1.0 - task.positive_fraction) / task.positive_fraction
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> list[dict[str, Tensor]] | dict[str, Tensor]:
+        if self.training and targets is None:
+            raise ValueError("a detector in training mode takes targets")
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, targets = self.transform(list(images), [dict(t) for t in targets] if targets else None)
+        outputs = _as_dict(self.network(batch.tensors))
+        features = [outputs[name] for name in self.task.levels]
+        head_outputs = {"cls_logits": outputs[self.task.scores], "bbox_regression": outputs[self.task.boxes]}
+        anchors = self.anchor_generator(batch, features)
+        if self.training:
+            assert targets is not None
+            matched = [
+                self._match(target["boxes"], image_anchors)
+                for target, image_anchors in zip(targets, anchors, strict=True)
+            ]
+            return self.compute_loss(targets, head_outputs, anchors, matched)
+        detections = self.postprocess_detections(head_outputs, anchors, batch.image_sizes)
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+    def _match(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """Each default box's ground truth: IoU ≥ ``iou_thresh``, and every ground truth its best box."""
+        if boxes.numel() == 0:  # no object: every default box is background
+            return torch.full((anchors.size(0),), -1, dtype=torch.int64, device=anchors.device)
+        return self.proposal_matcher(box_ops.box_iou(boxes, anchors))
 
 
 def _as_dict(outputs: Any) -> dict[str, Tensor]:
