@@ -4,6 +4,8 @@ Rows (ours / peer, interleaved, medians; CPU, eval, ``no_grad``, this machine's 
 
 - ``fasterrcnn_resnet50_fpn`` eval latency on two 480×640 images against torchvision's model with the
   same (random) weights, loaded strictly; the detections are checked equal first (target ≤ 1.05);
+- ``ssd300_vgg16`` and ``retinanet_resnet50_fpn`` eval latency on the same two images against
+  torchvision's, detections checked equal first (target ≤ 1.05);
 - ``deeplabv3_resnet50`` eval latency on one 3×320×320 image against torchvision's with the same
   weights, ``out`` checked equal first (target ≤ 1.05);
 - mAP evaluation: ``papers.detection_metrics.coco_metrics`` on 200 images' detections and ground
@@ -19,6 +21,7 @@ It reports and never fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -57,6 +60,32 @@ def detection_latency(repeats: int) -> None:
 
         ours_s, peer_s = _interleaved(lambda: ours(images), lambda: peer(images), repeats)
     _row("fasterrcnn_resnet50_fpn eval, 2 images 480×640 / torchvision", ours_s, peer_s, "≤ 1.05")
+
+
+def single_shot_latency(repeats: int) -> None:
+    import torchvision
+
+    import papers
+
+    builders = {
+        "ssd300_vgg16": torchvision.models.detection.ssd300_vgg16,
+        "retinanet_resnet50_fpn": torchvision.models.detection.retinanet_resnet50_fpn,
+    }
+    images = [torch.rand(3, 480, 640), torch.rand(3, 480, 640)]
+    for variant, build in builders.items():
+        torch.manual_seed(0)
+        peer = build(weights=None, weights_backbone=None).eval()
+        ours = papers.build_model(variant).eval()
+        ours.load_state_dict(peer.state_dict(), strict=True)
+        with torch.no_grad():
+            for a, b in zip(ours(images), peer(images), strict=True):
+                assert torch.equal(a["labels"], b["labels"]) and torch.allclose(
+                    a["boxes"], b["boxes"], rtol=1e-4
+                )
+            ours_s, peer_s = _interleaved(
+                functools.partial(ours, images), functools.partial(peer, images), repeats
+            )
+        _row(f"{variant} eval, 2 images 480×640 / torchvision", ours_s, peer_s, "≤ 1.05")
 
 
 def segmentation_latency(repeats: int) -> None:
@@ -175,6 +204,7 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}, interleaved")
     detection_latency(repeats)
+    single_shot_latency(repeats)
     segmentation_latency(repeats)
     map_evaluation(repeats)
     confusion(repeats)
