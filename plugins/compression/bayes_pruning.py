@@ -350,54 +350,30 @@ def fine_pruning_proxy(
     candidates (its recipe's SGD settings, from a fixed seed), run Fine-Pruning (``overrides`` replace
     settings), and give top-1 (percent) on the test split before and after, the rates reached and each
     round's record."""
-    import torch
-
-    from papers.api import build_model, expand_variant, get_spec
-    from papers.data import in_memory
-    from papers.methods import variant_steps
-    from papers.registry import get_registry
-    from papers.train import intra_op_threads
     from papers_plugins.compression.pruning import (
         PROXY_EPOCHS,
-        PruneSettings,
-        retrain,
+        pretrained,
+        proxy_setup,
         shuffled_batches,
         top1,
     )
 
-    base = get_registry().variant(variant_id)[1].base
-    assert base is not None
-    (step,) = [s for s in variant_steps(variant_id) if s.method.name == "fine_prune"]
-    settings = step.settings.model_copy(update=dict(overrides or {}))
+    setup = proxy_setup(variant_id, "fine_prune", data, limit)
+    settings = setup.settings.model_copy(update=dict(overrides or {}))
     assert isinstance(settings, FinePruneSettings)
-    flat = expand_variant(variant_id)
-    recipe = get_spec(base).hyperparameters_of(base)
-    assert recipe is not None and recipe.optimizer.lr is not None
-    shape = tuple(next(iter(flat.inputs.values())))
-    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    training = PruneSettings(
-        quality=1.0,
-        retrain_lr=recipe.optimizer.lr,
-        momentum=recipe.optimizer.momentum or 0.0,
-        weight_decay=recipe.weight_decay or 0.0,
-    )
     (kept_images, kept_labels), held_out = split_held_out(
-        train_images, train_labels, settings.held_out, settings.seed
+        setup.train_images, setup.train_labels, settings.held_out, settings.seed
     )
     began = time.perf_counter()
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(variant_id).eval()
-        batches = shuffled_batches(kept_images, kept_labels, recipe.batch_size or 64)
-        passes = PROXY_EPOCHS if epochs is None else epochs
-        retrain(model, batches, list(model.parameters()), {}, training, "cpu", epochs=passes)
-        before = top1(model, test_images, test_labels)
+    passes = PROXY_EPOCHS if epochs is None else epochs
+    with pretrained(setup, passes, build=variant_id, images=kept_images, labels=kept_labels) as (
+        model,
+        _,
+        before,
+    ):
         tuning = shuffled_batches(kept_images, kept_labels, settings.batch_size, seed=settings.seed)
         rounds = fine_prune(model, settings, tuning, held_out, "cpu")
-        after = top1(model, test_images, test_labels)
+        after = top1(model, setup.test_images, setup.test_labels)
     names = list(settings.bounds)
     return {
         "before": before,

@@ -216,53 +216,27 @@ def guided_proxy(
     """Train ``variant_id``'s base on ``data`` (its recipe's SGD settings, from a fixed seed), prune it
     by guided pruning, and give top-1 (percent) on the held-out split before and after, with each
     layer's decision and kept fraction. ``limit`` takes the first images only."""
-    import torch
-
-    from papers.api import build_model, expand_variant, get_spec
-    from papers.data import in_memory
-    from papers.methods import variant_steps
-    from papers.registry import get_registry
-    from papers.train import intra_op_threads
+    from papers.api import expand_variant
     from papers_plugins.compression.pruning import (
         PROXY_EPOCHS,
         PruneSettings,
+        pretrained,
+        proxy_setup,
         prune,
-        retrain,
-        shuffled_batches,
         sparsity_of,
         top1,
     )
 
-    base = get_registry().variant(variant_id)[1].base
-    assert base is not None
-    (step,) = [s for s in variant_steps(variant_id) if s.method.name == "guided_prune"]
-    settings = step.settings
+    setup = proxy_setup(variant_id, "guided_prune", data, limit)
+    settings = setup.settings
     assert isinstance(settings, GuidedSettings)
     if retrain_epochs is not None:
         settings = settings.model_copy(update={"retrain_epochs": retrain_epochs})
     flat = expand_variant(variant_id)
-    recipe = get_spec(base).hyperparameters_of(base)
-    assert recipe is not None and recipe.optimizer.lr is not None
-    shape = tuple(next(iter(flat.inputs.values())))
-    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    training = PruneSettings(
-        quality=1.0,
-        retrain_lr=recipe.optimizer.lr,
-        momentum=recipe.optimizer.momentum or 0.0,
-        weight_decay=recipe.weight_decay or 0.0,
-    )
     decisions = plan(flat, settings)
     kept = {name: 1.0 - d.target for name, d in decisions.items() if d.pruned}
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(variant_id).eval()
-        batches = shuffled_batches(train_images, train_labels, recipe.batch_size or 64)
-        passes = PROXY_EPOCHS if epochs is None else epochs
-        retrain(model, batches, list(model.parameters()), {}, training, "cpu", epochs=passes)
-        before = top1(model, test_images, test_labels)
+    passes = PROXY_EPOCHS if epochs is None else epochs
+    with pretrained(setup, passes, build=variant_id) as (model, batches, before):
         if kept:
             pruning = PruneSettings(
                 kept=kept,
@@ -274,7 +248,7 @@ def guided_proxy(
                 batch_size=settings.batch_size,
             )
             prune(model, pruning, flat, batches, "cpu")
-        after = top1(model, test_images, test_labels)
+        after = top1(model, setup.test_images, setup.test_labels)
     return {
         "before": before,
         "after": after,

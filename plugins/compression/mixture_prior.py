@@ -488,51 +488,23 @@ def sharing_proxy(
     before and after, each layer's kept fraction, the kept percentage of all covered weights, the
     components left after merging, and the bytes of the dense file and of the container ``papers
     compress`` writes (and their ratio). ``limit`` takes the first images only."""
-    from types import SimpleNamespace
-
-    import torch
     from safetensors.torch import save
 
-    from papers.api import build_model, expand_variant, get_spec
     from papers.compression import write_container
-    from papers.data import in_memory
-    from papers.methods import variant_steps
-    from papers.registry import get_registry
-    from papers.train import intra_op_threads
 
-    base = get_registry().variant(variant_id)[1].base
-    assert base is not None
-    (step,) = [s for s in variant_steps(variant_id) if s.method.name == "soft_weight_sharing"]
-    settings = step.settings.model_copy(update=PROXY_SETTINGS)
+    setup = pruning.proxy_setup(variant_id, "soft_weight_sharing", data, limit)
+    settings = setup.settings.model_copy(update=PROXY_SETTINGS)
     if retrain_epochs is not None:
         settings = settings.model_copy(update={"epochs": retrain_epochs})
-    flat = expand_variant(base)
-    names = prior_layers(flat, settings)
-    recipe = get_spec(base).hyperparameters_of(base)
-    assert recipe is not None and recipe.optimizer.lr is not None
-    shape = tuple(next(iter(flat.inputs.values())))
-    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    training = SimpleNamespace(
-        retrain_lr=recipe.optimizer.lr,
-        momentum=recipe.optimizer.momentum or 0.0,
-        weight_decay=recipe.weight_decay or 0.0,
-        retrain_epochs=epochs,
-    )
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:
-        torch.manual_seed(0)
-        model = build_model(base).eval()
-        pretrain = pruning.shuffled_batches(train_images, train_labels, recipe.batch_size or 64)
-        pruning.retrain(model, pretrain, list(model.parameters()), {}, training, "cpu")
-        before = pruning.top1(model, test_images, test_labels)
+    names = prior_layers(setup.flat, settings)
+    images, labels = setup.train_images, setup.train_labels
+    with pruning.pretrained(setup, epochs) as (model, _, before), tempfile.TemporaryDirectory() as scratch:
         bytes_before = len(save({k: v.contiguous() for k, v in model.state_dict().items()}))
-        batches = pruning.shuffled_batches(train_images, train_labels, settings.batch_size)
-        sharing = soft_share(model, settings, names, batches, len(train_labels), "cpu")
-        after = pruning.top1(model, test_images, test_labels)
+        batches = pruning.shuffled_batches(images, labels, settings.batch_size)
+        sharing = soft_share(model, settings, names, batches, len(labels), "cpu")
+        after = pruning.top1(model, setup.test_images, setup.test_labels)
         path = Path(scratch) / "model.safetensors"
-        write_container(path, model.state_dict(), {"variant": variant_id, "base": base})
+        write_container(path, model.state_dict(), {"variant": variant_id, "base": setup.base})
         bytes_after = path.stat().st_size
     kept = pruning.sparsity_of(model, names)
     sizes = {name: model.get_submodule(name).weight.numel() for name in names}

@@ -21,6 +21,7 @@ standard-deviation threshold nor its separate conv/fc retraining.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
@@ -337,6 +338,85 @@ PROXY_EPOCHS = 30
 """Passes over the 4,000 training digits before pruning: the registry's choice, not the paper's."""
 
 
+@dataclass
+class ProxySetup:
+    """What a compression paper's proxy starts from: method variant ``variant_id``'s ``base``, the
+    settings its ``method`` step has, the base's graph, the base's recipe as retraining settings
+    (``retrain_lr``, ``momentum``, ``weight_decay``; ``retrain_epochs`` set by :func:`pretrained`), its
+    batch size, and the data's training and test images and labels."""
+
+    variant_id: str
+    base: str
+    settings: Any
+    flat: FlatGraph
+    training: Any
+    batch_size: int
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def proxy_setup(variant_id: str, method: str, data: str = PROXY_DATA, limit: int | None = None) -> ProxySetup:
+    """The :class:`ProxySetup` of method variant ``variant_id``'s ``method`` on ``data`` (``limit``:
+    the first images only)."""
+    from types import SimpleNamespace
+
+    from papers.api import expand_variant, get_spec
+    from papers.data import in_memory
+    from papers.methods import variant_steps
+    from papers.registry import get_registry
+
+    base = get_registry().variant(variant_id)[1].base
+    assert base is not None
+    (step,) = [s for s in variant_steps(variant_id) if s.method.name == method]
+    flat = expand_variant(base)
+    recipe = get_spec(base).hyperparameters_of(base)
+    assert recipe is not None and recipe.optimizer.lr is not None
+    shape = tuple(next(iter(flat.inputs.values())))
+    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
+    if limit is not None:
+        train_images, train_labels = train_images[:limit], train_labels[:limit]
+        test_images, test_labels = test_images[:limit], test_labels[:limit]
+    training = SimpleNamespace(
+        retrain_lr=recipe.optimizer.lr,
+        momentum=recipe.optimizer.momentum or 0.0,
+        weight_decay=recipe.weight_decay or 0.0,
+    )
+    return ProxySetup(
+        variant_id, base, step.settings, flat, training, recipe.batch_size or 64,
+        train_images, train_labels, test_images, test_labels,
+    )  # fmt: skip
+
+
+@contextmanager
+def pretrained(
+    setup: ProxySetup,
+    epochs: int,
+    *,
+    build: str | None = None,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> Iterator[tuple[Any, Any, float]]:
+    """On one thread, with torch's random state restored afterwards: ``build`` (default: the base)
+    built from seed 0 and trained ``epochs`` passes over ``images``/``labels`` (default: the training
+    split) with the base's recipe. Gives the model, its batches and its top-1 (percent) on the test
+    split."""
+    import torch
+
+    from papers.api import build_model
+    from papers.train import intra_op_threads
+
+    shown = images if images is not None else setup.train_images
+    answers = labels if labels is not None else setup.train_labels
+    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(build or setup.base).eval()
+        batches = shuffled_batches(shown, answers, setup.batch_size)
+        retrain(model, batches, list(model.parameters()), {}, setup.training, "cpu", epochs=epochs)
+        yield model, batches, top1(model, setup.test_images, setup.test_labels)
+
+
 def pruning_proxy(
     variant_id: str,
     data: str = PROXY_DATA,
@@ -350,44 +430,13 @@ def pruning_proxy(
     passes, from a fixed seed), prune it as the variant's settings say (``iterations`` and
     ``retrain_epochs``, where given, replace theirs), and give top-1 (percent) on the held-out split
     before and after, with each layer's kept fraction. ``limit`` takes the first images only."""
-    import torch
-
-    from papers.api import build_model, expand_variant, get_spec
-    from papers.data import in_memory
-    from papers.methods import variant_steps
-    from papers.registry import get_registry
-    from papers.train import intra_op_threads
-
-    base = get_registry().variant(variant_id)[1].base
-    assert base is not None
-    (step,) = [s for s in variant_steps(variant_id) if s.method.name == "magnitude_prune"]
-    flat = expand_variant(base)
-    recipe = get_spec(base).hyperparameters_of(base)
-    assert recipe is not None and recipe.optimizer.lr is not None
-    shape = tuple(next(iter(flat.inputs.values())))
-    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    batch = recipe.batch_size or 64
-    training = step.settings.model_copy(
-        update={
-            "retrain_lr": recipe.optimizer.lr,
-            "momentum": recipe.optimizer.momentum or 0.0,
-            "weight_decay": recipe.weight_decay or 0.0,
-        }
-    )
+    setup = proxy_setup(variant_id, "magnitude_prune", data, limit)
     changed = {"iterations": iterations, "retrain_epochs": retrain_epochs}
-    settings = step.settings.model_copy(update={k: v for k, v in changed.items() if v is not None})
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(base).eval()
-        batches = shuffled_batches(train_images, train_labels, batch)
-        retrain(model, batches, list(model.parameters()), {}, training, "cpu", epochs=epochs)
-        before = top1(model, test_images, test_labels)
-        prune(model, settings, flat, batches, "cpu")
-        after = top1(model, test_images, test_labels)
-    names = [name for name in prunable_layers(flat) if name in settings.kept]
+    settings = setup.settings.model_copy(update={k: v for k, v in changed.items() if v is not None})
+    with pretrained(setup, epochs) as (model, batches, before):
+        prune(model, settings, setup.flat, batches, "cpu")
+        after = top1(model, setup.test_images, setup.test_labels)
+    names = [name for name in prunable_layers(setup.flat) if name in settings.kept]
     return {"before": before, "after": after, "kept": sparsity_of(model, names)}
 
 

@@ -303,44 +303,13 @@ def surgery_proxy(
     passes, a fixed seed), run surgery as the variant's settings say (``surgery_epochs`` replacing its
     epochs where given), and give top-1 (percent) on the held-out split before and after, each layer's
     kept fraction and its last threshold's c. ``limit`` takes the first images only."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from papers.api import build_model, expand_variant, get_spec
-    from papers.data import in_memory
-    from papers.methods import variant_steps
-    from papers.registry import get_registry
-    from papers.train import intra_op_threads
-
-    base = get_registry().variant(variant_id)[1].base
-    assert base is not None
-    (step,) = [s for s in variant_steps(variant_id) if s.method.name == "network_surgery"]
-    settings = step.settings
+    setup = pruning.proxy_setup(variant_id, "network_surgery", data, limit)
+    settings = setup.settings
     if surgery_epochs is not None:
         settings = settings.model_copy(update={"epochs": surgery_epochs})
-    flat = expand_variant(base)
-    recipe = get_spec(base).hyperparameters_of(base)
-    assert recipe is not None and recipe.optimizer.lr is not None
-    shape = tuple(next(iter(flat.inputs.values())))
-    train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    training = SimpleNamespace(
-        retrain_lr=recipe.optimizer.lr,
-        momentum=recipe.optimizer.momentum or 0.0,
-        weight_decay=recipe.weight_decay or 0.0,
-        retrain_epochs=epochs,
-    )
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(base).eval()
-        batches = pruning.shuffled_batches(train_images, train_labels, recipe.batch_size or 64)
-        pruning.retrain(model, batches, list(model.parameters()), {}, training, "cpu")
-        before = pruning.top1(model, test_images, test_labels)
-        result = surgery(model, settings, flat, batches, "cpu")
-        after = pruning.top1(model, test_images, test_labels)
+    with pruning.pretrained(setup, epochs) as (model, batches, before):
+        result = surgery(model, settings, setup.flat, batches, "cpu")
+        after = pruning.top1(model, setup.test_images, setup.test_labels)
     return {
         "before": before,
         "after": after,
