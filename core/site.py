@@ -530,6 +530,7 @@ _TRANSFORMS = {
     "NoneType": "the weights' resize, centre crop, mean and std",
     "DenseDetection": "to floats in [0, 1]",
     "RegionDetection": "to floats in [0, 1]",
+    "SingleShotDetection": "to floats in [0, 1]",
     "Segmentation": "the weights' resize, mean and std",
 }
 """What a torchvision weights' ``transforms()`` does, by the variant's task layer."""
