@@ -325,6 +325,9 @@ def proxy_check(spec: Spec, check: TrainingCheck, accuracy: float, seconds: floa
             reason=reason,
             proxy=check.proxy,
         )
-    value = accuracy if result.metric.endswith("accuracy") else 100.0 - accuracy
+    # a top-1 proxy beside an error result is shown as an error; a proxy of the result's own metric
+    # (a segmenter's miou) as measured
+    as_error = check.metric == "top1_accuracy" and not result.metric.endswith("accuracy")
+    value = 100.0 - accuracy if as_error else accuracy
     made = _check(spec, result, round(value, 6), 0.0, None, status, reason)
     return Check(**{**made.as_dict(), "proxy": check.proxy})

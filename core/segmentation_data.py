@@ -9,9 +9,10 @@ Sources:
 - a plain folder with ``images/`` and ``masks/`` (same stems; every pair belongs to every split).
 
 Masks are palette PNGs whose indices are the labels (VOC's), or greyscale label maps; 255 is ignored.
-An RGB mask is read through VOC's palette, and a colour outside it is refused. Every refusal names
-the file: a mask whose size differs from its image, a label outside the classes that is not 255, an
-empty split file.
+An RGB mask is read through VOC's palette, and a colour outside it is refused, as is a palette PNG
+whose index shows neither VOC's colour for that label nor a greyscale palette's grey. Every refusal
+names the file: a mask whose size differs from its image, a label outside the classes that is not
+255, an unknown colour, an empty split file.
 """
 
 from __future__ import annotations
@@ -115,7 +116,10 @@ def read_pair(pair: Pair, num_classes: int) -> tuple[Image.Image, np.ndarray]:
             f"the mask is {mask_image.width}×{mask_image.height}, its image {image.width}×{image.height}",
             file=str(pair.mask),
         )
-    if mask_image.mode in ("P", "L"):
+    if mask_image.mode == "P":
+        mask = np.asarray(mask_image, dtype=np.uint8)
+        _check_palette(mask_image.getpalette() or [], mask, pair.mask)
+    elif mask_image.mode == "L":
         mask = np.asarray(mask_image, dtype=np.uint8)
     elif mask_image.mode in ("RGB", "RGBA"):
         colours = np.asarray(mask_image.convert("RGB"), dtype=np.int64)
@@ -147,3 +151,22 @@ def read_pair(pair: Pair, num_classes: int) -> tuple[Image.Image, np.ndarray]:
             file=str(pair.mask),
         )
     return image, mask
+
+
+def _check_palette(palette: list[int], mask: np.ndarray, file: Path) -> None:
+    """A palette mask's indices are its labels: each index it uses must show VOC's colour for that
+    label (or the grey of its own value, a greyscale palette's), else the file means other labels."""
+    import numpy as np
+
+    from papers.segment import voc_palette
+
+    voc = voc_palette()
+    for index in np.unique(mask).tolist():
+        colour = tuple(palette[3 * index : 3 * index + 3])
+        if len(colour) < 3:
+            raise PapersError(f"index {index} has no colour in the mask's palette", file=str(file))
+        if colour not in (tuple(voc[3 * index : 3 * index + 3]), (index, index, index)):
+            raise PapersError(
+                f"colour {colour} of index {index} is neither VOC's colour for label {index} nor grey",
+                file=str(file),
+            )

@@ -241,3 +241,47 @@ def write_run(run: SegmentationRun, model: Any) -> None:
     save_file(state, str(run.folder / "model.safetensors"))
     (run.folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
     (run.folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
+
+
+SHAPES = "builtin:shapes"
+
+
+def shapes_check(
+    name: str,
+    variant: str,
+    *,
+    options: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    min_miou: float,
+    proxy: str,
+    compares_with: Mapping[str, Any] | None = None,
+    max_seconds: float | None = None,
+) -> Any:
+    """A segmentation paper's proxy check: train ``variant`` built with ``options`` (a narrow network)
+    on ``builtin:shapes``' train split with the registry's recipe changed by ``overrides``; it passes
+    when the mIoU on its val split reaches ``min_miou`` percent. ``papers check PAPER --run`` runs it,
+    beside the paper's figure that ``compares_with`` selects."""
+    from papers.checks import TrainingCheck
+
+    def run(progress: bool) -> tuple[float, float]:
+        trained = train_segmenter(
+            variant,
+            SHAPES,
+            overrides=overrides,
+            options=options,
+            log=(lambda line: print(f"{name}: {line}", flush=True)) if progress else None,
+        )
+        return 100.0 * trained.final["val_miou"], min_miou
+
+    return TrainingCheck(
+        name=name,
+        variant=variant,
+        data=SHAPES,
+        min_accuracy=min_miou,
+        proxy=proxy,
+        overrides=dict(overrides),
+        compares_with=dict(compares_with or {}),
+        max_seconds=max_seconds,
+        metric="miou",
+        runner=run,
+    )

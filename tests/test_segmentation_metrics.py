@@ -83,3 +83,35 @@ def test_a_measured_miou_answers_the_same_metric_on_the_same_data_only():
     assert answer(result, [same]) == pytest.approx(61.0)
     assert answer(result, [same.model_copy(update={"metric": "fwiou"})]) is None
     assert answer(result, [same.model_copy(update={"dataset": "PASCAL VOC 2011"})]) is None
+
+
+def test_the_boundary_band_lies_within_width_pixels_of_a_label_change():
+    from papers.segmentation_metrics import boundary_band
+
+    target = torch.zeros(9, 9, dtype=torch.long)
+    target[:, 5:] = 1  # one vertical boundary between columns 4 and 5
+    assert boundary_band(target, 0).any(0).nonzero().flatten().tolist() == [4, 5]
+    assert boundary_band(target, 2).any(0).nonzero().flatten().tolist() == [2, 3, 4, 5, 6, 7]
+    assert boundary_band(target, 2).all(0).tolist() == boundary_band(target, 2).any(0).tolist()
+    assert not boundary_band(torch.zeros(5, 5, dtype=torch.long), 3).any()
+
+
+def test_ignored_pixels_are_never_in_the_band():
+    from papers.segmentation_metrics import boundary_band
+
+    target = torch.zeros(6, 6, dtype=torch.long)
+    target[:, 3:] = 255
+    band = boundary_band(target, 1)
+    assert band[:, 1:3].all() and not band[:, 3:].any() and not band[:, 0].any()
+
+
+def test_trimap_accuracy_counts_only_the_band():
+    from papers.segmentation_metrics import trimap_accuracy
+
+    target = torch.zeros(8, 8, dtype=torch.long)
+    target[:, 4:] = 2
+    predicted = target.clone()
+    predicted[:, 3] = 2  # one column wrong, on the boundary
+    predicted[0, 0] = 1  # far from the boundary: not counted
+    assert trimap_accuracy(predicted, target, 1) == (24, 32)
+    assert trimap_accuracy(target, target, 1) == (32, 32)

@@ -100,6 +100,7 @@ def test_a_voc_folder_sets_the_classes_and_its_split_files(tmp_path):
         ("size", "the mask is 20×20, its image 40×40"),
         ("label", "label 30 is outside the 21 classes"),
         ("colour", "colour (1, 2, 3) is not in VOC's palette"),
+        ("palette", "colour (1, 2, 3) of index 1 is neither VOC's colour for label 1 nor grey"),
         ("split", "the split file lists no image"),
     ],
 )
@@ -112,6 +113,10 @@ def test_bad_masks_and_splits_are_refused_naming_the_file(tmp_path, damage, mess
         _palette_png(np.full((40, 40), 30, np.uint8), mask)
     elif damage == "colour":
         Image.fromarray(np.full((40, 40, 3), (1, 2, 3), np.uint8)).save(mask)
+    elif damage == "palette":
+        label_map = Image.fromarray(np.ones((40, 40), np.uint8), mode="P")
+        label_map.putpalette([0, 0, 0, 1, 2, 3, *voc_palette()[6:]])
+        label_map.save(mask)
     else:
         (folder / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
     out = tmp_path / "run"
