@@ -143,3 +143,36 @@ def train_detector(
         )
     write_run(run, model)
     return run
+
+
+def shapes_check(plugin: Any, proxy: str) -> Any:
+    """A detection paper's proxy check on ``builtin:shapes``, as its plugin module declares it:
+    ``PROXY_NAME``, ``PROXY_VARIANT`` built with ``PROXY_OPTIONS`` (a narrow network), trained on
+    ``PROXY_DATA``'s train split with the registry's recipe changed by ``PROXY_RECIPE``; it passes when
+    VOC07 mAP on the val split reaches ``MIN_MAP`` percent. The data and recipe are read from the
+    module when the check runs. ``papers check PAPER --run`` runs it beside the paper's VOC07 figure."""
+    from papers.checks import TrainingCheck
+
+    def run(progress: bool) -> tuple[float, float]:
+        name = plugin.PROXY_NAME
+        trained = train_detector(
+            plugin.PROXY_VARIANT,
+            plugin.PROXY_DATA,
+            overrides=plugin.PROXY_RECIPE,
+            options=plugin.PROXY_OPTIONS,
+            log=(lambda line: print(f"{name}: {line}", flush=True)) if progress else None,
+        )
+        return trained.final["val_voc07_map"], plugin.MIN_MAP
+
+    return TrainingCheck(
+        name=plugin.PROXY_NAME,
+        variant=plugin.PROXY_VARIANT,
+        data=plugin.PROXY_DATA,
+        min_accuracy=plugin.MIN_MAP,
+        proxy=proxy,
+        overrides=dict(plugin.PROXY_RECIPE),
+        compares_with={"metric": "voc07_map"},
+        max_seconds=300.0,
+        metric="voc07_map",
+        runner=run,
+    )

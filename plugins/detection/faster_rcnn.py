@@ -64,31 +64,16 @@ MIN_MAP = 70.0
 """The issue's bar: VOC 2007 mAP at IoU 0.5 of at least 70% on builtin:shapes' val split."""
 
 
-def run_proxy(progress: bool = False) -> tuple[float, float]:
-    """Train the proxy and give its VOC07 mAP on the val split (percent) and the mAP that passes."""
-    from papers.train_detection import train_detector
-
-    trained = train_detector(
-        PROXY_VARIANT,
-        PROXY_DATA,
-        overrides=PROXY_RECIPE,
-        options=PROXY_OPTIONS,
-        log=(lambda line: print(f"{PROXY_NAME}: {line}", flush=True)) if progress else None,
-    )
-    return trained.final["val_voc07_map"], MIN_MAP
-
-
 @hookimpl
 def papers_checks() -> list:
-    from papers.checks import TrainingCheck
+    import sys
+
+    from papers.train_detection import shapes_check
 
     return [
-        TrainingCheck(
-            name=PROXY_NAME,
-            variant=PROXY_VARIANT,
-            data=PROXY_DATA,
-            min_accuracy=MIN_MAP,
-            proxy=(
+        shapes_check(
+            sys.modules[__name__],
+            (
                 "Faster R-CNN (approximate joint training) on VGG-16 at an eighth of its width "
                 "(stages of 8 to 64 channels, batch-normalised; RPN 64-d, fc6/fc7 256-d without "
                 "dropout), trained from scratch on builtin:shapes (180 synthetic scenes of four shape "
@@ -97,10 +82,5 @@ def papers_checks() -> list:
                 "300 proposals in training, 100 in testing), scored on its 60 val scenes, not "
                 "ImageNet-initialised VGG-16 on VOC 2007 + 2012; passes at 70% VOC07 mAP@0.5"
             ),
-            overrides=dict(PROXY_RECIPE),
-            compares_with={"metric": "voc07_map"},
-            max_seconds=300.0,
-            metric="voc07_map",
-            runner=run_proxy,
         )
     ]
