@@ -16,12 +16,7 @@ SMALL = {"min_size": 128, "max_size": 160}
 IMAGES = [(3, 150, 190), (3, 170, 130)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images() -> list[torch.Tensor]:
