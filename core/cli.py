@@ -473,7 +473,8 @@ def train(
     overrides = override_pairs(pairs)
     overrides.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
     if dry_run:
-        _print_json(resolve_variant(variant, overrides).model_dump(mode="json"))
+        task = _task_recipe(variant, overrides)
+        _print_json(task or resolve_variant(variant, overrides).model_dump(mode="json"))
         return
     if resume is None and out is None:
         out = os.path.join("runs", f"{variant}-{_time.strftime('%Y%m%d-%H%M%S')}")
@@ -499,7 +500,9 @@ def train(
             )
     except KeyboardInterrupt:
         folder = resume or out
-        if folder is not None and os.path.isfile(os.path.join(folder, "checkpoints", "last.json")):
+        # a classification run's checkpoint pointer, a segmenter's or detector's checkpoint
+        checkpoints = (os.path.join("checkpoints", "last.json"), "checkpoint.pt")
+        if folder is not None and any(os.path.isfile(os.path.join(folder, c)) for c in checkpoints):
             click.echo(
                 f"papers: interrupted; continue with: papers train {variant} --resume {folder}", err=True
             )
@@ -522,6 +525,18 @@ def train(
     if "val_top1" in final:
         click.echo(f"top-1 {final['val_top1']:.2f}%  top-5 {final['val_top5']:.2f}% (held-out split)")
     click.echo(f"run: {run.folder}" + ("" if run.finished else " (stopped; continue with --resume)"))
+
+
+def _task_recipe(variant: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe a segmenter's or detector's loop would train with (none: a classifier)."""
+    from papers.detect import is_detector
+    from papers.train_detection import recipe as detection_recipe
+    from papers.train_segmentation import is_segmenter
+    from papers.train_segmentation import recipe as segmentation_recipe
+
+    if is_segmenter(variant):
+        return {"recipe": "registry", **segmentation_recipe(overrides)}
+    return detection_recipe(overrides, variant) if is_detector(variant) else None
 
 
 @cli.command("eval")

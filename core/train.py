@@ -168,15 +168,24 @@ def train(
     from papers.train_segmentation import is_segmenter, train_segmenter
 
     task_loop = train_segmenter if is_segmenter(variant) else train_detector if is_detector(variant) else None
-    if task_loop is not None:  # papers.train_segmentation, papers.train_detection
-        if resume is not None or weights is not None or stop_after is not None:
+    if task_loop is not None:  # papers.train_segmentation, papers.train_detection (papers.task_runs)
+        if weights is not None and resume is not None:
             raise RunError(
-                "a segmenter's or detector's run takes neither --resume, --weights nor --stop-after yet"
+                "a resumed run continues from its checkpoint; --weights starts a new run", field="--weights"
             )
-        if data is None:
+        if data is None and resume is None:
             raise RunError("name the training data with --data", field="--data")
         with intra_op_threads(threads):
-            return task_loop(variant, data, overrides=overrides, out=out, log=log)  # type: ignore[return-value]
+            return task_loop(  # type: ignore[return-value]
+                variant,
+                data,
+                overrides=overrides,
+                out=out,
+                log=log,
+                resume=resume,
+                weights=weights,
+                stop_after=stop_after,
+            )
     if weights is not None and resume is not None:
         raise RunError(
             "a resumed run continues from its checkpoint; --weights starts a new run", field="--weights"

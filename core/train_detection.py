@@ -7,12 +7,18 @@ VOC 2007's 11-point mAP (``voc07_map``, percent). Batches are lists of images of
 the detector's transform resizes them (its ``min_size`` / ``max_size`` build options). Random
 horizontal flips move the boxes with the image.
 
-No detection spec carries a training recipe the loop reads yet, so the registry's stands in
-(overridable with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r weight_decay=``, ``-r seed=``):
-SGD with momentum 0.9 and weight decay 5e-4 (Faster R-CNN's, Section 3.3 of its paper), lr 0.01 with
-a linear warm-up over the first 100 steps and DeepLab's "poly" decay after, batch 2 (Fast R-CNN's two
-images per mini-batch). A run folder holds ``model.safetensors``, ``recipe.json`` and
-``metrics.json``; ``papers eval`` scores the weights with every VOC and COCO metric.
+The recipe is the paper's where its spec gives one (``hyperparameters``: optimizer, rate and
+momentum, weight decay, batch, schedule, and length in epochs or iterations), resolved as a
+classification recipe is (:func:`papers.recipe.resolve`: ``-r optimizer.lr=``, ``-r lr=`` for short,
+``--epochs`` in place of the paper's iterations), what the loop does not run (the paper's other
+augmentations, its input sizes) listed under ``deviations`` in ``recipe.json``. A detector whose spec
+gives none (or a proxy check asking for it) trains with the registry's: SGD with momentum 0.9 and
+weight decay 5e-4 (Faster R-CNN's, Section 3.3 of its paper), lr 0.01 with a linear warm-up over the
+first 100 steps and DeepLab's "poly" decay after, batch 2 (Fast R-CNN's two images per mini-batch),
+overridable with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r weight_decay=``, ``-r seed=``.
+A run folder (:mod:`papers.task_runs`) holds ``model.safetensors``, ``recipe.json``, ``metrics.json``
+and an epoch checkpoint that ``--resume`` continues; ``papers eval`` scores the weights with every VOC
+and COCO metric.
 """
 
 from __future__ import annotations
@@ -24,16 +30,49 @@ from typing import Any
 
 from papers.errors import PapersError
 from papers.train_segmentation import SegmentationRun as DetectionRun
-from papers.train_segmentation import task_recipe, write_run
+from papers.train_segmentation import task_recipe
 
 DEFAULTS = {"epochs": 10, "batch_size": 2, "lr": 0.01, "weight_decay": 5e-4, "seed": 0}
-"""The registry's recipe for detectors."""
+"""The registry's recipe for detectors whose spec gives none."""
 WARMUP_STEPS = 100
 POLY_POWER = 0.9
+_SHORT = {"lr": "optimizer.lr", "momentum": "optimizer.momentum"}
+"""``-r`` names that stand for a paper recipe's dotted fields."""
 
 
-def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    return task_recipe(overrides, DEFAULTS, "a detector")
+def recipe(
+    overrides: Mapping[str, Any] | None, variant: str | None = None, *, paper: bool = True
+) -> dict[str, Any]:
+    """The recipe a detector trains with, JSON-ready: ``variant``'s paper's (``paper``; its spec's
+    ``hyperparameters``, ``recipe: paper``) or the registry's (``recipe: registry``), ``overrides``
+    applied."""
+    hyperparameters = None
+    if variant is not None and paper:
+        from papers.api import get_spec
+
+        hyperparameters = get_spec(variant).hyperparameters_of(variant)
+    if hyperparameters is None:
+        return {"recipe": "registry", **task_recipe(overrides, DEFAULTS, "a detector")}
+    from papers.recipe import RecipeError, check_length, resolve
+
+    dotted = {_SHORT.get(key, key): value for key, value in (overrides or {}).items()}
+    if "epochs" in dotted and "iterations" not in dotted:
+        dotted["iterations"] = None  # the epochs asked replace the paper's length in steps
+    config = resolve(get_spec(variant), dotted, variant=variant)  # type: ignore[arg-type]
+    check_length(config)
+    if config.schedule.name == "plateau":
+        raise RecipeError("a detector's loop runs no plateau schedule", field="schedule")
+    made = config.model_dump(mode="json", exclude_defaults=True, exclude={"deviations"})
+    deviations = list(config.deviations)
+    for a in config.augmentation:
+        if a.name != "horizontal_flip":
+            deviations.append(f"augmentation {a.name}: not run (the detection loop flips images only)")
+    if config.input_size is not None:
+        deviations.append("input_size: the detector's transform sizes images (its min_size / max_size)")
+    for name in ("warmup", "ema_decay", "dropout"):
+        if getattr(config, name) is not None:
+            deviations.append(f"{name}: not run by the detection loop")
+    return {"recipe": "paper", "source": hyperparameters.source, **made, "deviations": deviations}
 
 
 def _flipped(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -43,34 +82,77 @@ def _flipped(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return image.flip(-1), {**target, "boxes": boxes}
 
 
+def _optimization(config: Mapping[str, Any], model: Any, steps_per_epoch: int) -> tuple[Any, Any, bool]:
+    """The optimizer and schedule of a recipe, and whether the schedule steps every iteration."""
+    import torch
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config["recipe"] == "registry":
+        optimizer = torch.optim.SGD(
+            parameters, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"]
+        )
+        steps = config["epochs"] * steps_per_epoch
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / WARMUP_STEPS)
+            return warm * max(0.0, 1 - step / steps) ** POLY_POWER
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    from papers.recipe import TrainConfig, make_optimizer, make_scheduler
+
+    train_config = TrainConfig.model_validate(
+        {k: v for k, v in config.items() if k in TrainConfig.model_fields}
+    )
+    optimizer = make_optimizer(train_config, parameters)
+    schedule = make_scheduler(
+        train_config, optimizer, epochs=config["epochs"], steps_per_epoch=steps_per_epoch
+    )
+    return optimizer, schedule, train_config.schedule.unit == "iteration"
+
+
 def train_detector(
     variant: str,
-    data: str,
+    data: str | None,
     *,
     overrides: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
+    weights: str | Path | None = None,
+    stop_after: int | None = None,
+    paper_recipe: bool = True,
 ) -> DetectionRun:
-    """Train ``variant`` on ``data``'s train split; score VOC07 mAP on its val split after each epoch."""
+    """Train ``variant`` on ``data``'s train split; score VOC07 mAP on its val split after each epoch.
+
+    ``paper_recipe=False`` trains with the registry's recipe even where the spec gives the paper's
+    (the proxy checks'); ``resume``, ``weights`` and ``stop_after`` as in
+    :func:`papers.train_segmentation.train_segmenter`."""
     import torch
 
     import papers
+    from papers import task_runs
     from papers.data import readable
     from papers.detection_data import detection_split, is_detection_source
     from papers.detection_metrics import voc_map
 
-    config = recipe(overrides)
+    resumed = None
+    if resume is not None:
+        resumed = task_runs.resume(resume, variant, data, overrides)
+        folder: Path | None = resumed.folder
+        config, data, build = resumed.recipe, resumed.recipe["data"], dict(resumed.recipe["options"])
+    else:
+        config = recipe(overrides, variant, paper=paper_recipe)
+        build = dict(options or {})
+    assert data is not None
     if not is_detection_source(data):
         raise PapersError(
             "a detector trains on builtin:shapes, a PASCAL VOC folder or a COCO folder", file=data
         )
-    folder = Path(out) if out is not None else None
-    if folder is not None and folder.exists() and any(folder.iterdir()):
-        raise PapersError("run folder exists and is not empty", file=str(folder))
+    if resumed is None:
+        folder = task_runs.new_folder(out)
     with readable(data):
         train_set, val_set = detection_split(data, "train"), detection_split(data, "val")
-    build = dict(options or {})
     wanted = build.setdefault("num_classes", train_set.num_classes)
     if wanted != train_set.num_classes:
         raise PapersError(
@@ -79,32 +161,36 @@ def train_detector(
             file=data,
             field="num_classes",
         )
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.get("seed", 0))
     model = papers.build_model(variant, **build)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"]
-    )
-    steps = config["epochs"] * -(-len(train_set.dataset) // config["batch_size"])
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / WARMUP_STEPS)
-        return warm * (1 - step / steps) ** POLY_POWER
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    generator = torch.Generator().manual_seed(config["seed"])
-    run = DetectionRun(
-        folder, {"variant": variant, "data": data, "options": build, "classes": train_set.classes, **config}
-    )
+    if weights is not None:
+        task_runs.start_weights(model, weights, variant)
+    batch = config["batch_size"]
+    per_epoch = -(-len(train_set.dataset) // batch)
+    if resumed is None:
+        if config.get("iterations") is not None:  # the paper's length in steps, as whole epochs
+            config["epochs"] = -(-config["iterations"] // per_epoch)
+        config = {"variant": variant, "data": data, "options": build, "classes": train_set.classes, **config}
+    optimizer, schedule, per_step = _optimization(config, model, per_epoch)
+    generator = torch.Generator().manual_seed(config.get("seed", 0))
+    run = DetectionRun(folder, config)
+    first, step = 1, 0
+    if resumed is not None:
+        task_runs.restore(resumed, model, optimizer, schedule, generator)
+        run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
+        step = resumed.state.get("step", (first - 1) * per_epoch)
     say = log or (lambda line: None)
-    for epoch in range(1, config["epochs"] + 1):
+    clip, last = config.get("grad_clip"), config.get("iterations")
+    for epoch in range(first, config["epochs"] + 1):
         model.train()
         started, total, batches = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(train_set.dataset), generator=generator).tolist()
-        for first in range(0, len(order), config["batch_size"]):
+        for begin in range(0, len(order), batch):
+            if last is not None and step >= last:
+                break
             images, targets = [], []
             with readable(data):
-                for index in order[first : first + config["batch_size"]]:
+                for index in order[begin : begin + batch]:
                     image, target = train_set.dataset[index]
                     target = {"boxes": target["boxes"], "labels": target["labels"]}
                     if bool(torch.rand(1, generator=generator) < 0.5):
@@ -119,9 +205,14 @@ def train_detector(
                 )
             optimizer.zero_grad()
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            if per_step and schedule is not None:
+                schedule.step()
+            step, total, batches = step + 1, total + loss.item(), batches + 1
+        if not per_step and schedule is not None:
             schedule.step()
-            total, batches = total + loss.item(), batches + 1
         model.eval()
         detections, truths = [], []
         with torch.inference_mode(), readable(data):
@@ -132,16 +223,19 @@ def train_detector(
         voc07, _ = voc_map(detections, truths, use_07_metric=True)
         row = {
             "epoch": epoch,
-            "train_loss": total / batches,
+            "train_loss": total / max(batches, 1),
             "val_voc07_map": 100.0 * voc07,
             "seconds": time.perf_counter() - started,
         }
         run.metrics.append(row)
+        run.save(model, epoch, {**task_runs.state_of(optimizer, schedule, generator), "step": step})
         say(
             f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
             f"VOC07 mAP {row['val_voc07_map']:.2f}%"
         )
-    write_run(run, model)
+        if stop_after is not None and epoch - first + 1 >= stop_after and epoch < config["epochs"]:
+            run.finished = False
+            break
     return run
 
 
@@ -160,6 +254,7 @@ def shapes_check(plugin: Any, proxy: str) -> Any:
             plugin.PROXY_DATA,
             overrides=plugin.PROXY_RECIPE,
             options=plugin.PROXY_OPTIONS,
+            paper_recipe=False,
             log=(lambda line: print(f"{name}: {line}", flush=True)) if progress else None,
         )
         return trained.final["val_voc07_map"], plugin.MIN_MAP

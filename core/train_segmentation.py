@@ -13,14 +13,13 @@ trained, on what, with what) and ``metrics.json`` (per epoch: loss and the held-
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from papers.errors import PapersError
+from papers.task_runs import TaskRun
 
 DEFAULTS = {"epochs": 10, "batch_size": 8, "lr": 0.01, "weight_decay": 5e-4, "crop": 128, "seed": 0}
 """The registry's recipe for segmenters (no segmentation paper's recipe is in a spec yet)."""
@@ -37,18 +36,8 @@ def is_segmenter(variant: str) -> bool:
     return isinstance(papers.expand_variant(variant).task, Segmentation)
 
 
-@dataclass
-class SegmentationRun:
-    """A segmenter's run: its folder, its per-epoch metrics, and the recipe it used."""
-
-    folder: Path | None
-    recipe: dict[str, Any]
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    finished: bool = True
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
+SegmentationRun = TaskRun
+"""A segmenter's run: its folder, its per-epoch metrics, and the recipe it used."""
 
 
 def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -111,31 +100,45 @@ def _loaded(pairs: list[Any], classes: int) -> list[tuple[Any, Any]]:
 
 def train_segmenter(
     variant: str,
-    data: str,
+    data: str | None,
     *,
     overrides: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
+    weights: str | Path | None = None,
+    stop_after: int | None = None,
 ) -> SegmentationRun:
-    """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch."""
+    """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch.
+
+    ``resume`` continues a run folder from its last epoch (:mod:`papers.task_runs`); ``weights`` are
+    the starting weights of a new run; ``stop_after`` ends this call after that many epochs."""
     import torch
     import torch.nn.functional as F
 
     import papers
+    from papers import task_runs
     from papers.segmentation_data import segmentation_pairs
 
-    config = recipe(overrides)
-    folder = Path(out) if out is not None else None
-    if folder is not None and folder.exists() and any(folder.iterdir()):
-        raise PapersError("run folder exists and is not empty", file=str(folder))
+    resumed = None
+    if resume is not None:
+        resumed = task_runs.resume(resume, variant, data, overrides)
+        folder: Path | None = resumed.folder
+        data, build = resumed.recipe["data"], dict(resumed.recipe["options"])
+        config = {key: resumed.recipe[key] for key in DEFAULTS}
+    else:
+        if data is None:
+            raise PapersError("name the training data with --data", field="--data")
+        config, folder, build = recipe(overrides), task_runs.new_folder(out), dict(options or {})
     train_pairs, names = segmentation_pairs(data, "train")
     val_pairs, _ = segmentation_pairs(data, "val")
-    build = dict(options or {})
     if names is not None:
         build.setdefault("num_classes", len(names))
     torch.manual_seed(config["seed"])
     model = papers.build_model(variant, **build)
+    if weights is not None:
+        task_runs.start_weights(model, weights, variant)
     classes = _classes(model, build)
     if names is not None and classes != len(names):
         raise PapersError(f"{variant} scores {classes} classes and {data} has {len(names)}", field="--data")
@@ -144,18 +147,24 @@ def train_segmenter(
         model.parameters(), lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"]
     )
     steps = config["epochs"] * -(-len(train_set) // config["batch_size"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / steps) ** POLY_POWER)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1 - step / steps) ** POLY_POWER
+    )
     generator = torch.Generator().manual_seed(config["seed"])
     run = SegmentationRun(folder, {"variant": variant, "data": data, "options": build, **config})
+    first = 1
+    if resumed is not None:
+        task_runs.restore(resumed, model, optimizer, schedule, generator)
+        run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
     say = log or (lambda line: None)
-    for epoch in range(1, config["epochs"] + 1):
+    for epoch in range(first, config["epochs"] + 1):
         model.train()
         started, total, seen = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(train_set), generator=generator).tolist()
-        for first in range(0, len(order), config["batch_size"]):
+        for begin in range(0, len(order), config["batch_size"]):
             crops = [
                 _crop(*train_set[i], config["crop"], generator)
-                for i in order[first : first + config["batch_size"]]
+                for i in order[begin : begin + config["batch_size"]]
             ]
             pixels = torch.stack([c[0] for c in crops])
             labels = torch.stack([c[1] for c in crops])
@@ -172,11 +181,14 @@ def train_segmenter(
         row = {"epoch": epoch, "train_loss": total / seen, "seconds": time.perf_counter() - started}
         row.update({f"val_{k}": v for k, v in scored.items()})
         run.metrics.append(row)
+        run.save(model, epoch, task_runs.state_of(optimizer, schedule, generator))
         say(
             f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
             f"mIoU {100 * scored['miou']:.2f}%"
         )
-    write_run(run, model)
+        if stop_after is not None and epoch - first + 1 >= stop_after and epoch < config["epochs"]:
+            run.finished = False
+            break
     return run
 
 
@@ -228,19 +240,6 @@ def evaluate_segmenter(
         for name, value in zip(labels, scored["per_class"], strict=True)
     }
     return measured | {"images": len(pairs), "classes": classes, "split": split, "protocol": "whole_image"}
-
-
-def write_run(run: SegmentationRun, model: Any) -> None:
-    """A task run's folder: ``model.safetensors``, ``recipe.json``, ``metrics.json`` (none: nothing)."""
-    if run.folder is None:
-        return
-    from safetensors.torch import save_file
-
-    run.folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(run.folder / "model.safetensors"))
-    (run.folder / "recipe.json").write_text(json.dumps(run.recipe, indent=2) + "\n")
-    (run.folder / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
 
 
 SHAPES = "builtin:shapes"
