@@ -19,7 +19,8 @@ A method is code in its plugin (:class:`Method`) with two optional steps:
   the rewritten graph.
 - ``apply(model, settings, context) -> model``: a step on a model with weights (masks, codebooks,
   decompositions), run by ``papers compress`` (:mod:`papers.compress`); ``context.data`` is the data
-  source where one is given.
+  source where one is given. Where the weights decide the widths (a global ranking of filters), it
+  returns a :class:`Narrowed` model with the graph it was built from instead.
 - ``measure(flat, settings) -> {metric: value}``: what the settings alone say of the result, without
   weights (a pruning method's kept weights and compression ratio from its per-layer kept fractions),
   by metric of the spec's vocabulary in its base unit; a value may be an :class:`Estimate`, with the
@@ -79,6 +80,19 @@ class MethodContext:
     The model given to ``apply`` holds its weights cut to the new shapes (each tensor's leading block:
     the first channels); a method that chooses what to keep by importance copies them from here."""
     device: str = "cpu"
+    flat_before: FlatGraph | None = None
+    """The graph ``before`` was built from (``None`` for a method without a rewrite)."""
+
+
+@dataclass(frozen=True)
+class Narrowed:
+    """What an ``apply`` step returns when the weights decide the shapes (a global ranking of filters
+    chooses how many each layer keeps): the new model and the graph it was built from. The graph is
+    checked as a rewrite's is, and the model's tensors must have the shapes that graph builds;
+    ``papers compress`` writes its widths so that ``load_compressed`` builds the same model."""
+
+    model: nn.Module
+    flat: FlatGraph
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,31 @@ def rewrite_once(flat: FlatGraph, step: Step, catalogue: Catalogue) -> FlatGraph
     return rewritten
 
 
+def check_narrowed(narrowed: Narrowed, flat: FlatGraph, step: Step, catalogue: Catalogue) -> FlatGraph:
+    """The graph of an apply step's :class:`Narrowed` result, checked as a rewrite's (nodes changed
+    from ``flat`` located at the step), with the model's tensors of the shapes it builds."""
+    from papers.build import build
+
+    method = step.method
+    if not isinstance(narrowed.flat, FlatGraph):
+        raise PluginError(f"method {method.name!r}: its apply step gave a Narrowed without a FlatGraph")
+    before = {node.name: node for node in flat.nodes}
+    nodes = tuple(
+        node if before.get(node.name) == node else replace(node, where=step.field)
+        for node in narrowed.flat.nodes
+    )
+    result = replace(narrowed.flat, nodes=nodes)
+    _check_graph(result, catalogue, method, step)
+    expected = {k: tuple(t.shape) for k, t in build(result, catalogue, device="meta").state_dict().items()}
+    given = {k: tuple(t.shape) for k, t in narrowed.model.state_dict().items()}
+    if expected != given:
+        raise PluginError(
+            f"method {method.name!r}: its narrowed model's tensors are not those its graph builds",
+            field=step.field,
+        )
+    return result
+
+
 def _check_graph(flat: FlatGraph, catalogue: Catalogue, method: Method, step: Step) -> None:
     """What the builder relies on: nodes of known ops with valid, unique names, each reading graph
     inputs or earlier nodes; outputs and feature stages that name nodes."""
@@ -346,11 +385,13 @@ __all__ = [
     "Estimate",
     "Method",
     "MethodContext",
+    "Narrowed",
     "NoSettings",
     "Settings",
     "Step",
     "check_method",
     "check_method_variant",
+    "check_narrowed",
     "expand_method_variant",
     "resolve_steps",
     "rewrite_graph",
