@@ -41,6 +41,10 @@ class LayerShape:
     """(1, 1) for a linear layer."""
     groups: int
     bias: bool
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    """A convolution's padding on each side, or torch's ``"same"``/``"valid"``."""
+    dilation: tuple[int, int] = (1, 1)
 
 
 def layer_shapes(flat: FlatGraph) -> dict[str, LayerShape]:
@@ -58,7 +62,9 @@ def layer_shapes(flat: FlatGraph) -> dict[str, LayerShape]:
             kernel = tuple(layer.kernel_size)
             shapes[node.name] = LayerShape(
                 node.name, "conv2d", layer.in_channels, layer.out_channels, kernel,  # type: ignore[arg-type]
-                layer.groups, layer.bias is not None,
+                layer.groups, layer.bias is not None, tuple(layer.stride),  # type: ignore[arg-type]
+                layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),  # type: ignore[arg-type]
+                tuple(layer.dilation),  # type: ignore[arg-type]
             )  # fmt: skip
         else:
             shapes[node.name] = LayerShape(
@@ -147,13 +153,15 @@ class Replaced:
 
 def replaced(flat: FlatGraph, chains: Mapping[str, Sequence[str]]) -> dict[str, Replaced]:
     """What each decomposed layer was, read back from its chain in the rewritten graph: the first
-    node's input channels, the last's output channels and bias, the kernel the chain spans."""
+    layer's input channels, the last's output channels and bias, the kernel the chain spans (a
+    normalisation inside the chain counts among its nodes, not its layers)."""
     shapes = layer_shapes(flat)
     out = {}
     for name, chain in chains.items():
-        first, last = shapes[chain[0]], shapes[chain[-1]]
-        height = 1 + sum(shapes[n].kernel[0] - 1 for n in chain)
-        width = 1 + sum(shapes[n].kernel[1] - 1 for n in chain)
+        layers = [shapes[n] for n in chain if n in shapes]  # the convolutions or linear layers (not a norm)
+        first, last = layers[0], layers[-1]
+        height = 1 + sum(layer.kernel[0] - 1 for layer in layers)
+        width = 1 + sum(layer.kernel[1] - 1 for layer in layers)
         out[name] = Replaced(tuple(chain), first.in_channels, last.out_channels, (height, width), last.bias)
     return out
 
