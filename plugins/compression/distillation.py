@@ -137,8 +137,8 @@ def keep_graph(flat: FlatGraph, settings: TrainingSettings) -> FlatGraph:
 
 
 def tapped(flat: FlatGraph, taps: list[str], device: Any = "cpu") -> nn.Module:
-    """``flat`` built to give a dict of its logits (under ``"logits"``) and of each node in ``taps``; its
-    parameters are named as in the whole model's."""
+    """``flat`` built to give a dict of the outputs of its logits node and of each node in ``taps``, by
+    node name; its parameters are named as in the whole model's."""
     from papers.build import build
     from papers.registry import get_registry
 
@@ -193,7 +193,8 @@ class Distiller:
         return self.outputs["teacher"][self.teacher_logits]
 
 
-def _distiller(model: Any, criterion: str) -> Distiller:
+def distiller_of(model: Any, criterion: str) -> Distiller:
+    """``model`` as the :class:`Distiller` a distillation criterion reads; anything else is refused."""
     if not isinstance(model, Distiller):
         raise RecipeError(
             f"criterion {criterion} trains a student beside its teacher; it needs a distillation method "
@@ -226,7 +227,7 @@ def soft_target_loss(
 
 
 def _soft_targets(model: Any, config: Any) -> Callable[[Any, Any], Any]:
-    distiller = _distiller(model, "soft_targets")
+    distiller = distiller_of(model, "soft_targets")
 
     def loss(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         s = distiller.settings
@@ -368,13 +369,19 @@ class ProxyData:
 
 
 def proxy_data(flat: FlatGraph, data: str = PROXY_DATA, limit: int | None = None) -> ProxyData:
+    """``data``'s training and test split at ``flat``'s input shape (``limit``: that many of each)."""
     from papers.data import in_memory
 
     shape = tuple(next(iter(flat.inputs.values())))
     train_images, train_labels, test_images, test_labels = in_memory(data, shape)  # type: ignore[arg-type]
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
+    if limit is not None:  # the digits come sorted by class: a fixed random subset keeps them all
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        train = torch.randperm(len(train_labels), generator=generator)[:limit]
+        test = torch.randperm(len(test_labels), generator=generator)[:limit]
+        train_images, train_labels = train_images[train], train_labels[train]
+        test_images, test_labels = test_images[test], test_labels[test]
     return ProxyData(train_images, train_labels, test_images, test_labels)
 
 
@@ -396,13 +403,14 @@ def compare_alone_and_distilled(
     epochs: int | None = None,
     teacher_epochs: int | None = None,
     limit: int | None = None,
+    changes: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """On one thread: the teacher of method variant ``variant_id`` trained once, then for each seed the
     student trained alone (cross-entropy) and the same initial student distilled by ``distil(student,
     teacher, settings, batches, (student graph, teacher graph))``, for the same epochs over the same
     shuffles. Gives the top-1 (percent, held-out split) of the teacher, and of each student per seed and on
-    average. ``epochs``/``teacher_epochs`` replace the variant's settings; ``limit``: the first
-    images only."""
+    average. ``epochs``/``teacher_epochs`` replace the variant's settings; ``limit``: a fixed
+    random subset of that many training and test images; ``changes``: other settings replaced."""
     import torch
 
     from papers.api import expand_variant
@@ -414,7 +422,7 @@ def compare_alone_and_distilled(
     base = get_registry().variant(variant_id)[1].base
     assert base is not None
     (step,) = variant_steps(variant_id)
-    changed = {"epochs": epochs, "teacher_epochs": teacher_epochs}
+    changed = {"epochs": epochs, "teacher_epochs": teacher_epochs, **(changes or {})}
     settings = step.settings.model_copy(update={k: v for k, v in changed.items() if v is not None})
     flats = (expand_variant(base), expand_variant(settings.teacher))
     data = proxy_data(flats[0], limit=limit)
