@@ -448,6 +448,15 @@ def _warnings_held() -> Iterator[Callable[[], None]]:
     "through the library's cache (TORCH_HOME, HF_HOME) or downloaded by it.",
 )
 @click.option("--stop-after", type=click.IntRange(min=0), hidden=True)
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Build option of a segmenter or detector (a graph parameter: width=32); a classifier's come "
+    "from its recipe.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 def train(
     variant: str,
@@ -462,6 +471,7 @@ def train(
     threads: int | None,
     weights: str | None,
     stop_after: int | None,
+    option_pairs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Train a variant with its paper's recipe (under torchrun: on every process, rank 0 writing)."""
@@ -496,6 +506,7 @@ def train(
                 threads=threads,
                 weights=weights,
                 stop_after=stop_after,
+                options=_options(option_pairs),
                 log=log,
             )
     except KeyboardInterrupt:
@@ -529,14 +540,15 @@ def train(
 
 def _task_recipe(variant: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
     """The recipe a segmenter's or detector's loop would train with (none: a classifier)."""
-    from papers.detect import is_detector
+    from papers.detect import class_detector, is_detector
     from papers.train_detection import recipe as detection_recipe
     from papers.train_segmentation import is_segmenter
     from papers.train_segmentation import recipe as segmentation_recipe
 
     if is_segmenter(variant):
         return {"recipe": "registry", **segmentation_recipe(overrides)}
-    return detection_recipe(overrides, variant) if is_detector(variant) else None
+    detector = is_detector(variant) or class_detector(variant) is not None
+    return detection_recipe(overrides, variant) if detector else None
 
 
 @cli.command("eval")

@@ -58,6 +58,14 @@ def image_detector(variant: str) -> Any:
     return _plugin_builder(variant, "detector", "DETECTOR_VARIANTS")
 
 
+def class_detector(variant: str) -> Any:
+    """The builder of ``variant`` as a plugin's own detector that scores classes (its graph has a
+    ``num_classes`` parameter: YOLO's), which ``papers train`` and ``papers eval`` take with its object
+    classes (no background); ``None`` for any other variant (MultiBox's boxes have no class)."""
+    builder = image_detector(variant)
+    return builder if builder is not None and model_classes(variant, {}) is not None else None
+
+
 def _plugin_builder(variant: str, function: str, names: str) -> Any:
     import importlib
 
@@ -290,17 +298,20 @@ def evaluate_detector(
             file=_record_file(Path(weights)),
             field="classes",
         )
-    wanted = built.setdefault("num_classes", detection.num_classes)
-    if wanted != detection.num_classes:
+    own = None if is_detector(variant) else class_detector(variant)
+    classes = detection.num_classes - (0 if own is None else 1)  # YOLO's count no background
+    wanted = built.setdefault("num_classes", classes)
+    if wanted != classes:
         raise DataError(
             f"the data has {detection.num_classes} classes with the background "
-            f"({_shown(detection.object_classes)}); the model is built for {wanted}",
+            f"({_shown(detection.object_classes)}); the model is built for {wanted}"
+            + ("" if own is None else " without it"),
             file=data,
             field="num_classes",
         )
-    model = papers.build_model(variant, **built)
+    model = papers.build_model(variant, **built) if own is None else own(variant, weights=None, options=built)
     try:
-        fit_weights(model, state, file=str(weights))
+        fit_weights(getattr(model, "network", model) if own is not None else model, state, file=str(weights))
     except WeightsError as error:
         raise WeightsError(
             f"{error.message} (the model is built for the data's {detection.num_classes} classes "

@@ -186,9 +186,10 @@ def _evaluate(
 
     if protocol not in PROTOCOLS:
         raise PapersError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}", field="--protocol")
-    from papers.detect import evaluate_detector, is_detector
+    from papers.detect import class_detector, evaluate_detector, is_detector
 
-    if is_detector(variant):  # mAP on VOC / COCO / builtin:shapes (papers.detect)
+    # mAP on VOC / COCO / builtin:shapes (papers.detect), of a task layer's detector or a plugin's (YOLO)
+    if is_detector(variant) or class_detector(variant) is not None:
         return evaluate_detector(
             variant, weights, data, batch_size=batch_size, workers=workers, options=options
         )
@@ -198,7 +199,7 @@ def _evaluate(
     library = is_library_weights(weights)  # torchvision:resnet18: the library's pretrained weights
     state = library_state_dict(str(weights)) if library else load_weights(weights)
     spec = get_spec(variant)
-    record = None if library else _run_record(Path(weights))
+    record = None if library else _run_record(Path(weights), tasks=False)
     criterion = _criterion(spec, record, Path(weights))
     built = {**(record.options if record is not None else {}), **(options or {})}
     auto = normalize == "auto"
@@ -320,8 +321,9 @@ def _check_memory(batch: int, shape: tuple[int, int, int], data: str, resize: in
         )
 
 
-def _run_record(weights: Path) -> Any:
-    """The run record of weights written by ``papers train`` (in the run folder or its checkpoints)."""
+def _run_record(weights: Path, *, tasks: bool = True) -> Any:
+    """The run record of weights written by ``papers train`` (in the run folder or its checkpoints): a
+    classification run's, else (``tasks``) a segmenter's or detector's (its build options and classes)."""
     from papers.train import RunRecord
 
     path = _record_file(weights)
@@ -330,7 +332,10 @@ def _run_record(weights: Path) -> Any:
     try:
         return RunRecord.model_validate_json(Path(path).read_bytes())
     except (OSError, ValueError):
-        return None
+        pass
+    from papers.task_runs import task_record
+
+    return task_record(Path(path)) if tasks else None
 
 
 def _record_file(weights: Path) -> str | None:

@@ -145,6 +145,34 @@ def resume(
     return Resumed(folder, recipe, metrics, state)
 
 
+@dataclass(frozen=True)
+class TaskRecord:
+    """What ``papers eval`` and ``papers detect`` read of a task run's ``recipe.json``: the build
+    options the weights fit, and the classes (the background first, where the data has one)."""
+
+    variant: str
+    data: str
+    options: dict[str, Any]
+    classes: list[str]
+
+
+def task_record(recipe: Path) -> TaskRecord | None:
+    """The record of a task run's ``recipe.json``, or ``None`` where it is not one."""
+    try:
+        data = json.loads(recipe.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+        return None
+    classes = data.get("classes")
+    return TaskRecord(
+        str(data.get("variant", "")),
+        str(data.get("data", "")),
+        dict(data["options"]),
+        [str(c) for c in classes] if isinstance(classes, list) else [],
+    )
+
+
 def start_weights(model: Any, weights: str | Path, variant: str) -> None:
     """Load ``weights`` (ours as .safetensors, a torchvision / timm state dict, or a library's by name)
     into ``model`` strictly, as classification runs do."""
@@ -181,4 +209,14 @@ def state_of(optimizer: Any, schedule: Any, generator: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["Resumed", "TaskRun", "new_folder", "restore", "resume", "start_weights", "state_of"]
+__all__ = [
+    "Resumed",
+    "TaskRecord",
+    "TaskRun",
+    "new_folder",
+    "restore",
+    "resume",
+    "start_weights",
+    "state_of",
+    "task_record",
+]

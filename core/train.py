@@ -151,6 +151,7 @@ def train(
     workers: int = 0,
     threads: int | None = None,
     weights: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Train ``variant`` on ``data`` with its paper's recipe and ``overrides`` (dotted recipe fields).
@@ -162,12 +163,15 @@ def train(
     weights by name, ``torchvision:resnet18``: see :mod:`papers.pretrained`) replaces the initial
     weights, loaded strictly as ``papers eval`` loads them. A resumed run takes ``overrides`` of
     ``epochs`` only, and only more than it had: it is extended.
+    ``options`` are a segmenter's or detector's build options (graph parameters); a classifier's come
+    from its recipe.
     """
-    from papers.detect import is_detector
+    from papers.detect import class_detector, is_detector
     from papers.train_detection import train_detector
     from papers.train_segmentation import is_segmenter, train_segmenter
 
-    task_loop = train_segmenter if is_segmenter(variant) else train_detector if is_detector(variant) else None
+    detector = is_detector(variant) or class_detector(variant) is not None
+    task_loop = train_segmenter if is_segmenter(variant) else train_detector if detector else None
     if task_loop is not None:  # papers.train_segmentation, papers.train_detection (papers.task_runs)
         if weights is not None and resume is not None:
             raise RunError(
@@ -175,6 +179,8 @@ def train(
             )
         if data is None and resume is None:
             raise RunError("name the training data with --data", field="--data")
+        if options and resume is not None:
+            raise RunError("a resumed run keeps its build options", field="--option")
         with intra_op_threads(threads):
             return task_loop(  # type: ignore[return-value]
                 variant,
@@ -185,7 +191,13 @@ def train(
                 resume=resume,
                 weights=weights,
                 stop_after=stop_after,
+                options=options,
             )
+    if options:
+        raise RunError(
+            "a classifier's build options come from its recipe (-r input_size=, -r dropout=)",
+            field="--option",
+        )
     if weights is not None and resume is not None:
         raise RunError(
             "a resumed run continues from its checkpoint; --weights starts a new run", field="--weights"

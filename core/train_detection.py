@@ -133,6 +133,7 @@ def train_detector(
     import papers
     from papers import task_runs
     from papers.data import readable
+    from papers.detect import class_detector, is_detector
     from papers.detection_data import detection_split, is_detection_source
     from papers.detection_metrics import voc_map
 
@@ -153,18 +154,27 @@ def train_detector(
         folder = task_runs.new_folder(out)
     with readable(data):
         train_set, val_set = detection_split(data, "train"), detection_split(data, "val")
-    wanted = build.setdefault("num_classes", train_set.num_classes)
-    if wanted != train_set.num_classes:
+    own = None if is_detector(variant) else class_detector(variant)
+    # a plugin's own detector (YOLO) counts its object classes only; a task layer's, the background too
+    classes = train_set.num_classes - (0 if own is None else 1)
+    wanted = build.setdefault("num_classes", classes)
+    if wanted != classes:
         raise PapersError(
             f"the data has {train_set.num_classes} classes with the background; "
-            f"the model is built for {wanted}",
+            f"the model is built for {wanted}" + ("" if own is None else " without it"),
             file=data,
             field="num_classes",
         )
     torch.manual_seed(config.get("seed", 0))
-    model = papers.build_model(variant, **build)
+    if own is None:
+        model = network = papers.build_model(variant, **build)
+    else:
+        model = own(variant, weights=None, options=build)
+        if getattr(model, "loss", None) is None:
+            raise PapersError(f"{variant} has no training loss in the registry (papers detect and eval only)")
+        network = model.network  # the run's weights are the network's, as papers detect loads them
     if weights is not None:
-        task_runs.start_weights(model, weights, variant)
+        task_runs.start_weights(network, weights, variant)
     batch = config["batch_size"]
     per_epoch = -(-len(train_set.dataset) // batch)
     if resumed is None:
@@ -176,7 +186,7 @@ def train_detector(
     run = DetectionRun(folder, config)
     first, step = 1, 0
     if resumed is not None:
-        task_runs.restore(resumed, model, optimizer, schedule, generator)
+        task_runs.restore(resumed, network, optimizer, schedule, generator)
         run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
         step = resumed.state.get("step", (first - 1) * per_epoch)
     say = log or (lambda line: None)
@@ -228,7 +238,7 @@ def train_detector(
             "seconds": time.perf_counter() - started,
         }
         run.metrics.append(row)
-        run.save(model, epoch, {**task_runs.state_of(optimizer, schedule, generator), "step": step})
+        run.save(network, epoch, {**task_runs.state_of(optimizer, schedule, generator), "step": step})
         say(
             f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
             f"VOC07 mAP {row['val_voc07_map']:.2f}%"

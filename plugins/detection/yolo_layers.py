@@ -27,6 +27,7 @@ Imported only when a model is built or a function is called (the plugin module d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -239,6 +240,95 @@ def decode_yolov3(
     ]
 
 
+def yolov3_loss(
+    maps: Sequence[Tensor],
+    anchors: Sequence[Sequence[Sequence[float]]],
+    targets: Sequence[dict[str, Tensor]],
+    image_size: tuple[int, int],
+    *,
+    ignore_thresh: float = 0.5,
+) -> dict[str, Tensor]:
+    """YOLOv3's training loss (Section 2), each term summed over the batch's predictions and averaged
+    over its images.
+
+    ``maps`` per scale [N, A·(5 + C), H, W]; ``anchors`` per scale the priors' (width, height) in input
+    pixels; ``targets`` per image ``boxes`` [K, 4] (x1, y1, x2, y2 in input pixels) and ``labels`` [K]
+    (0 to C − 1). Each object is given to one prior, the one of the nine whose shape overlaps it most
+    (centres aligned), in the cell of that prior's scale holding its centre (Section 2.1: "only
+    assigns one bounding box prior for each ground truth object"); where two objects fall on one prior
+    and cell, the paper is silent and the later one is learned. Terms:
+
+    - ``loss_box``: sum-squared error of the coordinates, σ(tx), σ(ty) against the centre's offset in
+      its cell and tw, th against log(w / pw), log(h / ph) (Section 2.1, "sum of squared error loss");
+    - ``loss_objectness``: binary cross-entropy of the objectness logit, 1 for the assigned priors and 0
+      for the others, except that a prediction whose box overlaps an object by more than
+      ``ignore_thresh`` without being assigned to it is left out (Section 2.1: "we ignore the
+      prediction", threshold .5);
+    - ``loss_classifier``: binary cross-entropy of each class's logit for the assigned priors
+      (Section 2.2: independent logistic classifiers, no softmax).
+    """
+    height, width = image_size
+    n = maps[0].shape[0]
+    shapes = torch.tensor([list(prior) for scale in anchors for prior in scale], dtype=torch.float32)
+    owner = [(s, a) for s, scale in enumerate(anchors) for a in range(len(scale))]
+    box_loss = maps[0].new_zeros(())
+    objectness_loss = maps[0].new_zeros(())
+    class_loss = maps[0].new_zeros(())
+    for s, raw in enumerate(maps):
+        _, channels, rows, cols = raw.shape
+        count = len(anchors[s])
+        values = channels // count
+        stride_y, stride_x = height / rows, width / cols
+        per_anchor = raw.view(n, count, values, rows, cols).permute(0, 1, 3, 4, 2)  # N, A, H, W, 5 + C
+        priors = torch.as_tensor(anchors[s], dtype=raw.dtype, device=raw.device)
+        with torch.no_grad():
+            predicted, _, _ = _anchor_boxes(raw.detach(), priors, stride_y)  # N, H·W·A, 4 (H, W, A order)
+        objectness_target = torch.zeros(n, count, rows, cols, dtype=raw.dtype, device=raw.device)
+        counted = torch.ones(n, count, rows, cols, dtype=torch.bool, device=raw.device)
+        for b, target in enumerate(targets):
+            truth = target["boxes"].to(raw)
+            if truth.numel() == 0:
+                continue
+            overlap = box_iou(predicted[b], truth).amax(dim=1).view(rows, cols, count).permute(2, 0, 1)
+            counted[b] &= overlap <= ignore_thresh
+            sizes = torch.stack((truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1]), dim=1)
+            best = centred_iou(sizes.detach().cpu().numpy(), shapes.numpy()).argmax(axis=1)
+            for k, index in enumerate(best.tolist()):
+                scale, a = owner[index]
+                if scale != s:
+                    continue
+                x1, y1, x2, y2 = truth[k].tolist()
+                cx, cy = (x1 + x2) / 2 / stride_x, (y1 + y2) / 2 / stride_y
+                col, row = min(int(cx), cols - 1), min(int(cy), rows - 1)
+                objectness_target[b, a, row, col] = 1.0
+                counted[b, a, row, col] = True
+                cell = per_anchor[b, a, row, col]
+                goal = raw.new_tensor(
+                    [
+                        cx - col,
+                        cy - row,
+                        math.log(max(x2 - x1, 1e-6) / float(priors[a, 0])),
+                        math.log(max(y2 - y1, 1e-6) / float(priors[a, 1])),
+                    ]
+                )
+                guess = torch.cat((torch.sigmoid(cell[:2]), cell[2:4]))
+                box_loss = box_loss + ((guess - goal) ** 2).sum()
+                one_hot = torch.zeros_like(cell[5:])
+                one_hot[int(target["labels"][k])] = 1.0
+                class_loss = class_loss + F.binary_cross_entropy_with_logits(
+                    cell[5:], one_hot, reduction="sum"
+                )
+        logits = per_anchor[..., 4]
+        objectness_loss = objectness_loss + F.binary_cross_entropy_with_logits(
+            logits[counted], objectness_target[counted], reduction="sum"
+        )
+    return {
+        "loss_box": box_loss / max(n, 1),
+        "loss_objectness": objectness_loss / max(n, 1),
+        "loss_classifier": class_loss / max(n, 1),
+    }
+
+
 def _sibling_groups(parents: Sequence[int]) -> list[tuple[int, int]]:
     """(start, end) of each run of nodes with one parent: the groups WordTree's softmaxes cover."""
     groups, start = [], 0
@@ -352,21 +442,49 @@ class YoloDetector(nn.Module):
     [0, 1], any size) gives ``[{boxes, scores, labels}]`` in each image's pixels, labels from 1 (0 is
     torchvision's background). Each image is resized to the network's square input, as Darknet's
     detector resizes it (no letterbox; the boxes are scaled back), run, and decoded by ``decode``
-    (``decode(outputs, (size, size))`` → per image ``{boxes, scores, labels}``, labels from 0)."""
+    (``decode(outputs, (size, size))`` → per image ``{boxes, scores, labels}``, labels from 0).
 
-    def __init__(self, network: nn.Module, decode: Any, size: int, label_names: Sequence[str] | None = None):
+    In training mode with ``loss`` (``loss(outputs, targets, (size, size))`` → a dict of losses,
+    targets' boxes in the square input's pixels and labels from 0), ``model(images, targets)`` gives
+    that dict, the boxes and labels of torchvision's targets moved to the network's frame. Its classes
+    do not count a background (``num_classes`` is the objects'), and its weights are the network's
+    (``papers detect --weights`` loads a run's ``model.safetensors`` into it)."""
+
+    counts_background = False
+
+    def __init__(
+        self,
+        network: nn.Module,
+        decode: Any,
+        size: int,
+        label_names: Sequence[str] | None = None,
+        loss: Any = None,
+    ):
         super().__init__()
         self.network, self.size = network, size
         object.__setattr__(self, "decode", decode)
+        object.__setattr__(self, "loss", loss)
         if label_names is not None:
             self.label_names = list(label_names)
 
-    def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    def _square(self, image: Tensor) -> Tensor:
+        return F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None) -> Any:
+        if self.training and targets is not None:
+            if self.loss is None:
+                raise NotImplementedError("this YOLO has no training loss in the registry")
+            moved = []
+            for image, target in zip(images, targets, strict=True):
+                height, width = image.shape[-2:]
+                scale = target["boxes"].new_tensor([width, height, width, height]) / self.size
+                moved.append({"boxes": target["boxes"] / scale, "labels": target["labels"] - 1})
+            batch = torch.cat([self._square(image) for image in images])
+            return self.loss(self.network(batch), moved, (self.size, self.size))
         found = []
         for image in images:
             height, width = image.shape[-2:]
-            x = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)
-            (one,) = self.decode(self.network(x), (self.size, self.size))
+            (one,) = self.decode(self.network(self._square(image)), (self.size, self.size))
             scale = one["boxes"].new_tensor([width, height, width, height]) / self.size
             found.append(
                 {"boxes": one["boxes"] * scale, "scores": one["scores"], "labels": one["labels"] + 1}
@@ -419,13 +537,17 @@ def yolo_detector(
         fit_weights(network, load_weights(weights), file=weights)
     size = int(graph_value(variant, "image_size", graph))
     classes = int(graph_value(variant, "num_classes", graph))
+    loss = None
     if version == 1:
         boxes = int(graph_value(variant, "boxes", graph))
         decode = functools.partial(_decode_v1, boxes=boxes, **decoding)
+        loss = functools.partial(_loss_v1, boxes=boxes)
     else:
         anchors = graph_value(variant, "anchors", graph)
         decode = functools.partial(_decode_v2 if version == 2 else _decode_v3, anchors=anchors, **decoding)
-    return YoloDetector(network.eval(), decode, size, class_names(classes))
+        if version == 3:
+            loss = functools.partial(_loss_v3, anchors=anchors)
+    return YoloDetector(network.eval(), decode, size, class_names(classes), loss)
 
 
 def _first(outputs: Any) -> Tensor:
@@ -446,3 +568,11 @@ def _decode_v3(
     outputs: Any, size: tuple[int, int], *, anchors: Any, **options: Any
 ) -> list[dict[str, Tensor]]:
     return decode_yolov3([outputs.scale1, outputs.scale2, outputs.scale3], anchors, size, **options)
+
+
+def _loss_v1(outputs: Any, targets: Any, size: tuple[int, int], *, boxes: int) -> dict[str, Tensor]:
+    return {"loss_yolo": yolo_v1_loss(_first(outputs), targets, size, boxes=boxes)}
+
+
+def _loss_v3(outputs: Any, targets: Any, size: tuple[int, int], *, anchors: Any) -> dict[str, Tensor]:
+    return yolov3_loss([outputs.scale1, outputs.scale2, outputs.scale3], anchors, targets, size)
