@@ -327,8 +327,10 @@ def variant_steps(variant_id: str) -> list[Step]:
 def static_measurements(variant_id: str) -> dict[str, float | Estimate]:
     """What a method variant's settings say without weights: each step's ``measure``, on the graph after
     its rewrite, by metric (a later step's value of a metric replaces an earlier one's, and ``None``
-    drops it: the step makes it depend on the weights, as Huffman coding does a ratio); empty for a
-    variant whose methods measure nothing."""
+    drops it: the step makes it depend on the weights, as Huffman coding does a ratio). Where the
+    rewrites change the graph (narrower layers), ``flops_reduction`` and ``params_reduction`` too,
+    from the two graphs (:func:`graph_reductions`), unless a step measured them itself. Empty for a
+    variant whose methods neither rewrite nor measure."""
     from papers.api import expand_variant
     from papers.registry import get_registry
 
@@ -337,9 +339,9 @@ def static_measurements(variant_id: str) -> dict[str, float | Estimate]:
     if variant.base is None:
         return {}
     steps = variant_steps(variant_id)
-    if all(step.method.measure is None for step in steps):
+    if all(step.method.measure is None and step.method.rewrite is None for step in steps):
         return {}
-    flat = expand_variant(variant.base)
+    base = flat = expand_variant(variant.base)
     measured: dict[str, float | Estimate | None] = {}
     try:
         for step in steps:
@@ -349,7 +351,33 @@ def static_measurements(variant_id: str) -> dict[str, float | Estimate]:
                 measured.update(_measure_once(flat, step))
     except PapersError as error:
         raise error.located(file=entry.file) from None
+    if flat != base:
+        for metric, value in graph_reductions(base, flat).items():
+            measured.setdefault(metric, value)
     return {metric: value for metric, value in measured.items() if value is not None}
+
+
+def graph_reductions(before: FlatGraph, after: FlatGraph) -> dict[str, float]:
+    """What a rewrite removed, in percent of ``before``'s: its multiply-adds (``flops_reduction``, the
+    same fraction of FLOPs) and the parameters of its layers that multiply (``params_reduction``:
+    convolutions and linear layers, batch normalisation aside, as pruning papers count them)."""
+    from papers.measure import measure_graph
+    from papers.registry import get_registry
+
+    catalogue = get_registry().catalogue
+    counts = []
+    for flat in (before, after):
+        measured = measure_graph("reduction", flat, catalogue)
+        ops = {node.name: node.op for node in flat.nodes}
+        weighted = sum(p for name, p in measured.node_params.items() if catalogue[ops[name]].counts_macs)
+        counts.append((measured.macs, weighted))
+    (macs_before, params_before), (macs_after, params_after) = counts
+    reductions = {}
+    if macs_before:
+        reductions["flops_reduction"] = 100.0 * (1 - macs_after / macs_before)
+    if params_before:
+        reductions["params_reduction"] = 100.0 * (1 - params_after / params_before)
+    return reductions
 
 
 def _measure_once(flat: FlatGraph, step: Step) -> dict[str, float | Estimate | None]:
@@ -393,6 +421,7 @@ __all__ = [
     "check_method_variant",
     "check_narrowed",
     "expand_method_variant",
+    "graph_reductions",
     "resolve_steps",
     "rewrite_graph",
     "static_measurements",

@@ -788,6 +788,9 @@ Metric = Literal[
     "top5_accuracy_change",
     "map_change",
     "miou_change",
+    # a structured pruning's removal, in percent: of the multiply-adds, of the weighted layers' parameters
+    "flops_reduction",
+    "params_reduction",
 ]
 METRIC_DIRECTION: dict[str, str] = {
     "params": "lower",
@@ -820,6 +823,8 @@ METRIC_DIRECTION: dict[str, str] = {
     "top5_accuracy_change": "higher",
     "map_change": "higher",
     "miou_change": "higher",
+    "flops_reduction": "higher",
+    "params_reduction": "higher",
 }
 STATIC_METRICS = frozenset({"params", "macs", "flops", "output_shape", "receptive_field"})
 Unit = Literal[
