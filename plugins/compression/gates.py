@@ -82,8 +82,20 @@ class ChannelGates:
     applied by forward hooks on ``model`` until :meth:`close`. With ``record`` on, each gated output
     (before its mask) is kept with its gradient, for criteria on activations."""
 
-    def __init__(self, model: Any, points: Mapping[str, str], widths: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        points: Mapping[str, str],
+        widths: Mapping[str, int],
+        *,
+        straight_through: bool = False,
+    ) -> None:
         import torch
+
+        self.straight_through = straight_through
+        """Pass the gradient through a zero gate as if it were one: a masked channel's filter keeps
+        learning from what the network would do with it (Lin et al.'s GDP, whose pruned filters may
+        come back), while the forward pass computes without it."""
 
         self.masks: dict[str, torch.Tensor] = {
             name: torch.ones(widths[name], device=_device_of(model)) for name in points
@@ -101,7 +113,8 @@ class ChannelGates:
                 output.retain_grad()
                 self.outputs[name] = output
             shape = (1, -1) + (1,) * (output.dim() - 2)
-            return output * self.masks[name].view(shape)
+            gated = output * self.masks[name].view(shape)
+            return output + (gated - output).detach() if self.straight_through else gated
 
         return gate
 
