@@ -492,13 +492,21 @@ def remove_channels(
     """``model`` (built from ``flat``) with only the ``kept`` output channels of each named layer: a
     new, narrower dense model built from ``narrow(flat, ...)`` on ``model``'s device, in ``model``'s
     mode, holding the kept weights (:func:`copy_kept`), and its graph. ``model`` is left as it is."""
+    import torch
+
     from papers.build import build
     from papers.registry import get_registry
 
     checked = check_kept(flat, kept)
     narrowed = narrow(flat, {name: len(indices) for name, indices in checked.items()}, field="kept")
-    device = next((p.device for p in model.parameters()), "cpu")
-    after = build(narrowed, get_registry().catalogue, device=device)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    catalogue = get_registry().catalogue
+    after = build(narrowed, catalogue, device="meta")
+    stored = after.state_dict().keys()
+    if all(name in stored for name, _ in after.named_buffers()):
+        after = after.to_empty(device=device)  # every tensor is copied below: none initialised first
+    else:  # a buffer outside the state dict keeps the value its module gives it
+        after = build(narrowed, catalogue, device=device)
     copy_kept(model, after, flat, checked)
     after.train(model.training)
     return after, narrowed
