@@ -12,6 +12,7 @@ import torch
 import papers
 from papers.build import build
 from papers.errors import SpecError
+from papers.graph import FlatGraph, FlatNode
 from papers.registry import get_registry
 from papers_plugins.compression.channels import (
     channel_layers,
@@ -190,3 +191,50 @@ def test_kept_channels_out_of_range_or_twice_are_refused():
         remove_channels(model, flat, {"layer1.0.conv1": [0, 16]})
     with pytest.raises(SpecError, match="given twice"):
         remove_channels(model, flat, {"layer1.0.conv1": [3, 3]})
+
+
+def test_a_depthwise_convolution_follows_its_input_and_frozen_batch_norms_are_cut():
+    def node(name, op, inputs, **args):
+        return FlatNode(name, op, args, tuple(inputs), "test")
+
+    flat = FlatGraph(
+        inputs={"image": (3, 8, 8)},
+        nodes=(
+            node("conv", "conv2d", ["image"], out_channels=8, kernel_size=3, padding=1),
+            node("bn", "frozen_batchnorm2d", ["conv"]),
+            node("relu", "relu", ["bn"]),
+            node("dw", "conv2d", ["relu"], out_channels=8, kernel_size=3, padding=1, groups=8),
+            node("dw_bn", "batchnorm2d", ["dw"]),
+            node("pw", "conv2d", ["dw_bn"], out_channels=4, kernel_size=1),
+            node("flatten", "flatten", ["pw"], start_dim=1),
+            node("fc", "linear", ["flatten"], out_features=10),
+        ),
+        outputs={"logits": "fc"},
+        features={},
+    )
+    layers = channel_layers(flat)
+    assert "dw" not in layers, "a depthwise convolution's channels are its input's"
+    assert [(c.name, c.role) for c in layers["conv"].followers] == [
+        ("bn", "follow"),
+        ("dw", "follow"),
+        ("dw_bn", "follow"),
+    ]
+    assert [c.name for c in layers["conv"].next_layers] == ["pw"]
+    assert layers["pw"].next_layers[0].block == 64
+    narrowed = narrow(flat, {"conv": 5, "pw": 3}, field="kept")
+    assert narrowed.node("dw").args["out_channels"] == 5 and narrowed.node("dw").args["groups"] == 5
+    model = build(flat, get_registry().catalogue).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+        for layer in ("conv", "bn", "dw", "dw_bn"):  # the channels die, and stay dead past the depthwise
+            for tensor in ("weight", "bias"):
+                getattr(model.get_submodule(layer), tensor)[[1, 4, 6]] = 0
+    images = torch.randn(2, 3, 8, 8, generator=generator)
+    after, _ = remove_channels(model, flat, {"conv": [0, 2, 3, 5, 7]})
+    with torch.no_grad():
+        expected, got = model(images), after(images)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    assert after.get_submodule("dw").weight.shape == (5, 1, 3, 3)

@@ -456,6 +456,9 @@ def _input_width(module: Any) -> int:
     for attribute in ("in_channels", "in_features", "num_features"):
         if hasattr(module, attribute):
             return int(getattr(module, attribute))
+    weight = getattr(module, "weight", None)  # torchvision's FrozenBatchNorm2d: buffers only
+    if weight is not None and weight.dim() == 1:
+        return int(weight.shape[0])
     raise ValueError(f"{type(module).__name__} has no input width")
 
 
