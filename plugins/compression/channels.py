@@ -312,7 +312,7 @@ def _step(
 # -- the static rewrite ------------------------------------------------------------------------------
 
 
-def narrow(flat: FlatGraph, widths: Mapping[str, int], *, field: str) -> FlatGraph:
+def narrow(flat: FlatGraph, widths: Mapping[str, int], *, field: str | None = None) -> FlatGraph:
     """``flat`` with each named layer's output channels set to ``widths[name]`` (``out_channels`` of a
     convolution, ``out_features`` of a linear layer); a depthwise convolution its channels reach gets
     its new width and groups. Every input width is inferred when the new graph is built.
@@ -320,7 +320,11 @@ def narrow(flat: FlatGraph, widths: Mapping[str, int], *, field: str) -> FlatGra
     Refused, as one :class:`~papers.errors.SpecError` at ``field`` naming the layer: an unknown layer
     (or one that is not a convolution or linear layer), a width below 1 (every channel removed), a
     width above the layer's, and a layer whose channels cannot be removed (its ``reason``: a residual
-    addition, a graph output, ...). A width equal to the layer's leaves it as it is."""
+    addition, a graph output, ...). A width equal to the layer's leaves it as it is.
+
+    Inside a method's ``rewrite`` leave ``field`` out (or ``None``): the refusal is then located at
+    the method's step (``variants[0].methods[0]``) in the spec, as ``papers build``/``compress``
+    print it; a field given here is printed as it is, without the step's path."""
     _, layers = _analyse(flat)
     for name, width in widths.items():
         layer = layers.get(name)
@@ -371,7 +375,7 @@ def widths_of(flat: FlatGraph) -> dict[str, int]:
 
 
 def check_kept(
-    flat: FlatGraph, kept: Mapping[str, Sequence[int]], *, field: str = "kept"
+    flat: FlatGraph, kept: Mapping[str, Sequence[int]], *, field: str | None = None
 ) -> dict[str, list[int]]:
     """``kept`` (each layer's kept output channels, by index) checked against ``flat`` and sorted:
     refused as :func:`narrow` refuses widths, and an index out of range or given twice."""
@@ -410,7 +414,7 @@ def copy_kept(
     running mean and variance; a depthwise convolution's filters); the kept input columns of the
     layers that read them (the next convolution's input channels, a linear layer's block of H×W
     features per channel after a flatten; the offsets a concatenation adds). Every other tensor is
-    copied as it is. Raises :class:`SpecError` (field ``kept``) on a plan :func:`narrow` refuses, and
+    copied as it is. Raises :class:`SpecError` on a plan :func:`narrow` refuses, and
     ``ValueError`` where ``after`` does not have the narrowed shapes."""
     import torch
 
@@ -501,7 +505,7 @@ def remove_channels(
     from papers.registry import get_registry
 
     checked = check_kept(flat, kept)
-    narrowed = narrow(flat, {name: len(indices) for name, indices in checked.items()}, field="kept")
+    narrowed = narrow(flat, {name: len(indices) for name, indices in checked.items()})
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     catalogue = get_registry().catalogue
     after = build(narrowed, catalogue, device="meta")

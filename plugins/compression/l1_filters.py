@@ -109,7 +109,7 @@ def rewrite(flat: FlatGraph, settings: L1FilterSettings) -> FlatGraph:
         raise SpecError("settings give neither `rates` nor `stages`; nothing would be pruned")
     widths = plan(flat, settings)
     try:
-        return narrow(flat, widths, field="settings")
+        return narrow(flat, widths)
     except SpecError as error:  # located at the method step, as a rewrite's other refusals
         raise SpecError(f"settings: {error.message}") from None
 
