@@ -51,7 +51,7 @@ class HintSettings(TrainingSettings):
     )
     guided: str = Field(min_length=1, description="The student's guided layer: a node or feature stage.")
     hint_epochs: int = Field(10, ge=1, le=1000, description="Passes of the first stage (hints).")
-    hint_lr: float = Field(1.0e-3, gt=0, description="SGD rate of the first stage.")
+    hint_lr: float = Field(1.0e-5, gt=0, description="SGD rate of the first stage.")
     temperature: float = Field(gt=0, description="τ of the second stage's soft targets.")
     weight: float = Field(
         gt=0,
