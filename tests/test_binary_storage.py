@@ -193,3 +193,21 @@ def test_the_straight_through_estimator_cancels_the_gradient_where_the_input_exc
     sign_ste(x).sum().backward()
     assert torch.equal(sign_ste(x.detach()), torch.tensor([-1.0, -1, -1, 1, 1, 1, 1]))
     assert torch.equal(x.grad, torch.tensor([0.0, 1, 1, 1, 1, 1, 0]))
+
+
+@pytest.mark.slow  # compiles the C++ extension on first use (30 to 100 s)
+@pytest.mark.parametrize(("cin", "k", "stride", "pad"), [(3, 3, 1, 1), (20, 5, 1, 0), (130, 3, 2, 2)])
+def test_the_native_kernel_equals_conv2d_on_plus_minus_one_tensors(cin, k, stride, pad):
+    x, w = binarize(gaussian(2, cin, 11, 9)), binarize(gaussian(7, cin, k, k, seed=5))
+    out = binary_conv2d(pack_signs(x), pack_signs(w), (k, k), (stride, stride), (pad, pad), backend="native")
+    assert torch.equal(out.float(), F.conv2d(x, w, stride=stride, padding=pad))
+    x, w = binarize(gaussian(4, cin)), binarize(gaussian(6, cin, seed=6))
+    assert torch.equal(binary_linear(pack_signs(x, -1), pack_signs(w, -1), backend="native").float(), x @ w.T)
+
+
+def test_an_unknown_backend_or_kernel_is_refused():
+    signs = pack_signs(binarize(gaussian(1, 4, 5, 5)))
+    with pytest.raises(ValueError, match="backend is one of torch, native, not 'gpu'"):
+        binary_conv2d(signs, pack_signs(binarize(gaussian(2, 4, 3, 3))), (3, 3), backend="gpu")
+    with pytest.raises(ValueError, match="kernel is one of packed, native, float"):
+        BinaryConv2d(4, 2, 3, kernel="fast")
