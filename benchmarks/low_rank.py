@@ -1,9 +1,9 @@
 """Low-rank decompositions timed here: ``python benchmarks/low_rank.py [--threads N] [--repeats R]``.
 
-For each decomposition (Kim et al. 2016's Tucker-2, Tai et al. 2016's vertical/horizontal split) it
-builds the base network and the network rewritten at stated ranks (random weights: the time does
-not depend on their values), and times, in eval mode without gradients, interleaved, the median of
-``--repeats`` calls:
+For each decomposition (Kim et al. 2016's Tucker-2, Tai et al. 2016's vertical/horizontal split,
+Denton et al. 2014's monochromatic and biclustered approximations) it builds the base network and
+the network rewritten at stated ranks (random weights: the time does not depend on their values),
+and times, in eval mode without gradients, interleaved, the median of ``--repeats`` calls:
 
 - each decomposed layer alone (the original convolution against its chain), at batch 1 and 32;
 - the whole network, base against decomposed, at batch 1 and 32.
@@ -30,7 +30,7 @@ import papers
 from papers.build import build
 from papers.measure import measure_graph
 from papers.registry import get_registry
-from papers_plugins.compression import tucker, vh_decomposition
+from papers_plugins.compression import linear_structure, tucker, vh_decomposition
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ def _cases(quick: bool) -> list[Case]:
     (lenet_step,) = papers.methods.variant_steps("kim2016-lenet5_caffe")
     (nin_step,) = papers.methods.variant_steps("tai2016-nin_cifar10-bn")
     (tai_lenet_step,) = papers.methods.variant_steps("tai2016-lenet5_caffe")
+    (mono_step,) = papers.methods.variant_steps("denton2014-alexnet")
+    (bicluster_step,) = papers.methods.variant_steps("denton2014-lenet5_caffe")
     return [
         Case("Tucker-2, ranks 1/4 of the channels (conv2 24,64; conv3-5 64-128,128)", "vgg_s", quarter,
              tucker.tucker_rewrite, tucker.chains, (1,) if quick else (1, 32)),
@@ -62,7 +64,21 @@ def _cases(quick: bool) -> list[Case]:
              "nin_cifar10", nin_step.settings, vh_decomposition.vh_rewrite, vh_decomposition.chains),
         Case("vertical/horizontal (tai2016-lenet5_caffe)", "lenet5_caffe", tai_lenet_step.settings,
              vh_decomposition.vh_rewrite, vh_decomposition.chains),
+        Case("monochromatic first layer, 16 colours (denton2014-alexnet)",
+             "alexnet", mono_step.settings, linear_structure.monochromatic_rewrite, _mono_chains,
+             (1,) if quick else (1, 32)),
+        Case("biclustered SVD, G 2, H 5, K 4 (denton2014-lenet5_caffe)", "lenet5_caffe",
+             bicluster_step.settings, linear_structure.bicluster_rewrite, _bicluster_chains),
     ]  # fmt: skip
+
+
+def _mono_chains(settings: Any) -> dict[str, tuple[str, ...]]:
+    return {settings.layer: tuple(f"{settings.layer}.{part}" for part in ("colour", "mono", "order"))}
+
+
+def _bicluster_chains(settings: Any) -> dict[str, tuple[str, ...]]:
+    parts = linear_structure.BICLUSTER_PARTS
+    return {name: tuple(f"{name}.{part}" for part in parts) for name in settings.layers}
 
 
 def _median_ms(calls: list[Callable[[], Any]], repeats: int) -> list[float]:

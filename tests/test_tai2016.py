@@ -212,6 +212,6 @@ def test_a_1x1_convolution_has_no_vertical_and_horizontal_parts():
 
 def test_the_proxy_trains_splits_at_the_variants_k_and_fine_tunes():
     measured = vh.vh_proxy(epochs=1, fine_tune_epochs=1, limit=200)
-    assert measured["ranks"] == {"conv1": 4, "conv2": 12}
+    assert measured["settings"].ranks == {"conv1": 4, "conv2": 12}
     assert measured["macs_after"] == papers.measure(VARIANT).macs < measured["macs_before"]
     assert all(0 <= measured[k] <= 100 for k in ("before", "decomposed", "after"))

@@ -241,3 +241,92 @@ def fine_tune(model: Any, settings: Any, context: MethodContext) -> None:
         retrain_lr=settings.fine_tune_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     retrain(model, batches, list(model.parameters()), {}, training, context.device, settings.fine_tune_epochs)
+
+
+# -- the small-scale reproductions (`papers check PAPER --run`) --------------------------------------
+
+
+def decompose(model: Any, flat: FlatGraph, settings: Any, rewrite: Any, apply: Any) -> tuple[Any, FlatGraph]:
+    """``model`` (built from ``flat``, with weights) rewritten by ``rewrite`` and given its factors by
+    ``apply`` at ``settings`` (no fine-tuning): a new model holding every other layer's weights, and
+    its graph."""
+    from papers.build import build
+    from papers.registry import get_registry
+
+    rewritten = rewrite(flat, settings)
+    decomposed = build(rewritten, get_registry().catalogue).eval()
+    copy_unchanged(model, decomposed)
+    apply(
+        decomposed,
+        settings.model_copy(update={"fine_tune_epochs": 0}),
+        MethodContext(rewritten, before=model),
+    )
+    return decomposed, rewritten
+
+
+def proxy_run(
+    variant_id: str,
+    method: Any,
+    *,
+    epochs: int,
+    fine_tune_epochs: int | None = None,
+    limit: int | None = None,
+    choose: Any = None,
+) -> dict[str, Any]:
+    """Train method variant ``variant_id``'s base on builtin:mnist5k (its recipe's SGD, ``epochs``
+    passes, a fixed seed), decompose it with ``method`` at the variant's settings (or those
+    ``choose(model, flat, settings)`` gives from the trained weights), fine-tune every parameter (the
+    settings' epochs and rate, or ``fine_tune_epochs``), and give top-1 (percent) before, right after
+    decomposing and after fine-tuning, the settings used, and parameters and multiply-adds before
+    and after."""
+    from types import SimpleNamespace
+
+    from papers.measure import measure_graph
+    from papers.registry import get_registry
+    from papers_plugins.compression.pruning import pretrained, proxy_setup, retrain, top1
+
+    setup = proxy_setup(variant_id, method.name, limit=limit)
+    with pretrained(setup, epochs) as (model, batches, before):
+        settings = setup.settings if choose is None else choose(model, setup.flat, setup.settings)
+        decomposed, rewritten = decompose(model, setup.flat, settings, method.rewrite, method.apply)
+        right_after = top1(decomposed, setup.test_images, setup.test_labels)
+        training = SimpleNamespace(
+            retrain_lr=settings.fine_tune_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+        passes = settings.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
+        retrain(decomposed, batches, list(decomposed.parameters()), {}, training, "cpu", epochs=passes)
+        after = top1(decomposed, setup.test_images, setup.test_labels)
+    catalogue = get_registry().catalogue
+    base, low = (
+        measure_graph(setup.base, setup.flat, catalogue),
+        measure_graph(variant_id, rewritten, catalogue),
+    )
+    return {
+        "settings": settings,
+        "params_before": base.params,
+        "params_after": low.params,
+        "macs_before": base.macs,
+        "macs_after": low.macs,
+        "before": before,
+        "decomposed": right_after,
+        "after": after,
+    }
+
+
+def proxy_check(variant_id: str, run: Any, describe: Any, proxy: str) -> Any:
+    """A low-rank paper's proxy check on builtin:mnist5k: ``run()`` gives :func:`proxy_run`'s result,
+    ``describe`` says what was decomposed; it passes within a point of the undecomposed model's top-1."""
+    from papers_plugins.compression.pruning import mnist5k_check
+
+    def runner(progress: bool) -> tuple[float, float]:
+        measured = run()
+        if progress:
+            m = measured
+            print(
+                f"{variant_id}: {describe(m['settings'])}; parameters {m['params_before']:,} -> "
+                f"{m['params_after']:,}, multiply-adds {m['macs_before']:,} -> {m['macs_after']:,}; top-1 "
+                f"{m['before']}% before, {m['decomposed']}% decomposed, {m['after']}% fine-tuned"
+            )
+        return measured["after"], measured["before"] - 1.0
+
+    return mnist5k_check(variant_id, runner, proxy)

@@ -274,20 +274,12 @@ PROXY_EPOCHS = 30
 
 
 def decompose(model: Any, flat: FlatGraph, settings: TuckerSettings) -> tuple[Any, FlatGraph]:
-    """``model`` (built from ``flat``, with weights) rewritten and decomposed as ``settings`` say: a new
-    model holding the factors and every other layer's weights, and its graph. No fine-tuning."""
-    from papers.build import build
-    from papers.registry import get_registry
+    """``model`` (built from ``flat``, with weights) decomposed as ``settings`` say, and its graph."""
+    return low_rank.decompose(model, flat, settings, tucker_rewrite, tucker_apply)
 
-    rewritten = tucker_rewrite(flat, settings)
-    decomposed = build(rewritten, get_registry().catalogue).eval()
-    low_rank.copy_unchanged(model, decomposed)
-    tucker_apply(
-        decomposed,
-        settings.model_copy(update={"fine_tune_epochs": 0}),
-        MethodContext(rewritten, before=model),
-    )
-    return decomposed, rewritten
+
+def _vbmf_settings(model: Any, flat: FlatGraph, settings: TuckerSettings) -> TuckerSettings:
+    return TuckerSettings(**{**settings.model_dump(), **vbmf_ranks(model, flat)})
 
 
 def tucker_proxy(
@@ -297,59 +289,25 @@ def tucker_proxy(
     fine_tune_epochs: int | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Train the variant's base on builtin:mnist5k (its recipe's SGD, ``epochs`` passes, a fixed seed),
-    choose every layer's ranks by VBMF on the trained weights, decompose, fine-tune the whole network
-    (the variant's epochs and rate, or ``fine_tune_epochs``), and give top-1 (percent) before, right
-    after decomposing and after fine-tuning, with the ranks and the parameters before and after."""
-    from types import SimpleNamespace
-
-    from papers_plugins.compression.pruning import pretrained, proxy_setup, retrain, top1
-
-    setup = proxy_setup(variant_id, "tucker2", limit=limit)
-    settings = setup.settings
-    epochs_after = settings.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
-    with pretrained(setup, epochs) as (model, batches, before):
-        found = TuckerSettings(**{**settings.model_dump(), **vbmf_ranks(model, setup.flat)})
-        decomposed, _ = decompose(model, setup.flat, found)
-        right_after = top1(decomposed, setup.test_images, setup.test_labels)
-        training = SimpleNamespace(
-            retrain_lr=found.fine_tune_lr, momentum=found.momentum, weight_decay=found.weight_decay
-        )
-        retrain(decomposed, batches, list(decomposed.parameters()), {}, training, "cpu", epochs=epochs_after)
-        after = top1(decomposed, setup.test_images, setup.test_labels)
-    return {
-        "ranks": found.ranks,
-        "linear_ranks": found.linear_ranks,
-        "params_before": sum(p.numel() for p in model.parameters()),
-        "params_after": sum(p.numel() for p in decomposed.parameters()),
-        "before": before,
-        "decomposed": right_after,
-        "after": after,
-    }
-
-
-def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = tucker_proxy(variant_id)
-        if progress:
-            print(
-                f"{variant_id}: VBMF ranks {measured['ranks']} {measured['linear_ranks']}; parameters "
-                f"{measured['params_before']:,} -> {measured['params_after']:,}; top-1 {measured['before']}% "
-                f"before, {measured['decomposed']}% decomposed, {measured['after']}% fine-tuned"
-            )
-        return measured["after"], measured["before"] - 1.0
-
-    return run
+    """The variant's base trained on builtin:mnist5k, every layer decomposed at the ranks VBMF finds in
+    its trained weights, fine-tuned (:func:`low_rank.proxy_run`)."""
+    return low_rank.proxy_run(
+        variant_id,
+        TUCKER2,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        limit=limit,
+        choose=_vbmf_settings,
+    )
 
 
 def proxy_checks() -> list:
     """The paper's proxy check (its plugin's ``papers_checks``)."""
-    from papers_plugins.compression.pruning import mnist5k_check
-
     return [
-        mnist5k_check(
+        low_rank.proxy_check(
             PROXY_VARIANT,
-            _proxy_runner(PROXY_VARIANT),
+            tucker_proxy,
+            lambda settings: f"VBMF's ranks {settings.ranks}, {settings.linear_ranks}",
             f"Caffe's LeNet trained on 5,000 of MNIST's digits (4,000 training, 1,000 test images) for "
             f"{PROXY_EPOCHS} epochs with Caffe's SGD settings, not an ImageNet network; every layer "
             "decomposed at the ranks VBMF finds in its trained weights (Tucker-1 for conv1, Tucker-2 for "

@@ -161,17 +161,8 @@ PROXY_EPOCHS = 30
 
 
 def decompose(model: Any, flat: FlatGraph, settings: VHSettings) -> tuple[Any, FlatGraph]:
-    """``model`` (built from ``flat``, with weights) rewritten and decomposed as ``settings`` say: a new
-    model holding the factors and every other layer's weights, and its graph. No fine-tuning."""
-    from papers.build import build
-    from papers.registry import get_registry
-
-    rewritten = vh_rewrite(flat, settings)
-    decomposed = build(rewritten, get_registry().catalogue).eval()
-    low_rank.copy_unchanged(model, decomposed)
-    quiet = settings.model_copy(update={"fine_tune_epochs": 0})
-    vh_apply(decomposed, quiet, MethodContext(rewritten, before=model))
-    return decomposed, rewritten
+    """``model`` (built from ``flat``, with weights) split as ``settings`` say, and its graph."""
+    return low_rank.decompose(model, flat, settings, vh_rewrite, vh_apply)
 
 
 def vh_proxy(
@@ -181,60 +172,20 @@ def vh_proxy(
     fine_tune_epochs: int | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Train the variant's base on builtin:mnist5k (its recipe's SGD, ``epochs`` passes, a fixed seed),
-    decompose its convolutions at the variant's ranks, fine-tune the whole network (the variant's
-    epochs and rate, or ``fine_tune_epochs``), and give top-1 (percent) before, right after
-    decomposing and after fine-tuning, with the multiply-adds before and after."""
-    from types import SimpleNamespace
-
-    from papers.measure import measure_graph
-    from papers.registry import get_registry
-    from papers_plugins.compression.pruning import pretrained, proxy_setup, retrain, top1
-
-    setup = proxy_setup(variant_id, "vh_decompose", limit=limit)
-    settings = setup.settings
-    epochs_after = settings.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
-    with pretrained(setup, epochs) as (model, batches, before):
-        decomposed, rewritten = decompose(model, setup.flat, settings)
-        right_after = top1(decomposed, setup.test_images, setup.test_labels)
-        training = SimpleNamespace(
-            retrain_lr=settings.fine_tune_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
-        retrain(decomposed, batches, list(decomposed.parameters()), {}, training, "cpu", epochs=epochs_after)
-        after = top1(decomposed, setup.test_images, setup.test_labels)
-    catalogue = get_registry().catalogue
-    return {
-        "ranks": dict(settings.ranks),
-        "macs_before": measure_graph(setup.base, setup.flat, catalogue).macs,
-        "macs_after": measure_graph(variant_id, rewritten, catalogue).macs,
-        "before": before,
-        "decomposed": right_after,
-        "after": after,
-    }
-
-
-def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = vh_proxy(variant_id)
-        if progress:
-            print(
-                f"{variant_id}: K {measured['ranks']}; multiply-adds {measured['macs_before']:,} -> "
-                f"{measured['macs_after']:,}; top-1 {measured['before']}% before, {measured['decomposed']}% "
-                f"decomposed, {measured['after']}% fine-tuned"
-            )
-        return measured["after"], measured["before"] - 1.0
-
-    return run
+    """The variant's base trained on builtin:mnist5k, its convolutions split at the variant's K,
+    fine-tuned (:func:`low_rank.proxy_run`)."""
+    return low_rank.proxy_run(
+        variant_id, VH_DECOMPOSE, epochs=epochs, fine_tune_epochs=fine_tune_epochs, limit=limit
+    )
 
 
 def proxy_checks() -> list:
     """The paper's proxy check (its plugin's ``papers_checks``)."""
-    from papers_plugins.compression.pruning import mnist5k_check
-
     return [
-        mnist5k_check(
+        low_rank.proxy_check(
             PROXY_VARIANT,
-            _proxy_runner(PROXY_VARIANT),
+            vh_proxy,
+            lambda settings: f"K {settings.ranks}",
             f"Caffe's LeNet trained on 5,000 of MNIST's digits (4,000 training, 1,000 test images) for "
             f"{PROXY_EPOCHS} epochs with Caffe's SGD settings, not a CIFAR-10 or ImageNet network; both "
             "5×5 convolutions split into vertical and horizontal filters at the variant's K by the closed "
