@@ -3,11 +3,13 @@
 The base model (the method variant's ``base``, with ``--weights`` or initialised from a fixed seed)
 goes through each method in order: a rewrite gives a new model from the rewritten graph, holding the
 previous weights cut to the new shapes (each tensor's leading block: the first channels); an apply
-step changes the weights. What comes out is written as one safetensors container, read back from
-the disk, checked against what was written, and measured beside the base: parameters and non-zeros,
-bits per weight, bytes of the files on disk, multiply-adds (the graph's, on the meta device),
-latency here, and top-1 on ``--data``. What is computed rather than measured (multiply-adds that
-skip zero weights, energy) is kept apart, under ``theoretical``.
+step changes the weights, or, where the weights decide the widths, returns a narrower model with its
+graph (``papers.methods.Narrowed``), whose changed widths the container's metadata keeps
+(``narrowed``) so that :func:`load_compressed` builds the same model. What comes out is written as
+one safetensors container, read back from the disk, checked against what was written, and measured
+beside the base: parameters and non-zeros, bits per weight, bytes of the files on disk, multiply-adds
+(the graph's, on the meta device), latency here, and top-1 on ``--data``. What is computed rather
+than measured (multiply-adds that skip zero weights, energy) is kept apart, under ``theoretical``.
 
 The container. Dense tensors are stored as they are, under their names, so any safetensors reader
 sees them. A tensor is stored encoded where that takes fewer bytes: ``bitmask`` (a packed bit per
@@ -42,12 +44,12 @@ import tempfile
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papers.errors import PapersError, PluginError
-from papers.methods import MethodContext, Step, rewrite_once, variant_steps
+from papers.methods import MethodContext, Narrowed, Step, check_narrowed, rewrite_once, variant_steps
 from papers.plugins import describe
 
 if TYPE_CHECKING:
@@ -503,11 +505,49 @@ def load_compressed(path: str | Path, *, device: Any = "cpu") -> torch.nn.Module
     state, metadata = read_container(path)
     try:
         variant, options = metadata["variant"], json.loads(metadata.get("options", "{}"))
+        narrowed = json.loads(metadata.get("narrowed", "{}"))
     except (KeyError, ValueError) as exc:
         raise ContainerError(f"damaged metadata: {describe(exc)}", file=str(path)) from None
-    model = build_model(variant, device=device, **options)
+    if narrowed:  # an apply step chose the widths: the variant's graph with the arguments it changed
+        model = _build_narrowed(variant, options, narrowed, device, str(path))
+    else:
+        model = build_model(variant, device=device, **options)
     fit_weights(model, state, file=str(path))
     return model
+
+
+def _build_narrowed(
+    variant: str, options: Mapping[str, Any], narrowed: Mapping[str, Any], device: Any, file: str
+) -> torch.nn.Module:
+    """Method variant ``variant``'s graph with the node arguments an apply step changed (``narrowed``:
+    ``{node: {argument: value}}``, the container's metadata), built."""
+    from papers.api import expand_variant
+    from papers.build import build
+    from papers.registry import get_registry
+
+    flat = expand_variant(variant, **options)
+    names = {node.name for node in flat.nodes}
+    if not isinstance(narrowed, dict) or not all(
+        name in names and isinstance(args, dict) for name, args in narrowed.items()
+    ):
+        raise ContainerError("damaged metadata: narrowed widths that name no node of its graph", file=file)
+    nodes = tuple(
+        replace(node, args={**node.args, **narrowed[node.name]}) if node.name in narrowed else node
+        for node in flat.nodes
+    )
+    return build(replace(flat, nodes=nodes), get_registry().catalogue, device=device)
+
+
+def _changed_args(static: Any, flat: Any) -> dict[str, dict[str, Any]]:
+    """The node arguments ``flat`` changes from ``static`` (same nodes), as ``{node: {argument: value}}``."""
+    old = {node.name: node.args for node in static.nodes}
+    if [node.name for node in static.nodes] != [node.name for node in flat.nodes]:
+        raise PluginError("an apply step's narrowed graph adds or removes nodes; it may change widths only")
+    return {
+        node.name: {key: value for key, value in node.args.items() if old[node.name].get(key) != value}
+        for node in flat.nodes
+        if node.args != old[node.name]
+    }
 
 
 # -- compressing a method variant ---------------------------------------------------------------
@@ -533,6 +573,8 @@ class _Job:
     metric: str | None
     flat_before: Any
     flat_after: Any
+    narrowed: dict[str, Any] | None = None
+    """The node arguments an apply step changed from the variant's graph (:class:`Narrowed`)."""
 
 
 @dataclass
@@ -569,7 +611,9 @@ def compress(
     from papers.files import write_atomic
 
     job = _prepare(variant_id, out, weights, data, dict(options or {}), device, force)
-    model_before, model = _apply_methods(job)
+    model_before, model, flat = _apply_methods(job)
+    if flat is not job.flat_after:  # an apply step chose the widths (papers.methods.Narrowed)
+        job = replace(job, flat_after=flat, narrowed=_changed_args(job.flat_after, flat))
     with tempfile.TemporaryDirectory(prefix="papers-compress-") as scratch:
         written = _write(job, model_before, model, Path(scratch))
         measured = _measure(job, model_before, written, latency_runs)
@@ -652,8 +696,8 @@ def _prepare(
     )
 
 
-def _apply_methods(job: _Job) -> tuple[Any, Any]:
-    """The base model with its weights, and the model the methods make of a copy of it."""
+def _apply_methods(job: _Job) -> tuple[Any, Any, Any]:
+    """The base model with its weights, the model the methods make of a copy of it, and its graph."""
     import torch
 
     from papers.api import build_model
@@ -667,14 +711,18 @@ def _apply_methods(job: _Job) -> tuple[Any, Any]:
         if job.state is not None:
             fit_weights(model_before, job.state, file=str(job.weights))
         model, flat = copy.deepcopy(model_before), job.flat_before
+        narrowed = False
         for step in job.steps:
             try:
-                model, flat = _run_step(step, model, flat, job.data, str(job.device), catalogue)
+                model, flat, by_apply = _run_step(step, model, flat, job.data, str(job.device), catalogue)
             except PapersError as error:
                 raise error.located(file=job.file) from None
+            narrowed = narrowed or by_apply
+    if narrowed:
+        return model_before, model.eval(), flat
     if flat != job.flat_after:  # the steps' graph is the method variant's, as `papers build` shows it
         raise PluginError(f"{job.variant_id}: a rewrite gives another graph on a second run (is it pure?)")
-    return model_before, model.eval()
+    return model_before, model.eval(), job.flat_after
 
 
 def _write(job: _Job, model_before: Any, model: Any, scratch: Path) -> _Written:
@@ -696,6 +744,8 @@ def _write(job: _Job, model_before: Any, model: Any, scratch: Path) -> _Written:
         "methods": json.dumps(methods),
         "options": json.dumps(job.options, sort_keys=True),
     }
+    if job.narrowed:
+        metadata["narrowed"] = json.dumps(job.narrowed, sort_keys=True)
     tensors, encoding = write_container(model_path, state, metadata)
     decoded, _ = read_container(model_path)
     for name, tensor in state.items():
@@ -703,7 +753,10 @@ def _write(job: _Job, model_before: Any, model: Any, scratch: Path) -> _Written:
             raise PapersError(f"{job.variant_id}: tensor {name!r} does not decode to what was written")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model_after = build_model(job.variant_id, device=job.device, **job.options).eval()
+        if job.narrowed:
+            model_after = _build_narrowed(job.variant_id, job.options, job.narrowed, job.device, "").eval()
+        else:
+            model_after = build_model(job.variant_id, device=job.device, **job.options).eval()
     fit_weights(model_after, decoded, file=str(model_path))
     return _Written(base_path, model_path, tensors, encoding, methods, model_after)
 
@@ -821,20 +874,20 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def _run_step(
     step: Step, model: Any, flat: Any, data: str | None, device: str, catalogue: Any
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, bool]:
     """One method on a model with weights: its rewrite (a new model holding the previous weights cut
-    to the new shapes), then its apply step."""
+    to the new shapes), then its apply step; whether the apply step narrowed the model itself."""
     from papers.build import build
 
-    before = None
+    before = flat_before = None
     if step.method.rewrite is not None:
         rewritten = rewrite_once(flat, step, catalogue)
         narrowed = build(rewritten, catalogue, device=device).eval()
         _copy_leading(model, narrowed)
-        before, model, flat = model, narrowed, rewritten
+        before, flat_before, model, flat = model, flat, narrowed, rewritten
     if step.method.apply is not None:
         shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-        context = MethodContext(flat=flat, data=data, before=before, device=device)
+        context = MethodContext(flat=flat, data=data, before=before, device=device, flat_before=flat_before)
         where = f"method {step.method.name!r} ({step.origin})"
         try:
             applied = step.method.apply(model, step.settings, context)
@@ -842,17 +895,24 @@ def _run_step(
             raise error.located(field=None if error.field else step.field) from None
         except Exception as exc:  # a plugin's code: what it raises is its failure, on one line
             raise PluginError(f"{where}: apply failed: {describe(exc)}", field=step.field) from exc
+        if isinstance(applied, Narrowed):  # the weights chose the widths: a new model and its graph
+            try:
+                flat = check_narrowed(applied, flat, step, catalogue)
+            except PapersError as error:
+                raise error.located(field=None if error.field else step.field) from None
+            return applied.model, flat, True
         if not hasattr(applied, "state_dict"):
             raise PluginError(
                 f"{where}: apply returned {type(applied).__name__}, not a model", field=step.field
             )
         if {name: tuple(t.shape) for name, t in applied.state_dict().items()} != shapes:
             raise PluginError(
-                f"{where}: apply changed the model's tensors; a change of shape is a rewrite",
+                f"{where}: apply changed the model's tensors; a change of shape is a rewrite or a "
+                "papers.methods.Narrowed",
                 field=step.field,
             )
         model = applied
-    return model, flat
+    return model, flat, False
 
 
 def _copy_leading(source: Any, target: Any) -> None:
