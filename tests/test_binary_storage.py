@@ -211,3 +211,13 @@ def test_an_unknown_backend_or_kernel_is_refused():
         binary_conv2d(signs, pack_signs(binarize(gaussian(2, 4, 3, 3))), (3, 3), backend="gpu")
     with pytest.raises(ValueError, match="kernel is one of packed, native, float"):
         BinaryConv2d(4, 2, 3, kernel="fast")
+
+
+def test_inference_reuses_the_binarized_weights_until_they_change():
+    layer = BinaryConv2d(4, 3, 3, bias=False).eval()
+    x = gaussian(1, 4, 6, 6)
+    with torch.no_grad():
+        first = layer(x)
+        assert layer.packed_weight() is layer.packed_weight()
+        layer.weight.neg_()
+        assert torch.equal(layer(x), -first)

@@ -31,7 +31,7 @@ and daBNN are for TensorFlow Lite and ARM; torch's quantized kernels stop at 8 b
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -301,6 +301,19 @@ def binary_weight(weight: torch.Tensor, scaled: bool) -> torch.Tensor:
     return alpha * signs
 
 
+def _cached(layer: nn.Module, name: str, make: Callable[[], object]) -> object:
+    """``make()``, kept while the layer's weight is unchanged where no gradient is wanted (inference
+    binarizes and packs the weights once, not on every call)."""
+    weight = layer.weight
+    if (torch.is_grad_enabled() and weight.requires_grad) or weight.device.type == "meta":
+        return make()
+    key = (weight._version, weight.data_ptr())
+    cache = layer.__dict__.setdefault("_weight_cache", {})
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, make())
+    return cache[name][1]
+
+
 INPUTS = ("real", "binary")
 KERNELS = ("packed", "native", "float")
 """A binary layer's inference kernel: packed bits in torch code, packed bits in the C++ extension,
@@ -352,7 +365,11 @@ class BinaryConv2d(nn.Conv2d):
     def packed_weight(self) -> list[PackedSigns]:
         """The weight's sign bits, (O / groups, kh, kw, bytes) per group: what the XNOR kernel reads
         (1 bit a weight)."""
-        return [pack_signs(part, dim=1) for part in self.weight.detach().chunk(self.groups, dim=0)]
+        return _cached(
+            self,
+            "packed",
+            lambda: [pack_signs(part, dim=1) for part in self.weight.detach().chunk(self.groups, dim=0)],
+        )
 
     def _backend(self) -> str:
         return "native" if self.kernel == "native" else "torch"
@@ -370,7 +387,7 @@ class BinaryConv2d(nn.Conv2d):
     def _alpha(self) -> torch.Tensor | None:
         if not self.weight_scale:
             return None
-        return self.weight.abs().mean(dim=(1, 2, 3)).view(1, -1, 1, 1)
+        return _cached(self, "alpha", lambda: self.weight.abs().mean(dim=(1, 2, 3)).view(1, -1, 1, 1))
 
     def _input_scale(self, input: torch.Tensor) -> torch.Tensor:
         """K: the mean of ``|I|`` over the channels (a group's), averaged over each kernel window
@@ -383,7 +400,7 @@ class BinaryConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         wants_grad = torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad)
         if self.inputs == "real":
-            weight = binary_weight(self.weight, self.weight_scale)
+            weight = _cached(self, "real", lambda: binary_weight(self.weight, self.weight_scale))
             return F.conv2d(input, weight, self.bias, self.stride, self.padding, groups=self.groups)
         if wants_grad or self.kernel == "float" or input.device.type == "meta":
             weight = binary_weight(self.weight, False)
@@ -430,12 +447,13 @@ class BinaryLinear(nn.Linear):
 
     def packed_weight(self) -> PackedSigns:
         """The weight's sign bits, (O, bytes)."""
-        return pack_signs(self.weight.detach(), dim=1)
+        return _cached(self, "packed", lambda: pack_signs(self.weight.detach(), dim=1))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         wants_grad = torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad)
         if self.inputs == "real":
-            return F.linear(input, binary_weight(self.weight, self.weight_scale), self.bias)
+            weight = _cached(self, "real", lambda: binary_weight(self.weight, self.weight_scale))
+            return F.linear(input, weight, self.bias)
         if wants_grad or self.kernel == "float" or input.device.type == "meta" or input.dim() != 2:
             out = F.linear(sign_ste(input), binary_weight(self.weight, False))
         else:
@@ -443,7 +461,7 @@ class BinaryLinear(nn.Linear):
             out = binary_linear(pack_signs(input, dim=-1), self.packed_weight(), backend=backend)
             out = out.to(input.dtype)
         if self.weight_scale:
-            out = out * self.weight.abs().mean(dim=1)
+            out = out * _cached(self, "alpha", lambda: self.weight.abs().mean(dim=1))
         if self.input_scale:
             out = out * input.abs().mean(dim=-1, keepdim=True)
         if self.bias is not None:
