@@ -264,7 +264,8 @@ def proxy_checks() -> list:
             "not the Penn Treebank; trained in float, then its recurrent weights quantized by balanced "
             "(percentile) quantization and its hidden states uniformly, at "
             f"{', '.join(map(str, PROXY['bits']))} bits, beside uniform weight quantization; perplexities "
-            f"printed with --run; passes when the {top}-bit balanced model's next-word top-1 is within {PROXY['margin']:g} point of float's",
+            f"printed with --run; passes when the {top}-bit balanced model's next-word top-1 is within "
+            f"{PROXY['margin']:g} point of float's",
         )
         for cell in ("lstm", "gru")
     ]
