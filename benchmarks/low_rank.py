@@ -1,9 +1,10 @@
 """Low-rank decompositions timed here: ``python benchmarks/low_rank.py [--threads N] [--repeats R]``.
 
 For each decomposition (Kim et al. 2016's Tucker-2, Tai et al. 2016's vertical/horizontal split,
-Denton et al. 2014's monochromatic and biclustered approximations) it builds the base network and
-the network rewritten at stated ranks (random weights: the time does not depend on their values),
-and times, in eval mode without gradients, interleaved, the median of ``--repeats`` calls:
+Denton et al. 2014's monochromatic and biclustered approximations, Zhang et al.'s channel
+decomposition) it builds the base network and the network rewritten at stated ranks (random
+weights: the time does not depend on their values), and times, in eval mode without gradients,
+interleaved, the median of ``--repeats`` calls:
 
 - each decomposed layer alone (the original convolution against its chain), at batch 1 and 32;
 - the whole network, base against decomposed, at batch 1 and 32.
@@ -30,7 +31,7 @@ import papers
 from papers.build import build
 from papers.measure import measure_graph
 from papers.registry import get_registry
-from papers_plugins.compression import linear_structure, tucker, vh_decomposition
+from papers_plugins.compression import channel_decomposition, linear_structure, tucker, vh_decomposition
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def _cases(quick: bool) -> list[Case]:
     (tai_lenet_step,) = papers.methods.variant_steps("tai2016-lenet5_caffe")
     (mono_step,) = papers.methods.variant_steps("denton2014-alexnet")
     (bicluster_step,) = papers.methods.variant_steps("denton2014-lenet5_caffe")
+    (channel_step,) = papers.methods.variant_steps("zhang2015-lenet5_caffe")
     return [
         Case("Tucker-2, ranks 1/4 of the channels (conv2 24,64; conv3-5 64-128,128)", "vgg_s", quarter,
              tucker.tucker_rewrite, tucker.chains, (1,) if quick else (1, 32)),
@@ -69,6 +71,8 @@ def _cases(quick: bool) -> list[Case]:
              (1,) if quick else (1, 32)),
         Case("biclustered SVD, G 2, H 5, K 4 (denton2014-lenet5_caffe)", "lenet5_caffe",
              bicluster_step.settings, linear_structure.bicluster_rewrite, _bicluster_chains),
+        Case("channel decomposition at the energy criterion's d′ (zhang2015-lenet5_caffe)", "lenet5_caffe",
+             channel_step.settings, channel_decomposition.channel_rewrite, channel_decomposition.chains),
     ]  # fmt: skip
 
 

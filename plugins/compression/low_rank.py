@@ -246,21 +246,20 @@ def fine_tune(model: Any, settings: Any, context: MethodContext) -> None:
 # -- the small-scale reproductions (`papers check PAPER --run`) --------------------------------------
 
 
-def decompose(model: Any, flat: FlatGraph, settings: Any, rewrite: Any, apply: Any) -> tuple[Any, FlatGraph]:
+def decompose(
+    model: Any, flat: FlatGraph, settings: Any, rewrite: Any, apply: Any, data: str | None = None
+) -> tuple[Any, FlatGraph]:
     """``model`` (built from ``flat``, with weights) rewritten by ``rewrite`` and given its factors by
-    ``apply`` at ``settings`` (no fine-tuning): a new model holding every other layer's weights, and
-    its graph."""
+    ``apply`` at ``settings`` (no fine-tuning; ``data`` for a method that samples responses): a new
+    model holding every other layer's weights, and its graph."""
     from papers.build import build
     from papers.registry import get_registry
 
     rewritten = rewrite(flat, settings)
     decomposed = build(rewritten, get_registry().catalogue).eval()
     copy_unchanged(model, decomposed)
-    apply(
-        decomposed,
-        settings.model_copy(update={"fine_tune_epochs": 0}),
-        MethodContext(rewritten, before=model),
-    )
+    quiet = settings.model_copy(update={"fine_tune_epochs": 0})
+    apply(decomposed, quiet, MethodContext(rewritten, data=data, before=model))
     return decomposed, rewritten
 
 
@@ -283,12 +282,14 @@ def proxy_run(
 
     from papers.measure import measure_graph
     from papers.registry import get_registry
-    from papers_plugins.compression.pruning import pretrained, proxy_setup, retrain, top1
+    from papers_plugins.compression.pruning import PROXY_DATA, pretrained, proxy_setup, retrain, top1
 
     setup = proxy_setup(variant_id, method.name, limit=limit)
     with pretrained(setup, epochs) as (model, batches, before):
         settings = setup.settings if choose is None else choose(model, setup.flat, setup.settings)
-        decomposed, rewritten = decompose(model, setup.flat, settings, method.rewrite, method.apply)
+        decomposed, rewritten = decompose(
+            model, setup.flat, settings, method.rewrite, method.apply, PROXY_DATA
+        )
         right_after = top1(decomposed, setup.test_images, setup.test_labels)
         training = SimpleNamespace(
             retrain_lr=settings.fine_tune_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
