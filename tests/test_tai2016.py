@@ -17,9 +17,10 @@ import yaml
 import papers
 import papers.registry
 from papers.compression import read_container
-from papers.methods import static_measurements, variant_steps
+from papers.methods import MethodContext, static_measurements, variant_steps
 from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
+from papers_plugins.compression import low_rank
 from papers_plugins.compression import vh_decomposition as vh
 from papers_plugins.compression.vh_decomposition import VHSettings, decompose, vh_factors
 from tests.conftest import REPO
@@ -133,6 +134,17 @@ def test_the_batch_normalised_low_rank_nin_trains_from_scratch():
     optimizer.step()
     assert not torch.equal(model.get_submodule("conv2.v").weight, before)
     assert model.get_submodule("conv2.bn").num_batches_tracked == 1
+
+
+def test_with_data_apply_fine_tunes_the_whole_network_after_the_closed_form():
+    model, flat = seeded(), papers.expand_variant("lenet5_caffe")
+    settings = VHSettings(ranks={"conv1": 4, "conv2": 12}, fine_tune_epochs=1, batch_size=256)
+    closed_form, rewritten = decompose(model, flat, settings)
+    tuned = papers.build_model(VARIANT).eval()
+    low_rank.copy_unchanged(model, tuned)
+    vh.vh_apply(tuned, settings, MethodContext(rewritten, data="builtin:digits", before=model))
+    for name in ("conv2.v", "conv2.h", "fc1"):
+        assert not torch.equal(tuned.get_submodule(name).weight, closed_form.get_submodule(name).weight), name
 
 
 # -- papers compress ---------------------------------------------------------------------------------------

@@ -222,21 +222,17 @@ def copy_unchanged(source_model: nn.Module, target: nn.Module) -> None:
                 tensor.copy_(old[key])
 
 
-def relative_error(reference: Any, approximation: Any) -> float:
-    """‖reference − approximation‖ / ‖reference‖ (Frobenius), as a float."""
-    return float((reference - approximation).norm() / reference.norm())
-
-
 def fine_tune(model: Any, settings: Any, context: MethodContext) -> None:
     """Every parameter trained ``settings.fine_tune_epochs`` passes over ``context.data``'s training
     split (SGD at ``fine_tune_lr``, cross-entropy), where data is given."""
     from types import SimpleNamespace
 
-    from papers_plugins.compression.pruning import _training_batches, retrain
+    from papers_plugins.compression.pruning import retrain, shuffled_batches, training_split
 
     if not settings.fine_tune_epochs or context.data is None:
         return
-    batches = _training_batches(context, settings.batch_size)
+    images, labels = training_split(str(context.data), tuple(next(iter(context.flat.inputs.values()))))
+    batches = shuffled_batches(images, labels, settings.batch_size)
     training = SimpleNamespace(
         retrain_lr=settings.fine_tune_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
