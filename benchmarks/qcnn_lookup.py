@@ -40,7 +40,7 @@ def fastest(runs: list, repeats: int) -> list[float]:
 def filled(layer: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         layer.codebooks.normal_()
-        layer.assignments.random_(0, layer.codewords)
+    layer.set_indices(torch.randint(0, layer.codewords, layer.index_shape))
     return layer.eval()
 
 

@@ -40,7 +40,7 @@ def filled(weight: torch.Tensor, **settings) -> VQLinear:
     books, codes = quantize_matrix(weight, chosen)
     with torch.no_grad():
         layer.codebook.copy_(books.float())
-        layer.codes.copy_(codes.to(layer.codes.dtype))
+    layer.set_indices(codes)
     return layer
 
 
@@ -51,7 +51,7 @@ def test_a_vq_linear_multiplies_by_the_weight_its_codes_pick():
     layer = VQLinear(6, 2, clusters=3, dim=2, groups=3, bias=False)
     with torch.no_grad():
         layer.codebook.copy_(torch.arange(18.0).view(1, 3, 3, 2))
-        layer.codes.copy_(torch.tensor([[[0, 1, 2], [2, 2, 0]]], dtype=torch.uint8))
+    layer.set_indices(torch.tensor([[[0, 1, 2], [2, 2, 0]]]))
     # segment j's codebook holds rows 6j + 2c, 6j + 2c + 1
     expected = torch.tensor([[0.0, 1, 8, 9, 16, 17], [4, 5, 10, 11, 12, 13]])
     assert torch.equal(layer.dense_weight(), expected)
@@ -137,6 +137,7 @@ def test_compress_writes_codebooks_and_indices_and_reads_them_back(run, tmp_path
     assert report["bytes_after"] < report["bytes_before"] / 3.5
     state, _ = read_container(tmp_path / "model.safetensors")
     assert state["fc1.codes"].dtype == torch.uint8 and state["fc1.codebook"].shape == (1, 1, 16, 1)
+    assert state["fc1.codes"].numel() == 300 * 784 * 4 // 8, "4-bit indices, two to a byte"
     model = papers.load_compressed(tmp_path / "model.safetensors")
     assert isinstance(model.fc1, VQLinear)
     with torch.random.fork_rng(devices=[]):
@@ -198,3 +199,13 @@ def test_the_proxy_trains_quantizes_through_compress_and_reports_both_accuracies
     )
     assert 0 <= measured["metric_after"] <= 100 and 0 <= measured["metric_before"] <= 100
     assert measured["bytes_after"] < measured["bytes_before"] / 2
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 5, 8, 12])
+def test_indices_pack_at_their_bit_width_and_unpack_to_themselves(bits):
+    from papers_plugins.compression.vq_linear import pack_indices, unpack_indices
+
+    indices = torch.randint(0, 1 << bits, (37,), generator=torch.Generator().manual_seed(bits))
+    packed = pack_indices(indices, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(37 * bits / 8)
+    assert torch.equal(unpack_indices(packed, 37, bits), indices)

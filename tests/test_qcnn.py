@@ -25,9 +25,8 @@ def filled(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         layer.codebooks.copy_(torch.randn(layer.codebooks.shape, generator=generator))
-        top = layer.codewords
-        layer.assignments.copy_(torch.randint(0, top, layer.assignments.shape, generator=generator))
         layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator))
+    layer.set_indices(torch.randint(0, layer.codewords, layer.index_shape, generator=generator))
     return layer.eval()
 
 
@@ -67,7 +66,7 @@ def test_kmeans_reproduces_a_weight_made_of_few_sub_vectors():
     layer = QLinear(10, 40, dim=2, codewords=4, bias=False)
     with torch.no_grad():
         layer.codebooks.copy_(books.float())
-        layer.assignments.copy_(assignments.to(torch.uint8))
+    layer.set_indices(assignments)
     torch.testing.assert_close(layer.dense_weight().detach(), weight)
 
 

@@ -15,22 +15,22 @@ gathers, memory-bound: ``benchmarks/qcnn_lookup.py`` measures them far slower th
 products here, where the paper's speed-ups come from its own native code.
 
 :class:`QLinear` and :class:`QConv2d` hold ``codebooks`` (subspaces × codewords × dim) and the
-``assignments`` buffer (uint8 up to 256 codewords); their ``dense_weight()`` rebuilds the weight they
-stand for, which training and the meta device use instead of the tables. Hand-written: no library
-runs product-quantized layers by lookup tables in torch.
+``assignments`` buffer (packed at ceil(log2 codewords) bits each, as ``vq_linear`` packs its
+indices); their ``dense_weight()`` rebuilds the weight they stand for, which training and the meta
+device use instead of the tables. Hand-written: no library runs product-quantized layers by lookup
+tables in torch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _index_dtype(codewords: int) -> torch.dtype:
-    return torch.uint8 if codewords <= 256 else torch.int16 if codewords <= 1 << 15 else torch.int32
+from papers_plugins.compression.vq_linear import cached_indices, index_bits, pack_indices
 
 
 def _tables_run(input: torch.Tensor, codebooks: torch.Tensor) -> bool:
@@ -64,8 +64,10 @@ class QLinear(nn.Module):
         )
         self.subspaces = in_features // dim
         self.codebooks = nn.Parameter(torch.zeros(self.subspaces, codewords, dim, device=device, dtype=dtype))
-        index = torch.zeros(self.subspaces, out_features, dtype=_index_dtype(codewords), device=device)
-        self.register_buffer("assignments", index)
+        self.index_shape = (self.subspaces, out_features)
+        self.bits = index_bits(codewords)
+        packed = math.ceil(math.prod(self.index_shape) * self.bits / 8)
+        self.register_buffer("assignments", torch.zeros(packed, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
     def reset_parameters(self) -> None:
@@ -79,9 +81,24 @@ class QLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, dim={self.dim}, codewords={self.codewords}"
 
+    def indices(self) -> torch.Tensor:
+        """The assignments, unpacked from the ``assignments`` buffer."""
+        return cached_indices(self, "assignments", self.index_shape, self.bits)
+
+    def set_indices(self, indices: torch.Tensor) -> None:
+        """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
+        if (
+            tuple(indices.shape) != self.index_shape
+            or int(indices.min()) < 0
+            or int(indices.max()) >= self.codewords
+        ):
+            raise ValueError(f"assignments of shape {self.index_shape} below {self.codewords} expected")
+        with torch.no_grad():
+            self.assignments.copy_(pack_indices(indices.to(self.assignments.device), self.bits))
+
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the sub-codewords stand for."""
-        index = self.assignments.long()  # subspaces × out
+        index = self.indices()  # subspaces × out
         rows = torch.arange(self.subspaces, device=index.device).unsqueeze(1)
         pieces = self.codebooks[rows, index]  # subspaces × out × dim
         return pieces.permute(1, 0, 2).reshape(self.out_features, self.in_features)
@@ -92,7 +109,7 @@ class QLinear(nn.Module):
         rows = input.reshape(-1, self.subspaces, self.dim)
         table = torch.einsum("nsd,skd->nsk", rows, self.codebooks)  # inner products with every codeword
         offsets = torch.arange(self.subspaces, device=input.device).unsqueeze(1) * self.codewords
-        bags = (self.assignments.long() + offsets).T  # out × subspaces: entries of the flat table
+        bags = (self.indices() + offsets).T  # out × subspaces: entries of the flat table
         flat = table.reshape(len(rows), -1)
         # one gather per input row: faster here than embedding_bag, whose bags would be one value wide
         output = torch.stack([torch.gather(row.expand(len(bags), -1), 1, bags).sum(1) for row in flat])
@@ -128,10 +145,10 @@ class QConv2d(nn.Module):
         self.dim, self.codewords, self.subspaces = dim, codewords, in_channels // dim
         positions = self.kernel_size[0] * self.kernel_size[1]
         self.codebooks = nn.Parameter(torch.zeros(self.subspaces, codewords, dim, device=device, dtype=dtype))
-        index = torch.zeros(
-            positions, self.subspaces, out_channels, dtype=_index_dtype(codewords), device=device
-        )
-        self.register_buffer("assignments", index)
+        self.index_shape = (positions, self.subspaces, out_channels)
+        self.bits = index_bits(codewords)
+        packed = math.ceil(math.prod(self.index_shape) * self.bits / 8)
+        self.register_buffer("assignments", torch.zeros(packed, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
 
     def reset_parameters(self) -> None:
@@ -148,9 +165,24 @@ class QConv2d(nn.Module):
             f"padding={self.padding}, dim={self.dim}, codewords={self.codewords}"
         )
 
+    def indices(self) -> torch.Tensor:
+        """The assignments, unpacked from the ``assignments`` buffer."""
+        return cached_indices(self, "assignments", self.index_shape, self.bits)
+
+    def set_indices(self, indices: torch.Tensor) -> None:
+        """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
+        if (
+            tuple(indices.shape) != self.index_shape
+            or int(indices.min()) < 0
+            or int(indices.max()) >= self.codewords
+        ):
+            raise ValueError(f"assignments of shape {self.index_shape} below {self.codewords} expected")
+        with torch.no_grad():
+            self.assignments.copy_(pack_indices(indices.to(self.assignments.device), self.bits))
+
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in × kh × kw`` kernel the sub-codewords stand for."""
-        index = self.assignments.long()  # positions × subspaces × out
+        index = self.indices()  # positions × subspaces × out
         rows = torch.arange(self.subspaces, device=index.device).view(1, -1, 1)
         pieces = self.codebooks[rows, index]  # positions × subspaces × out × dim
         height, width = self.kernel_size
@@ -168,7 +200,7 @@ class QConv2d(nn.Module):
         locations = columns.shape[-1]
         # unfold orders its rows (subspace, codeword, kernel row, kernel column)
         positions = self.kernel_size[0] * self.kernel_size[1]
-        index = self.assignments.long()  # positions × subspaces × out
+        index = self.indices()  # positions × subspaces × out
         subspace = torch.arange(self.subspaces, device=input.device).view(1, -1, 1)
         position = torch.arange(positions, device=input.device).view(-1, 1, 1)
         rows = (subspace * self.codewords + index) * positions + position

@@ -223,7 +223,7 @@ def qcnn_quantize(model: Any, settings: QCNNSettings, context: MethodContext) ->
             books, assignments = fit_responses(flat_in, target, books, assignments, settings.iterations)
         with torch.no_grad():
             layer.codebooks.copy_(books.to(layer.codebooks.dtype))
-            layer.assignments.copy_(assignments.to(layer.assignments.dtype))
+            layer.set_indices(assignments)
             if layer.bias is not None and trained.bias is not None:
                 layer.bias.copy_(trained.bias)
     return model

@@ -176,7 +176,7 @@ def vector_quantize(model: Any, settings: VQSettings, context: MethodContext) ->
             layer, trained = model.get_submodule(node.name), context.before.get_submodule(node.name)
             books, codes = quantize_matrix(trained.weight, settings)
             layer.codebook.copy_(books.to(layer.codebook.dtype))
-            layer.codes.copy_(codes.to(layer.codes.dtype))
+            layer.set_indices(codes)
             if layer.bias is not None and trained.bias is not None:
                 layer.bias.copy_(trained.bias)
     return model
@@ -187,7 +187,7 @@ def vector_quantize(model: Any, settings: VQSettings, context: MethodContext) ->
 
 def layer_bits(out: int, inputs: int, settings: VQSettings) -> int:
     """Bits of one quantized weight matrix (out × in): codebooks at 32 bits per value, indices at
-    ceil(log2 clusters) bits."""
+    ceil(log2 clusters) bits (as ``vq_linear`` packs them)."""
     shape = layout(settings.kind, inputs, settings.segment, settings.stages)
     book = shape["stages"] * shape["groups"] * settings.clusters * shape["dim"]
     indices = shape["stages"] * out * (inputs // shape["dim"])

@@ -4,7 +4,9 @@
 :class:`VQLinear` holds what vector quantization keeps of a weight matrix of ``out × in``: for each of
 ``stages`` stages and each of ``groups`` codebooks, ``clusters`` code vectors of ``dim`` weights (the
 ``codebook`` parameter), and for each stage, output unit and segment of ``dim`` inputs the index of
-its code vector (the ``codes`` buffer, unsigned 8-bit up to 256 clusters, else 16 or 32-bit integers).
+its code vector (the ``codes`` buffer: the indices packed at ceil(log2 clusters) bits each, least
+significant bit first, in uint8 bytes; :meth:`VQLinear.set_indices` packs them, :meth:`VQLinear.indices`
+unpacks them).
 The weight is the sum over stages of the chosen code vectors laid side by side; the layer multiplies
 by it as ``nn.Linear`` does. Its three uses:
 
@@ -19,6 +21,7 @@ are what vector quantization stores. Hand-written: torch has no layer stored as 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,13 +29,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def code_dtype(clusters: int) -> torch.dtype:
-    """The smallest integer type that holds an index below ``clusters``."""
-    if clusters <= 1 << 8:
-        return torch.uint8
-    if clusters <= 1 << 15:
-        return torch.int16
-    return torch.int32
+def index_bits(clusters: int) -> int:
+    """Bits of an index below ``clusters`` (at least 1)."""
+    return max(1, (clusters - 1).bit_length())
+
+
+def pack_indices(indices: torch.Tensor, bits: int) -> torch.Tensor:
+    """Non-negative integers below ``2**bits`` packed at ``bits`` bits each, least significant first,
+    into a 1-D uint8 tensor (the last byte padded with zeros)."""
+    flat = indices.reshape(-1).long()
+    planes = (flat.unsqueeze(1) >> torch.arange(bits, device=flat.device)) & 1
+    stream = planes.reshape(-1)
+    stream = torch.cat([stream, stream.new_zeros(-len(stream) % 8)])
+    weights = 1 << torch.arange(8, device=flat.device)
+    return (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack_indices(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """The ``count`` integers :func:`pack_indices` packed at ``bits`` bits, as int64."""
+    stream = (packed.long().unsqueeze(1) >> torch.arange(8, device=packed.device)) & 1
+    planes = stream.reshape(-1)[: count * bits].view(count, bits)
+    return (planes << torch.arange(bits, device=packed.device)).sum(1)
+
+
+def cached_indices(module: nn.Module, buffer: str, shape: tuple[int, ...], bits: int) -> torch.Tensor:
+    """``module``'s packed ``buffer`` unpacked to ``shape``, kept until the buffer changes."""
+    packed = getattr(module, buffer)
+    if packed.device.type == "meta":
+        return torch.zeros(shape, dtype=torch.long, device="meta")
+    key = (packed._version, packed.data_ptr())
+    cache = module.__dict__.setdefault("_unpacked", {})
+    if cache.get(buffer, (None,))[0] != key:
+        with torch.inference_mode(False):  # a cache made in inference mode could not serve autograd later
+            cache[buffer] = (key, unpack_indices(packed, math.prod(shape), bits).view(shape))
+    return cache[buffer][1]
 
 
 class VQLinear(nn.Module):
@@ -63,8 +93,10 @@ class VQLinear(nn.Module):
         self.clusters, self.dim, self.groups, self.stages = clusters, dim, groups, stages
         factory = {"device": device, "dtype": dtype}
         self.codebook = nn.Parameter(torch.zeros(stages, groups, clusters, dim, **factory))
-        codes = torch.zeros(stages, out_features, segments, dtype=code_dtype(clusters), device=device)
-        self.register_buffer("codes", codes)
+        self.bits = index_bits(clusters)
+        self.index_shape = (stages, out_features, segments)
+        packed = math.ceil(stages * out_features * segments * self.bits / 8)
+        self.register_buffer("codes", torch.zeros(packed, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         self.reset_parameters()
 
@@ -84,10 +116,25 @@ class VQLinear(nn.Module):
             f"dim={self.dim}, groups={self.groups}, stages={self.stages}, bias={self.bias is not None}"
         )
 
+    def indices(self) -> torch.Tensor:
+        """The indices (stages × out × segments), unpacked from ``codes``."""
+        return cached_indices(self, "codes", self.index_shape, self.bits)
+
+    def set_indices(self, indices: torch.Tensor) -> None:
+        """Store ``indices`` (stages × out × segments, each below ``clusters``) packed in ``codes``."""
+        if (
+            tuple(indices.shape) != self.index_shape
+            or int(indices.min()) < 0
+            or int(indices.max()) >= self.clusters
+        ):
+            raise ValueError(f"indices of shape {self.index_shape} below {self.clusters} expected")
+        with torch.no_grad():
+            self.codes.copy_(pack_indices(indices.to(self.codes.device), self.bits))
+
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the codebooks and indices stand for."""
         segments = self.in_features // self.dim
-        indices = self.codes.long()
+        indices = self.indices()
         total = None
         for stage in range(self.stages):
             book = self.codebook[stage]  # groups × clusters × dim
