@@ -147,6 +147,12 @@ def test_with_data_apply_fine_tunes_the_whole_network_after_the_closed_form():
         assert not torch.equal(tuned.get_submodule(name).weight, closed_form.get_submodule(name).weight), name
 
 
+def test_the_low_rank_nin_has_a_recipe_to_train_it_from_scratch(run):
+    result = run("train", NIN, "--data", "builtin:digits", "--epochs", "1", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert '"lr": 0.01' in result.stdout and '"batch_size": 128' in result.stdout
+
+
 # -- papers compress ---------------------------------------------------------------------------------------
 
 
