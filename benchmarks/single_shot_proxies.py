@@ -1,8 +1,10 @@
-"""RetinaNet's and SSD's proxy checks, timed: ``python benchmarks/single_shot_proxies.py [--threads N]``.
+"""RetinaNet's, SSD's and YOLOv3's proxy checks, timed: ``python benchmarks/single_shot_proxies.py
+[--threads N]``.
 
-Runs ``papers check retinanet --run`` and ``papers check ssd --run``, each in a fresh process (a
-narrow detector trained on ``builtin:shapes`` and scored with VOC 2007's mAP at IoU 0.5 on its val
-split; see ``papers_plugins.detection.retinanet`` and ``.ssd``) with N intra-op threads (default 2,
+Runs ``papers check retinanet --run``, ``papers check ssd --run`` and ``papers check yolov3 --run``,
+each in a fresh process (a narrow detector trained on ``builtin:shapes`` and scored with VOC 2007's
+mAP at IoU 0.5 on its val split; see ``papers_plugins.detection.retinanet``, ``.ssd`` and
+``.yolov3``) with N intra-op threads (default 2,
 the issue's two CPU cores), the data set generated beforehand, and prints each wall time against the
 issue's budget of five minutes beside the measured mAP. It reports and never fails.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 BUDGET_S = 300.0
 """The issue's budget: minutes on two CPU cores."""
-PROXIES = {"retinanet": "RetinaNet", "ssd": "SSD300"}
+PROXIES = {"retinanet": "RetinaNet", "ssd": "SSD300", "yolov3": "YOLOv3"}
 PAPERS = str(Path(sys.executable).with_name("papers"))
 
 

@@ -15,7 +15,8 @@ augmentations, its input sizes) listed under ``deviations`` in ``recipe.json``. 
 gives none (or a proxy check asking for it) trains with the registry's: SGD with momentum 0.9 and
 weight decay 5e-4 (Faster R-CNN's, Section 3.3 of its paper), lr 0.01 with a linear warm-up over the
 first 100 steps and DeepLab's "poly" decay after, batch 2 (Fast R-CNN's two images per mini-batch),
-overridable with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r weight_decay=``, ``-r seed=``.
+overridable with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r weight_decay=``,
+``-r grad_clip=`` (the gradients' global norm; none by default) and ``-r seed=``.
 A run folder (:mod:`papers.task_runs`) holds ``model.safetensors``, ``recipe.json``, ``metrics.json``
 and an epoch checkpoint that ``--resume`` continues; ``papers eval`` scores the weights with every VOC
 and COCO metric.
@@ -32,8 +33,9 @@ from papers.errors import PapersError
 from papers.train_segmentation import SegmentationRun as DetectionRun
 from papers.train_segmentation import task_recipe
 
-DEFAULTS = {"epochs": 10, "batch_size": 2, "lr": 0.01, "weight_decay": 5e-4, "seed": 0}
-"""The registry's recipe for detectors whose spec gives none."""
+DEFAULTS = {"epochs": 10, "batch_size": 2, "lr": 0.01, "weight_decay": 5e-4, "grad_clip": 0.0, "seed": 0}
+"""The registry's recipe for detectors whose spec gives none (``grad_clip``: the gradients' global norm
+is clipped at it; 0, none)."""
 WARMUP_STEPS = 100
 POLY_POWER = 0.9
 _SHORT = {"lr": "optimizer.lr", "momentum": "optimizer.momentum"}
@@ -190,7 +192,7 @@ def train_detector(
         run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
         step = resumed.state.get("step", (first - 1) * per_epoch)
     say = log or (lambda line: None)
-    clip, last = config.get("grad_clip"), config.get("iterations")
+    clip, last = config.get("grad_clip") or None, config.get("iterations")
     for epoch in range(first, config["epochs"] + 1):
         model.train()
         started, total, batches = time.perf_counter(), 0.0, 0

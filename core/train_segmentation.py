@@ -52,12 +52,12 @@ def task_recipe(overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any]
         name = "lr" if key == "optimizer.lr" else key
         if name not in defaults:
             raise PapersError(f"{who}'s recipe has {', '.join(defaults)}; not {key!r}", field=f"-r {key}")
-        kind = float if name in ("lr", "weight_decay") else int
+        kind = float if name in ("lr", "weight_decay", "grad_clip") else int
         try:
             made[name] = kind(value)
         except (TypeError, ValueError):
             raise PapersError(f"{key} must be a number, not {value!r}", field=f"-r {key}") from None
-        if made[name] <= 0 and name not in ("weight_decay", "seed"):
+        if made[name] <= 0 and name not in ("weight_decay", "seed", "grad_clip"):
             raise PapersError(f"{key} must be positive, not {value!r}", field=f"-r {key}")
     return made
 

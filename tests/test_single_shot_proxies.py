@@ -1,5 +1,5 @@
-"""RetinaNet's and SSD's proxy checks: narrow detectors trained on builtin:shapes, shown as proxies
-(SSD's beside the paper's VOC 2007 figure); here only seconds-long smoke runs on ten scenes."""
+"""RetinaNet's, SSD's and YOLOv3's proxy checks: narrow detectors trained on builtin:shapes, shown as
+proxies (SSD's beside the paper's VOC 2007 figure); here only seconds-long smoke runs on ten scenes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import papers
 from papers.checks import proxy_check
 from papers.registry import get_registry
 from papers.shapes import ShapesConfig, write
-from papers_plugins.detection import retinanet, ssd
+from papers_plugins.detection import retinanet, ssd, yolov3
 
-PROXIES = {"retinanet": retinanet, "ssd": ssd}
+PROXIES = {"retinanet": retinanet, "ssd": ssd, "yolov3": yolov3}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,16 @@ def test_the_narrow_retinanet_is_narrow_and_the_paper_keeps_its_widths():
     defaults = papers.get_spec("retinanet").graphs["retinanet"].params
     assert (defaults["channels"], defaults["block"], defaults["width"]) == (256, "bottleneck", 64)
     assert defaults["shortcut"] == "B"
+
+
+def test_the_narrow_yolov3_is_narrow_and_the_paper_keeps_its_widths():
+    narrow = papers.build_model(yolov3.PROXY_VARIANT, num_classes=4, **yolov3.PROXY_OPTIONS)
+    assert narrow.get_submodule("detect1").in_channels == 256
+    assert narrow.get_submodule("detect3").in_channels == 64
+    assert sum(p.numel() for p in narrow.parameters()) < 2_500_000  # YOLOv3-416: 62 million
+    defaults = papers.get_spec("yolov3").graphs["yolov3"].params
+    assert (defaults["widths"], defaults["blocks"]) == ([64, 128, 256, 512, 1024], [1, 2, 8, 8, 4])
+    assert defaults["anchors"][0] == [[116, 90], [156, 198], [373, 326]]
 
 
 def test_the_narrow_ssd_is_narrow_and_the_paper_keeps_its_widths():

@@ -121,6 +121,7 @@ def test_a_detector_without_a_recipe_trains_with_the_registrys(plain, run, shape
         "batch_size": 2,
         "lr": 0.01,
         "weight_decay": 5e-4,
+        "grad_clip": 0.0,
         "seed": 0,
     }
 
