@@ -33,8 +33,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from papers.errors import PapersError
+from papers.errors import PapersError, PluginError
 from papers.files import write_atomic
+from papers.plugins import describe
 from papers.text import STATUS, count, plain
 
 if TYPE_CHECKING:
@@ -390,6 +391,8 @@ class PaperPage:
     diffs: list[Any] = field(default_factory=list)
     """``papers diff`` of each library variant against the variant it is built from
     (:func:`papers.diff.library_pairs`)."""
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    """Sections the paper's plugin module adds after its summary (:func:`page_sections`)."""
 
 
 @dataclass
@@ -446,6 +449,7 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
             if paper in specs and set(specs[paper].topics) & set(spec.topics)
         }
         page.diffs = [diff(a, b) for a, b in library_pairs(spec, used)]
+        page.sections = page_sections(entry)
         pages.append(page)
     topics: dict[str, list[PaperPage]] = {}
     for page in pages:
@@ -461,6 +465,29 @@ def collect(results: str | Path | ResultsFile | None = None) -> SiteData:
         if row.check.status == "inconsistent"
     ]
     return SiteData(papers=pages, topics=dict(sorted(topics.items())), charts=charts, errata=errata)
+
+
+def page_sections(entry: Any) -> list[tuple[str, str]]:
+    """What a paper's plugin module adds to its page: ``page_sections(registry)`` of the module, where it
+    has one, gives (title, Markdown) pairs made from the registry as it is when the site is built (a
+    survey's taxonomy linked to the papers that implement it). The Markdown is the plugin's code's, not
+    a spec's text: it goes on the page as written, and escapes what it quotes."""
+    import importlib
+
+    from papers.registry import get_registry
+
+    registry = get_registry()
+    info = registry.manager.plugins.get(entry.plugin)
+    if info is None or not info.module:
+        return []
+    make = getattr(importlib.import_module(info.module), "page_sections", None)
+    if make is None:
+        return []
+    try:
+        made = [(str(title), str(text)) for title, text in make(registry)]
+    except Exception as exc:  # a plugin's code: what it raises is its failure, on one line
+        raise PluginError(f"plugin {entry.plugin}: page_sections failed: {describe(exc)}") from exc
+    return made
 
 
 def _shown_file(file: str) -> str:

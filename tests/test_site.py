@@ -150,6 +150,13 @@ def test_a_page_is_built_from_its_spec_and_measurements(built):
     assert 'torchvision.models.get_model_weights("vgg16").DEFAULT' in page
 
 
+def test_the_surveys_page_shows_its_taxonomy_linked_to_the_papers_that_implement_it(built):
+    page = _page(built, "cheng2017").read_text()
+    assert "The survey’s taxonomy in the registry" in _text(page) or "The survey's taxonomy" in _text(page)
+    assert 'href="../han2015/"' in page, "pruning links to Han et al. 2015's page"
+    assert "Not yet implemented in the registry" in _text(page)
+
+
 def test_two_builds_of_one_tree_are_identical_byte_for_byte(built):
     for folder in ("docs", "site"):
         one = {p.relative_to(built.first / folder): p for p in every_file(built.first / folder)}
