@@ -163,7 +163,8 @@ def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_regis
     pruners = (
         "han2015", "deep_compression", "dns", "park2017", "fine_pruning", "soft_weight_sharing", "hinton2015",
         "vanhoucke2011", "fitnets", "attention_transfer", "xnor_net", "binarized_nn", "qnn", "dorefa",
-        "gong2014", "lbcnn", "carreira2017", "qcnn", "separable_filters",
+        "gong2014", "lbcnn", "carreira2017", "qcnn", "separable_filters", "molchanov2017", "lin2018", "he2017",
+        "huang2018",
     )  # fmt: skip
     monkeypatch.setenv(  # the plugins that prune LeNets go with it
         "PAPERS_DISABLE_PLUGINS", ",".join(f"papers:{name}" for name in ("lenet", *pruners))
