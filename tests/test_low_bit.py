@@ -27,6 +27,7 @@ from papers_plugins.compression.quantizers import (
     ap2,
     dorefa_activation,
     dorefa_weight,
+    linear_weight,
     quantize_gradient,
 )
 from tests.conftest import REPO
@@ -98,6 +99,15 @@ def test_dorefa_k_bit_weights_take_2_to_the_k_levels_in_minus_one_to_one(bits):
     assert torch.allclose(layer.weight, quantized, atol=1e-6) and torch.equal(
         layer.quantized_weight(), layer.weight
     )
+
+
+def test_qnn_k_bit_weights_are_codes_times_a_power_of_two_that_spans_the_layer():
+    weight = torch.randn(50, 800, generator=torch.Generator().manual_seed(0)) * 0.05
+    quantized = linear_weight(weight, 2)
+    step = 2.0 ** torch.ceil(torch.log2(weight.abs().max())) / 2
+    codes = quantized / step
+    assert set(codes.unique().tolist()) == {-2.0, -1.0, 0.0, 1.0}  # 2-bit two's complement, all used
+    assert torch.equal(codes, codes.round())
 
 
 def test_one_bit_dorefa_weights_are_the_layers_mean_magnitude_times_the_sign():

@@ -90,14 +90,23 @@ def frozen_dorefa_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def linear_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """QNN's linear quantization of weights clipped to [-1, 1]: ``sign`` at one bit, else the codes
-    of ``bits``-bit two's complement times 2**(1 - bits) (a power of two: a shift), the gradient passed
-    where ``|W| <= 1`` (Hubara et al. 2016, Section 2.1 and eq. 8)."""
+    """QNN's linear quantization of weights: ``sign`` at one bit (the gradient passed where
+    ``|W| <= 1``), else the codes of ``bits``-bit two's complement times a power of two (a shift).
+    The paper's weights, trained from scratch, span [-1, 1] and its step is 2**(1 - bits); a trained
+    network's are far smaller (LeNet's within ±0.3, all of which would round to zero at two bits),
+    so the weights are first divided by the power of two at or above the layer's largest magnitude,
+    and the step scaled back by it: still a power of two."""
     if bits >= FULL:
         return weight
     if bits == 1:
         return sign_ste(weight)
-    return _linear_levels(weight, bits)
+    scale = _power_of_two_above(weight)
+    return _linear_levels(weight / scale, bits) * scale
+
+
+def _power_of_two_above(weight: torch.Tensor) -> torch.Tensor:
+    largest = weight.detach().abs().max().clamp(min=2.0**-60)
+    return torch.exp2(torch.ceil(torch.log2(largest)))
 
 
 def _linear_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -113,7 +122,8 @@ def frozen_linear_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
             return weight.clone()
         if bits == 1:
             return binarize(weight)
-        return _linear_levels(weight, bits)
+        scale = _power_of_two_above(weight)
+        return _linear_levels(weight / scale, bits) * scale
 
 
 def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
