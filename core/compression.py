@@ -15,7 +15,12 @@ The container. Dense tensors are stored as they are, under their names, so any s
 sees them. A tensor is stored encoded where that takes fewer bytes: ``bitmask`` (a packed bit per
 element saying which are non-zero, then the non-zero values) and ``codebook`` (the distinct values,
 then each element's index into them, packed at ``bits`` bits); the values of a bitmask may
-themselves be a codebook. ``relative`` is the pruning papers' sparse format: the kept values, each
+themselves be a codebook. ``grid`` stores low-bit weights at their bit width: a float scale per row
+(the leading dimension: a filter, an output feature) and each element's integer code packed at
+``bits`` bits, ``odd`` codes (±1, ±3, ...: binary weights ±α take one bit) or ``signed`` ones
+(two's complement: int8 weights take eight), the value being ``scale × code`` in the tensor's
+dtype; it is taken only where that product reproduces every value exactly. ``relative`` is the
+pruning papers' sparse format: the kept values, each
 with the count of zeros before it packed at 5 bits (matrices) or 8 bits (convolutions), filler
 zeros bridging longer gaps. ``huffman`` is Deep Compression's storage (Han, Mao and Dally 2016,
 Section 4): the relative layout with each entry's index into a codebook of the values, the gaps and
@@ -114,6 +119,9 @@ def _encode_tensor(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Ten
     whole = _codebook(name, flat)
     if whole is not None and whole[0] < best_size:
         best_size, best = whole[0], (whole[1], {**header, **whole[2]})
+    grid = _grid(name, tensor)
+    if grid is not None and grid[0] < best_size:
+        best_size, best = grid[0], (grid[1], {**header, **grid[2]})
     mask = flat != 0
     nonzero = int(mask.sum())
     if nonzero == count:  # no zeros: a bitmask only adds its bits (a codebook of all was tried above)
@@ -333,6 +341,135 @@ def _codebook(
     return size, stored, described
 
 
+GRID_MAX_BITS = 16
+"""The widest codes of the ``grid`` encoding (above that a float is about as small)."""
+_GRID_SAMPLE = 2048
+"""Values of each row whose gaps give its step."""
+_GRID_DIVISORS = (1, 2, 3, 4)
+"""A row's grid step is tried as its smallest gap between distinct values over each of these (a row
+of odd levels, ±1 and ±3 steps, has gaps of 2 steps; a row missing levels, of more)."""
+
+
+def _grid(name: str, tensor: torch.Tensor) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """``tensor`` as a scale per row (its leading dimension; one row for a vector) times integer codes
+    packed at ``bits`` bits, with its size in bytes; ``None`` unless every value is reproduced exactly
+    by the decoder's own product (``scales[row] * code``, in the tensor's dtype).
+
+    Codes are ``odd`` (±1, ±3, ...: a binary row ±α is one bit, q = (code + 2**bits - 1) / 2) where
+    every code is odd, else ``signed`` (two's-complement range, q = code + 2**(bits - 1)). Each row's
+    step is found from its values: the smallest gap between its distinct values, or that over 2, 3
+    or 4, the first of which all its values are integer multiples of; the scale is then the row's
+    largest magnitude over its largest code, or a float a few units in the last place from it,
+    whichever reproduces the row."""
+    import torch
+
+    rows = tensor.reshape(tensor.shape[0] if tensor.dim() > 1 else 1, -1)
+    if rows.shape[1] < 2 or not bool(torch.isfinite(rows).all()):
+        return None
+    if torch.unique(rows[0, :4096]).numel() > 1 << GRID_MAX_BITS:  # most weights: decided on a sample
+        return None
+    if _grid_rows(rows[:2]) is None:  # most other tensors: decided on two rows
+        return None
+    found = _grid_rows(rows)
+    if found is None:
+        return None
+    integers, scales = found
+    if bool((integers % 2 == 1).all()):
+        levels, bits = "odd", max(1, math.ceil(math.log2(int(integers.abs().max()) + 1)))
+        unsigned = (integers + (1 << bits) - 1) // 2
+    else:
+        low, high = int(integers.min()), int(integers.max())
+        levels, bits = "signed", 1
+        while low < -(1 << (bits - 1)) or high > (1 << (bits - 1)) - 1:
+            bits += 1
+        unsigned = integers + (1 << (bits - 1))
+    if bits > GRID_MAX_BITS:
+        return None
+    packed = _pack(unsigned.reshape(-1).numpy().astype("uint16" if bits > 8 else "uint8"), bits)
+    size = scales.numel() * scales.element_size() + packed.size + 2 * _ENTRY_BYTES
+    stored = {f"{name}#scales": scales.contiguous(), f"{name}#codes": _bits_tensor(packed)}
+    described = {
+        "kind": "grid",
+        "rows": len(rows),
+        "bits": bits,
+        "levels": levels,
+        "scales": f"{name}#scales",
+        "codes": f"{name}#codes",
+    }
+    return size, stored, described
+
+
+def _grid_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each row's integer codes and scale (``scales[:, None] * codes`` equal to ``rows`` in their
+    dtype), or ``None`` where some row has none (:func:`_grid`)."""
+    import torch
+
+    wide = rows.double()
+    # Every gap between a row's grid values is a multiple of its step, so a sample's smallest serves.
+    gaps = wide[:, :_GRID_SAMPLE].sort(dim=1).values.diff(dim=1)
+    gaps = torch.where(gaps > 0, gaps, math.inf).min(dim=1).values
+    largest = wide.abs().max(dim=1).values
+    step = torch.where(torch.isfinite(gaps), gaps, largest)  # one distinct value: itself
+    step = torch.where(step > 0, step, 1.0)  # a row of zeros: any step
+    codes = torch.zeros_like(wide)
+    pending = torch.arange(len(rows))
+    tolerance = 4 * torch.finfo(rows.dtype).eps  # a value's rounding, relative to the largest code
+    for divisor in _GRID_DIVISORS:
+        values, unit = wide[pending], step[pending] / divisor
+        # The gap is a rounded difference, off by up to an ulp of the values: refined over the row's
+        # largest code, the step is as exact as the largest value is.
+        top = (values / unit[:, None]).round().abs().max(dim=1).values.clamp(min=1)
+        ratio = values / torch.where(largest[pending] > 0, largest[pending] / top, unit)[:, None]
+        rounded = ratio.round()
+        fits = ((ratio - rounded).abs() <= tolerance * (1 + top[:, None])).all(dim=1)
+        codes[pending[fits]] = rounded[fits]
+        pending = pending[~fits]
+        if not len(pending):
+            break
+    if len(pending) or float(codes.abs().max()) >= 1 << GRID_MAX_BITS:
+        return None
+    top = codes.abs().max(dim=1).values
+    scales = torch.where(top > 0, largest / top.clamp(min=1), 0.0).to(rows.dtype)
+    codes_cast = codes.to(rows.dtype)
+    wrong = torch.nonzero(~(scales[:, None] * codes_cast == rows).all(dim=1)).flatten()
+    for ulps in (1, -1, 2, -2, 3, -3):  # largest / top rounded to the dtype may miss the scale by a few
+        if not len(wrong):
+            break
+        nudged = scales[wrong]
+        for _ in range(abs(ulps)):
+            nudged = torch.nextafter(nudged, torch.full_like(nudged, math.inf if ulps > 0 else -math.inf))
+        fits = (nudged[:, None] * codes_cast[wrong] == rows[wrong]).all(dim=1)
+        scales[wrong[fits]] = nudged[fits]
+        wrong = wrong[~fits]
+    return None if len(wrong) else (codes.long(), scales)
+
+
+def _decode_grid(
+    described: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], count: int, dtype: str
+) -> Any:
+    """A ``grid`` tensor's values, ``scales[row] * code``; packed codes or scales whose length is not
+    the header's raise ``ValueError`` naming their tensor."""
+    import torch
+
+    bits, rows, levels = int(described["bits"]), int(described["rows"]), described["levels"]
+    if not 1 <= bits <= GRID_MAX_BITS or levels not in ("odd", "signed") or rows < 1 or count % rows:
+        raise ValueError(f"a grid of {rows} rows of {bits}-bit {levels} codes for {count} values")
+    scales, name = tensors[described["scales"]], described["codes"]
+    if scales.dim() != 1 or scales.numel() != rows or str(scales.dtype).removeprefix("torch.") != dtype:
+        raise ValueError(
+            f"{described['scales']}: {tuple(scales.shape)} {scales.dtype}, {rows} of {dtype} expected"
+        )
+    packed = _uint8(tensors[name])
+    if packed.size != math.ceil(count * bits / 8):
+        raise ValueError(
+            f"{name}: {packed.size} bytes of codes, the header's {count} values of {bits} bits take "
+            f"{math.ceil(count * bits / 8)}"
+        )
+    unsigned = torch.from_numpy(_unpack(packed, count, bits))
+    codes = 2 * unsigned - ((1 << bits) - 1) if levels == "odd" else unsigned - (1 << (bits - 1))
+    return (scales[:, None] * codes.view(rows, -1).to(scales.dtype)).reshape(-1)
+
+
 def _bits_tensor(packed: np.ndarray) -> torch.Tensor:
     import torch
 
@@ -425,6 +562,8 @@ def _decode_values(
         values[positions] = _decode_values(described["values"], tensors, entries, dtype)
     elif kind == "huffman":
         values = _decode_huffman(described, tensors, count, dtype)
+    elif kind == "grid":
+        values = _decode_grid(described, tensors, count, dtype)
     elif kind == "bitmask":
         packed = _uint8(tensors[described["mask"]])
         if packed.size != math.ceil(count / 8):
@@ -451,7 +590,9 @@ def _uint8(tensor: torch.Tensor) -> np.ndarray:
 def stored_bytes(described: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> int:
     """The bytes of the stored tensors that encode one state tensor."""
     names = [
-        value for key, value in described.items() if key in ("tensor", "mask", "codebook", "indices", "gaps")
+        value
+        for key, value in described.items()
+        if key in ("tensor", "mask", "codebook", "indices", "gaps", "scales", "codes")
     ]
     inner = described.get("values")
     extra = stored_bytes(inner, tensors) if isinstance(inner, Mapping) else 0

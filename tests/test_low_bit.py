@@ -303,5 +303,7 @@ def test_the_proxy_path_trains_quantizes_writes_and_reads_back(monkeypatch):
     measured = low_bit.quantization_proxy("xnor_net-lenet5_caffe-bwn", "binarize", epochs=1)
     assert 0 <= measured["metric_after"] <= 100 and 0 <= measured["metric_before"] <= 100
     assert measured["bytes_after"] < measured["bytes_before"] / 15
-    (check,) = [c for c in papers.get_registry().training_checks("xnor_net") if c.variant.endswith("-bwn")]
+    (check,) = [
+        c for c in papers.registry.get_registry().training_checks("xnor_net") if c.variant.endswith("-bwn")
+    ]
     assert "within 1 point" in check.proxy and "not tuned" in check.proxy
