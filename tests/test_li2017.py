@@ -115,11 +115,13 @@ def seeded_options(variant: str, **options) -> torch.nn.Module:
 def test_table_1s_counts_and_reductions_pass_from_the_settings_alone():
     checks = papers.check("li2017")
     static = [c for c in checks if c.status != "not_measurable"]
-    assert {c.status for c in static} == {"pass", "inconsistent"}, [c for c in static if c.status == "fail"]
-    passed = {(c.variant, c.metric) for c in static if c.status == "pass"}
+    assert {c.status for c in static} == {"pass"}, [c for c in static if c.status != "pass"]
+    passed = {(c.variant, c.metric) for c in static}
     assert ("li2017-vgg16_cifar-a", "flops_reduction") in passed
     assert ("li2017-vgg16_cifar-a", "params_reduction") in passed
-    assert ("li2017-resnet56-a", "flops_reduction") in passed and len(passed) == 13
+    assert ("li2017-resnet56-a", "flops_reduction") in passed and len(passed) == 16
+    cut = next(c for c in static if c.variant == "li2017-resnet110-b" and c.metric == "flops_reduction")
+    assert cut.measured == pytest.approx(38.66, abs=0.01)  # printed 38.6: within a whole last digit
     vgg = next(c for c in static if c.variant == "li2017-vgg16_cifar-a" and c.metric == "flops_reduction")
     assert vgg.measured == pytest.approx(34.19, abs=0.01)
 
