@@ -193,6 +193,8 @@ class Samples:
     y: torch.Tensor
 
 
+_BATCH = 50
+"""Images whose feature maps are held at once while sampling (only the sampled points are kept)."""
 _LASSO_ELEMENTS = 20_000_000
 """At most this many entries (rows × channels, float64: 160 MB) in one LASSO problem."""
 
@@ -371,17 +373,22 @@ def channel_prune(
         channels = layers[name].width
         module = work.get_submodule(consumer.name)
         layout, columns = _layout(module, consumer.offset, consumer.block, channels)
-        inputs, _ = _capture(work, [consumer.name], images)[consumer.name]
-        _, target = _capture(original, [consumer.name], images)[consumer.name]
-        target = target + _shortcut_error(original, work, flat, consumer.name, images)
-        x = _patches(module, inputs, layout, columns, channels)  # [B, L, C, k]
-        y = _responses(target, module)  # [B, L, n]
-        points = min(settings.points, x.shape[1])  # a linear layer's input is one point per image
-        picks = torch.stack(
-            [torch.randperm(x.shape[1], generator=generator)[:points] for _ in range(len(x))]
-        )  # [B, points], distinct positions
-        rows = torch.arange(len(x))[:, None]
-        samples = Samples(x[rows, picks].flatten(0, 1), y[rows, picks].flatten(0, 1))
+        xs, ys = [], []
+        for start in range(0, len(images), _BATCH):  # a batch's feature maps at a time, points kept
+            batch = images[start : start + _BATCH]
+            inputs, _ = _capture(work, [consumer.name], batch)[consumer.name]
+            _, target = _capture(original, [consumer.name], batch)[consumer.name]
+            target = target + _shortcut_error(original, work, flat, consumer.name, batch)
+            x = _patches(module, inputs, layout, columns, channels)  # [B, L, C, k]
+            y = _responses(target, module)  # [B, L, n]
+            points = min(settings.points, x.shape[1])  # a linear layer's input is one point per image
+            picks = torch.stack(
+                [torch.randperm(x.shape[1], generator=generator)[:points] for _ in range(len(x))]
+            )  # [B, points], distinct positions
+            rows = torch.arange(len(x))[:, None]
+            xs.append(x[rows, picks].flatten(0, 1))
+            ys.append(y[rows, picks].flatten(0, 1))
+        samples = Samples(torch.cat(xs), torch.cat(ys))
         weight = _weight_view(module, layout, columns, channels)
         chosen = lasso_select(samples, weight, widths[name], settings.lasso_steps)
         _set_weight(module, layout, columns, reconstruct(samples, chosen), chosen)
