@@ -175,6 +175,7 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     """tai2016's LeNet variant as another paper's (``vh``), with ``settings``."""
     spec = yaml.safe_load(SPEC.read_text())
     spec["id"] = "vh"
+    spec.pop("recipes")  # the NIN variant's, which the copy leaves out
     spec["variants"] = [v for v in spec["variants"] if v["id"] == VARIANT]
     spec["variants"][0]["id"] = "vh-lenet5_caffe"
     spec["variants"][0]["methods"][0]["settings"] = settings
