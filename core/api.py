@@ -117,21 +117,24 @@ def build_model(
         )
         if task is None:
             return network
-        graph_args = {**spec_variant.args, **{k: v for k, v in options.items() if k not in task_args}}
+        source, graph_variant = entry, spec_variant
+        while graph_variant.base is not None:  # a method variant's box head is its base graph's spec's
+            source, graph_variant = registry.variant(graph_variant.base)
+        graph_args = {**graph_variant.args, **{k: v for k, v in options.items() if k not in task_args}}
 
         def build_graph(name: str, args: dict[str, Any]) -> tuple[torch.nn.Module, FlatGraph]:
             """Another graph of the spec (a box head), built and expanded: the detector's parameters it
             declares, then ``args``."""
-            if name not in entry.spec.graphs:
-                known = ", ".join(entry.spec.graphs)
+            if name not in source.spec.graphs:
+                known = ", ".join(source.spec.graphs)
                 raise GraphError(
                     f"box_head names graph {name!r}, not one of this spec's ({known})",
                     field="detection.box_head.graph",
                 )
-            declared = entry.spec.graphs[name].params
+            declared = source.spec.graphs[name].params
             shared = {k: v for k, v in graph_args.items() if k in declared}
             other = expand(
-                entry.spec, name, {**shared, **args}, registry.catalogue, registry.library(entry.spec)
+                source.spec, name, {**shared, **args}, registry.catalogue, registry.library(source.spec)
             )
             built = build(
                 other, registry.catalogue, class_name=_class_name(variant_id), as_dict=True, device=device
