@@ -11,7 +11,7 @@ import yaml
 import papers
 import papers.registry
 from papers.errors import PapersError
-from papers.methods import variant_steps
+from papers.methods import MethodContext, variant_steps
 from papers.registry import Registry
 from papers.shapes import ShapesConfig, write
 from papers_plugins.compression import mimic, quantization_mimic
@@ -139,3 +139,11 @@ def test_a_smoke_run_of_the_proxy_trains_the_three_on_ten_scenes(tmp_path, monke
     assert calls  # only the mimicking student's steps add the loss
     students = [m for m in papers.build_model(VARIANT, **quantization_mimic.STUDENT_OPTIONS).modules()]
     assert any(isinstance(m, QuantConv2d) for m in students)
+
+
+def test_apply_without_data_is_refused_naming_the_option():
+    (step,) = variant_steps(VARIANT)
+    context = MethodContext(flat=papers.expand_variant(VARIANT))
+    with pytest.raises(PapersError, match="give --data") as refused:
+        mimic.mimic_apply(None, step.settings, context)
+    assert refused.value.field == "--data"
