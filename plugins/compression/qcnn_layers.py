@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papers_plugins.compression.vq_linear import cached_indices, index_bits, pack_indices
+from papers_plugins.compression.vq_linear import cached_indices, index_bits, store_indices
 
 
 def _tables_run(input: torch.Tensor, codebooks: torch.Tensor) -> bool:
@@ -87,14 +87,7 @@ class QLinear(nn.Module):
 
     def set_indices(self, indices: torch.Tensor) -> None:
         """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
-        if (
-            tuple(indices.shape) != self.index_shape
-            or int(indices.min()) < 0
-            or int(indices.max()) >= self.codewords
-        ):
-            raise ValueError(f"assignments of shape {self.index_shape} below {self.codewords} expected")
-        with torch.no_grad():
-            self.assignments.copy_(pack_indices(indices.to(self.assignments.device), self.bits))
+        store_indices(self, "assignments", indices, self.codewords, "assignments")
 
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the sub-codewords stand for."""
@@ -171,14 +164,7 @@ class QConv2d(nn.Module):
 
     def set_indices(self, indices: torch.Tensor) -> None:
         """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
-        if (
-            tuple(indices.shape) != self.index_shape
-            or int(indices.min()) < 0
-            or int(indices.max()) >= self.codewords
-        ):
-            raise ValueError(f"assignments of shape {self.index_shape} below {self.codewords} expected")
-        with torch.no_grad():
-            self.assignments.copy_(pack_indices(indices.to(self.assignments.device), self.bits))
+        store_indices(self, "assignments", indices, self.codewords, "assignments")
 
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in × kh × kw`` kernel the sub-codewords stand for."""

@@ -65,6 +65,15 @@ def cached_indices(module: nn.Module, buffer: str, shape: tuple[int, ...], bits:
     return cache[buffer][1]
 
 
+def store_indices(module: nn.Module, buffer: str, indices: torch.Tensor, bound: int, what: str) -> None:
+    """Check ``indices`` (``module.index_shape``, each below ``bound``); store them packed in ``buffer``."""
+    if tuple(indices.shape) != module.index_shape or int(indices.min()) < 0 or int(indices.max()) >= bound:
+        raise ValueError(f"{what} of shape {module.index_shape} below {bound} expected")
+    packed = getattr(module, buffer)
+    with torch.no_grad():
+        packed.copy_(pack_indices(indices.to(packed.device), module.bits))
+
+
 class VQLinear(nn.Module):
     """A fully connected layer whose weight is stored as codebooks and indices (see the module)."""
 
@@ -122,14 +131,7 @@ class VQLinear(nn.Module):
 
     def set_indices(self, indices: torch.Tensor) -> None:
         """Store ``indices`` (stages × out × segments, each below ``clusters``) packed in ``codes``."""
-        if (
-            tuple(indices.shape) != self.index_shape
-            or int(indices.min()) < 0
-            or int(indices.max()) >= self.clusters
-        ):
-            raise ValueError(f"indices of shape {self.index_shape} below {self.clusters} expected")
-        with torch.no_grad():
-            self.codes.copy_(pack_indices(indices.to(self.codes.device), self.bits))
+        store_indices(self, "codes", indices, self.clusters, "indices")
 
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the codebooks and indices stand for."""
