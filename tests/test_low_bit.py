@@ -288,7 +288,7 @@ def test_the_proxy_path_trains_quantizes_writes_and_reads_back(monkeypatch):
     from papers_plugins.compression import pruning
 
     setup = pruning.proxy_setup
-    monkeypatch.setattr(pruning, "proxy_setup", lambda v, m: setup(v, m, limit=256))
+    monkeypatch.setattr(pruning, "proxy_setup", lambda v, m, data, limit: setup(v, m, data, limit=256))
     original = pruning.training_split
     monkeypatch.setattr(
         pruning, "training_split", lambda data, shape: tuple(t[:256] for t in original(data, shape))

@@ -22,9 +22,7 @@ weights at ``bits`` bits and its scales at 32, every other parameter at 32.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -184,23 +182,14 @@ def int8_proxy(
     read back into the int8 model. Returns the report's top-1 before and after (the held-out split,
     the model decoded from the file running the int8 kernel), bytes and latencies."""
     import torch
-    from safetensors.torch import save_file
 
-    from papers.compression import compress
     from papers.train import intra_op_threads
-    from papers_plugins.compression.pruning import pretrained, proxy_setup
+    from papers_plugins.compression.proxy_compress import compress_pretrained
 
-    setup = proxy_setup(variant_id, "int8_quantize", data, limit)
-    with (
-        intra_op_threads(1),
-        pretrained(setup, epochs) as (model, _, _),
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        weights = Path(scratch) / "trained.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        report = compress(
-            variant_id, out=Path(scratch) / "out", weights=weights, data=data, latency_runs=latency_runs
-        )
+    report = compress_pretrained(
+        variant_id, "int8_quantize", data, epochs=epochs, limit=limit, latency_runs=latency_runs
+    )
+    with intra_op_threads(1):  # the threads the proxy's compress ran with
         threads = torch.get_num_threads()
     keys = ("metric_before", "metric_after", "bytes_before", "bytes_after", "compression_ratio")
     timing = ("latency_ms_before", "latency_ms_after", "speedup", "latency")

@@ -25,10 +25,8 @@ Hand-written: the rewrites and the short training loop (the registry's own graph
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -373,18 +371,10 @@ def quantization_proxy(variant_id: str, method: str, *, epochs: int = PROXY_EPOC
     fixed seed, one thread), then ``papers compress`` it with the data: the variant's rewrite, its
     quantization-aware training and the quantized weights written. Gives the report's top-1 of the
     float model and of the model decoded from the file, its bytes and compression ratio."""
-    from safetensors.torch import save_file
+    from papers_plugins.compression.proxy_compress import compress_pretrained
+    from papers_plugins.compression.pruning import PROXY_DATA
 
-    from papers.compression import compress
-    from papers_plugins.compression.pruning import PROXY_DATA, pretrained, proxy_setup
-
-    setup = proxy_setup(variant_id, method)
-    with pretrained(setup, epochs) as (model, _, _), tempfile.TemporaryDirectory() as scratch:
-        weights = Path(scratch) / "trained.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        report = compress(
-            variant_id, out=Path(scratch) / "out", weights=weights, data=PROXY_DATA, latency_runs=3
-        )
+    report = compress_pretrained(variant_id, method, PROXY_DATA, epochs=epochs, latency_runs=3, threads=None)
     keys = ("metric_before", "metric_after", "bytes_before", "bytes_after", "compression_ratio")
     return {
         key: report[key] for key in (*keys, "bits_per_weight_after", "latency_ms_before", "latency_ms_after")

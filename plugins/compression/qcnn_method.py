@@ -24,9 +24,7 @@ squares and arg-mins; no library fits product quantizers to layer responses).
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -293,23 +291,11 @@ def qcnn_proxy(
     then ``papers compress`` it with the data (k-means, the response fit with error correction, written
     as sub-codebooks and assignments, read back into lookup-table layers). Returns the report's top-1
     before and after, bytes and latencies."""
-    from safetensors.torch import save_file
+    from papers_plugins.compression.proxy_compress import compress_pretrained
 
-    from papers.compression import compress
-    from papers.train import intra_op_threads
-    from papers_plugins.compression.pruning import pretrained, proxy_setup
-
-    setup = proxy_setup(variant_id, "qcnn_quantize", data, limit)
-    with (
-        intra_op_threads(1),
-        pretrained(setup, epochs) as (model, _, _),
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        weights = Path(scratch) / "trained.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        report = compress(
-            variant_id, out=Path(scratch) / "out", weights=weights, data=data, latency_runs=latency_runs
-        )
+    report = compress_pretrained(
+        variant_id, "qcnn_quantize", data, epochs=epochs, limit=limit, latency_runs=latency_runs
+    )
     keys = ("metric_before", "metric_after", "bytes_before", "bytes_after", "compression_ratio")
     return {key: report[key] for key in (*keys, "latency_ms_before", "latency_ms_after", "speedup")}
 

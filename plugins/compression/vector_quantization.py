@@ -23,9 +23,7 @@ other parameter (biases, convolutions) at 32 bits.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -249,23 +247,11 @@ def vq_proxy(
     passes, a fixed seed, one thread), then run ``papers compress`` on it: quantized, written as
     codebooks and indices, read back. Returns the report's top-1 before and after (the model decoded
     from the file), its bytes and compression ratio."""
-    from safetensors.torch import save_file
+    from papers_plugins.compression.proxy_compress import compress_pretrained
 
-    from papers.compression import compress
-    from papers.train import intra_op_threads
-    from papers_plugins.compression.pruning import pretrained, proxy_setup
-
-    setup = proxy_setup(variant_id, "vector_quantize", data, limit)
-    with (
-        intra_op_threads(1),
-        pretrained(setup, epochs) as (model, _, _),
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        weights = Path(scratch) / "trained.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        report = compress(
-            variant_id, out=Path(scratch) / "out", weights=weights, data=data, latency_runs=latency_runs
-        )
+    report = compress_pretrained(
+        variant_id, "vector_quantize", data, epochs=epochs, limit=limit, latency_runs=latency_runs
+    )
     keys = ("metric_before", "metric_after", "bytes_before", "bytes_after", "compression_ratio")
     return {key: report[key] for key in keys}
 
