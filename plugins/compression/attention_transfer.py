@@ -36,24 +36,15 @@ def papers_criteria() -> list:
     return [ATTENTION]
 
 
-def _run(progress: bool) -> tuple[float, float]:
-    from papers_plugins.compression.attention import attention_distil
-    from papers_plugins.compression.distillation import compare_alone_and_distilled
-
-    measured = compare_alone_and_distilled(PROXY_VARIANT, attention_distil, limit=PROXY_IMAGES)
-    if progress:
-        print(f"{PROXY_VARIANT}: {measured}")
-    return measured["distilled_mean"], measured["alone_mean"]
-
-
 @hookimpl
 def papers_checks() -> list:
-    from papers_plugins.compression.distillation import proxy_check
+    from papers_plugins.compression.attention import attention_distil
+    from papers_plugins.compression.distillation import alone_and_distilled_runner, proxy_check
 
     return [
         proxy_check(
             PROXY_VARIANT,
-            _run,
+            alone_and_distilled_runner(PROXY_VARIANT, attention_distil, limit=PROXY_IMAGES),
             "WRN-10-1 taught by WRN-10-2 on 2,000 of builtin:mnist5k's training digits at 16×16 (its "
             "1,000 test digits held out), not the paper's WRN pairs on CIFAR-10: the teacher trained 6 "
             "epochs, then the student 5 epochs alone (cross-entropy) and, from the same initial "

@@ -454,6 +454,23 @@ def compare_alone_and_distilled(
     return result
 
 
+def alone_and_distilled_runner(
+    variant_id: str,
+    distil: Callable[[nn.Module, nn.Module, Any, Callable[[], Any], tuple[FlatGraph, FlatGraph]], None],
+    limit: int | None = None,
+) -> Callable[[bool], tuple[float, float]]:
+    """A distillation proxy's runner: :func:`compare_alone_and_distilled` with ``distil`` (on the first
+    ``limit`` images; none: all), its means as (distilled, alone); ``progress`` prints the measures."""
+
+    def run(progress: bool) -> tuple[float, float]:
+        measured = compare_alone_and_distilled(variant_id, distil, limit=limit)
+        if progress:
+            print(f"{variant_id}: {measured}")
+        return measured["distilled_mean"], measured["alone_mean"]
+
+    return run
+
+
 def proxy_check(variant_id: str, runner: Callable[[bool], tuple[float, float]], proxy: str) -> Any:
     """A distillation paper's proxy on ``builtin:mnist5k``: passes when the distilled student's mean top-1
     over the seeds reaches the same student's trained alone."""

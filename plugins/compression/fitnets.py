@@ -33,24 +33,15 @@ def papers_criteria() -> list:
     return [HINTS, FITNET_KD]
 
 
-def _run(progress: bool) -> tuple[float, float]:
-    from papers_plugins.compression.distillation import compare_alone_and_distilled
-    from papers_plugins.compression.hints import fitnet_distil
-
-    measured = compare_alone_and_distilled(PROXY_VARIANT, fitnet_distil)
-    if progress:
-        print(f"{PROXY_VARIANT}: {measured}")
-    return measured["distilled_mean"], measured["alone_mean"]
-
-
 @hookimpl
 def papers_checks() -> list:
-    from papers_plugins.compression.distillation import proxy_check
+    from papers_plugins.compression.distillation import alone_and_distilled_runner, proxy_check
+    from papers_plugins.compression.hints import fitnet_distil
 
     return [
         proxy_check(
             PROXY_VARIANT,
-            _run,
+            alone_and_distilled_runner(PROXY_VARIANT, fitnet_distil),
             "a thin 4-layer CNN (8 and 16 maps) on 5,000 of MNIST's digits (4,000 training, 1,000 test), "
             "not the paper's maxout FitNets on CIFAR-10: Caffe's LeNet trained 10 epochs as the teacher, "
             "then the student 10 epochs alone (cross-entropy) and, from the same initial weights and "

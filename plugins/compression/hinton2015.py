@@ -34,23 +34,18 @@ def papers_criteria() -> list:
     return [SOFT_TARGETS]
 
 
-def _run(progress: bool) -> tuple[float, float]:
-    from papers_plugins.compression.distillation import compare_alone_and_distilled, soft_target_distil
-
-    measured = compare_alone_and_distilled(PROXY_VARIANT, soft_target_distil)
-    if progress:
-        print(f"{PROXY_VARIANT}: {measured}")
-    return measured["distilled_mean"], measured["alone_mean"]
-
-
 @hookimpl
 def papers_checks() -> list:
-    from papers_plugins.compression.distillation import proxy_check
+    from papers_plugins.compression.distillation import (
+        alone_and_distilled_runner,
+        proxy_check,
+        soft_target_distil,
+    )
 
     return [
         proxy_check(
             PROXY_VARIANT,
-            _run,
+            alone_and_distilled_runner(PROXY_VARIANT, soft_target_distil),
             "LeNet-300-100 on 5,000 of MNIST's digits (4,000 training, 1,000 test images), not the "
             "paper's 800-unit net on all 60,000: the 1200-unit teacher (dropout 0.5) trained 20 "
             "epochs, then the student 20 epochs alone (cross-entropy) and, from the same initial "
