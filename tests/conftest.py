@@ -17,9 +17,31 @@ from papers.registry import reset_registry
 
 REPO = Path(__file__).resolve().parent.parent
 VGG_SPEC = REPO / "specs" / "classification" / "vgg.yaml"
-BUILT_ON_VGG = ("han2015", "deep_compression")
-"""Built-in plugins with variants built on VGG's (a pruned VGG-16's ``base``): a test that disables
-``vgg`` disables them too, as strict discovery refuses a variant whose base is gone."""
+
+
+def built_on(plugin: str) -> tuple[str, ...]:
+    """The installed plugins whose specs build on ``plugin``'s papers (a method variant's ``base``, a
+    paper in ``uses``), directly or through another: a test that disables ``plugin`` disables them
+    too, as strict discovery refuses a variant whose base is gone. Read from a registry of its own."""
+    from papers.plugins import PluginManager
+    from papers.registry import Registry
+
+    manager = PluginManager()
+    manager.load_entry_points()
+    entries = Registry(manager).list()
+    gone = {plugin}
+    while True:
+        papers_gone = {e.spec.id for e in entries if e.plugin in gone}
+        variants_gone = {v.id for e in entries if e.plugin in gone for v in e.spec.variants}
+        more = {
+            e.plugin
+            for e in entries
+            if e.plugin not in gone
+            and (set(e.spec.uses) & papers_gone or {v.base for v in e.spec.variants} & variants_gone)
+        }
+        if not more:
+            return tuple(sorted(gone - {plugin}))
+        gone |= more
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -15,7 +15,7 @@ from papers.ops import Op
 from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry, get_registry
 from papers.spec import Spec
-from tests.conftest import BUILT_ON_VGG, REPO, minimal_spec, write_spec
+from tests.conftest import REPO, built_on, minimal_spec, write_spec
 
 
 def test_builtin_papers_come_from_the_papers_entry_point_group(fresh_registry):
@@ -49,7 +49,7 @@ def test_a_plugin_object_contributes_a_spec_and_an_op(tmp_path):
 
 
 def test_disabling_a_plugin_by_name(monkeypatch, fresh_registry, run):
-    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", ",".join(("vgg", *BUILT_ON_VGG)))
+    monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", ",".join(("vgg", *built_on("vgg"))))
     ids = [p["id"] for p in json.loads(run("list", "--json").stdout)]
     assert "vgg" not in ids and "resnet" in ids
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUILT_ON_VGG, pip_install
+from tests.conftest import built_on, pip_install
 
 PACKAGES = Path(__file__).parent / "plugin_packages"
 
@@ -156,7 +156,7 @@ def test_disabling_a_name_two_plugins_share_lets_neither_in(papers):
         "list",
         "--json",
         plugins=("impostor",),
-        PAPERS_DISABLE_PLUGINS=",".join(("vgg", "impostor_late", *BUILT_ON_VGG)),
+        PAPERS_DISABLE_PLUGINS=",".join(("vgg", "impostor_late", *built_on("vgg"))),
     )
     assert both.returncode == 0 and both.stderr == ""
     ids = [p["id"] for p in json.loads(both.stdout)]
@@ -165,7 +165,7 @@ def test_disabling_a_name_two_plugins_share_lets_neither_in(papers):
         "list",
         "--json",
         plugins=("impostor",),
-        PAPERS_DISABLE_PLUGINS=",".join(("papers:vgg", "impostor_late", *BUILT_ON_VGG)),
+        PAPERS_DISABLE_PLUGINS=",".join(("papers:vgg", "impostor_late", *built_on("vgg"))),
     )
     assert "vgg" not in [p["id"] for p in json.loads(builtin_only.stdout)]
     assert builtin_only.stderr.splitlines() == [f"papers: {TAKEN}"], "a disabled built-in keeps its name"

@@ -2,7 +2,8 @@
 Separable Filters for Efficient Hardware Acceleration" (CVPR 2017 workshops, arXiv 1707.04693): binary
 filters approximated by rank-one separable binary filters.
 
-:class:`SeparableBinaryConv2d` is an ``nn.Conv2d`` (its latent float weights, arguments and
+:class:`~papers_plugins.compression.separable_binary_layers.SeparableBinaryConv2d` (the layer, apart so
+that discovering the method imports no torch) is an ``nn.Conv2d`` (its latent float weights, arguments and
 ``state_dict``) whose forward pass uses, for each k × k filter, the binarized filter's best rank-one
 approximation with both factors binarized: B = sign(W), B ≈ σ u vᵀ by SVD, and the filter used is
 sign(u) sign(v)ᵀ, which a k-entry column and a k-entry row of ±1 store in 2k bits instead of k². Each
@@ -22,41 +23,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from papers.errors import SpecError
 from papers.graph import FlatGraph
 from papers.methods import Method, Settings
 
 SF_OP = "sf_binary_conv2d"
-
-
-def separable_binary(weight: torch.Tensor) -> torch.Tensor:
-    """Each k × k filter of ``weight`` (out × in × k × k) as sign(u) sign(v)ᵀ, u and v the leading
-    singular vectors of its sign pattern (the sign of a zero taken as +1)."""
-    signs = torch.where(weight >= 0, 1.0, -1.0).to(weight.dtype)
-    u, _, vh = torch.linalg.svd(signs.detach().double())
-    column = torch.where(u[..., :, 0] >= 0, 1.0, -1.0)
-    row = torch.where(vh[..., 0, :] >= 0, 1.0, -1.0)
-    return (column.unsqueeze(-1) * row.unsqueeze(-2)).to(weight.dtype)
-
-
-class SeparableBinaryConv2d(nn.Conv2d):
-    """A convolution run with rank-one separable binary filters (see the module)."""
-
-    def binary_weight(self) -> torch.Tensor:
-        """The filters the forward pass uses: separable ±1 patterns times each output channel's α, with
-        the straight-through gradient to the latent weights (clipped where |w| > 1)."""
-        weight = self.weight
-        alpha = weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
-        used = separable_binary(weight) * alpha
-        passed = weight * (weight.detach().abs() <= 1)
-        return passed + (used - passed).detach()
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(input, self.binary_weight(), self.bias)
 
 
 class SFSettings(Settings):
@@ -95,6 +68,7 @@ def static_measure(flat: FlatGraph, settings: SFSettings) -> dict[str, float]:
     """Bits per weight of the replaced filters: 2k bits for each k × k filter."""
     from papers.build import build
     from papers.registry import get_registry
+    from papers_plugins.compression.separable_binary_layers import SeparableBinaryConv2d
 
     model = build(flat, get_registry().catalogue, device="meta")
     weights = bits = 0
@@ -135,7 +109,10 @@ def sf_proxy(
 ) -> dict[str, Any]:
     """Train the float base and the separable-binary network alike (the base's recipe, ``epochs``
     passes, a fixed seed, one thread) and give both top-1 accuracies (percent, held-out split)."""
+    import torch
+
     from papers_plugins.compression.pruning import pretrained, proxy_setup
+    from papers_plugins.compression.separable_binary_layers import separable_binary
 
     setup = proxy_setup(variant_id, "separable_binarize", data, limit)
     with pretrained(setup, epochs) as (_, _, base):

@@ -2,8 +2,9 @@
 Separable Filters for Efficient Hardware Acceleration" (CVPR 2017 workshops, arXiv 1707.04693).
 
 The paper's plugin: its spec, its op (``sf_binary_conv2d``), its method (``separable_binarize``) and
-its proxy check, all in :mod:`papers_plugins.compression.separable_binary`, imported only when a model
-is built or the registry asks for methods or checks.
+its proxy check, in :mod:`papers_plugins.compression.separable_binary` (the layer in
+``separable_binary_layers``), imported only when a model is built or the registry asks for methods or
+checks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def papers_ops() -> list:
     return [
         Op(
             "sf_binary_conv2d",
-            "papers_plugins.compression.separable_binary:SeparableBinaryConv2d",
+            "papers_plugins.compression.separable_binary_layers:SeparableBinaryConv2d",
             inferred={"in_channels": input_channels},
             doc="conv2d's arguments and latent weights, run with each k × k filter replaced by the signs "
             "of the rank-one SVD factors of its sign pattern (2k bits), times the output channel's mean "

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import papers
 from papers.recipe import BUILTIN_CRITERIA, BUILTIN_OPTIMIZERS, RecipeError, get_criterion, make_loss, resolve
 from papers.registry import get_registry, reset_registry
+from tests.conftest import built_on
 
 LAYERS = {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "f6": 10164}  # Section II.B
 
@@ -159,28 +160,8 @@ def test_the_smallest_rbf_penalty_is_the_prediction():
     assert torch.allclose(loss, F.cross_entropy(-penalties, torch.tensor([1, 0])))
 
 
-def _built_on(plugin: str) -> list[str]:
-    """``plugin`` and every plugin whose specs build on its papers (a method variant's base, a graph
-    it uses), directly or through another: what must go with it."""
-    registry = get_registry()
-    entries = registry.list()
-    gone = {plugin}
-    while True:
-        papers_gone = {e.spec.id for e in entries if e.plugin in gone}
-        variants_gone = {v.id for e in entries if e.plugin in gone for v in e.spec.variants}
-        more = {
-            e.plugin
-            for e in entries
-            if e.plugin not in gone
-            and (set(e.spec.uses) & papers_gone or {v.base for v in e.spec.variants} & variants_gone)
-        }
-        if not more:
-            return sorted(gone)
-        gone |= more
-
-
 def test_without_the_lenet_plugin_its_names_are_unknown(monkeypatch, fresh_registry):
-    gone = _built_on("lenet")  # the plugins whose variants build on LeNets (compression methods)
+    gone = ("lenet", *built_on("lenet"))  # the plugins whose variants build on LeNets go with it
     monkeypatch.setenv("PAPERS_DISABLE_PLUGINS", ",".join(f"papers:{name}" for name in gone))
     reset_registry()
     assert "han2015" in gone and "resnet" not in gone
