@@ -30,8 +30,7 @@ from papers_plugins.compression.distillation import (
     check_teacher,
     distil_into,
     distiller_of,
-    trained_teacher,
-    training_batches,
+    taught_by_teacher,
 )
 
 if TYPE_CHECKING:
@@ -173,14 +172,7 @@ def transfer_attention(
 
 def apply_attention(model: Any, settings: AttentionSettings, context: MethodContext) -> Any:
     """``attention_transfer``'s apply step: the student trained on ``--data`` with attention transfer."""
-    from papers.api import expand_variant
-
-    batches = training_batches(context, settings.batch_size)
-    teacher = trained_teacher(settings, batches, context.device)
-    transfer_attention(
-        model, teacher, context.flat, expand_variant(settings.teacher), settings, batches, context.device
-    )
-    return model.eval()
+    return taught_by_teacher(model, settings, context, transfer_attention)
 
 
 def attention_distil(

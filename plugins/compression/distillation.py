@@ -341,17 +341,31 @@ def training_batches(context: MethodContext, batch_size: int) -> Callable[[], An
     return shuffled_batches(images, labels, batch_size)
 
 
-def apply_soft_targets(model: Any, settings: SoftTargetSettings, context: MethodContext) -> Any:
-    """``knowledge_distillation``'s apply step: the student retrained on ``--data`` with soft targets."""
+def taught_by_teacher(
+    model: Any,
+    settings: TrainingSettings,
+    context: MethodContext,
+    train: Callable[[nn.Module, nn.Module, FlatGraph, FlatGraph, Any, Callable[[], Any], Any], None],
+) -> Any:
+    """A distillation method's apply step: the variant's teacher trained on ``--data``, then ``train``
+    (student, teacher, their graphs, settings, batches, device) run on ``model``; ``model`` in eval mode."""
     from papers.api import expand_variant
 
     batches = training_batches(context, settings.batch_size)
     teacher = trained_teacher(settings, batches, context.device)
-    distil_into(
-        model, teacher, context.flat, expand_variant(settings.teacher), settings, SOFT_TARGETS, batches,
-        device=context.device,
-    )  # fmt: skip
+    train(model, teacher, context.flat, expand_variant(settings.teacher), settings, batches, context.device)
     return model.eval()
+
+
+def apply_soft_targets(model: Any, settings: SoftTargetSettings, context: MethodContext) -> Any:
+    """``knowledge_distillation``'s apply step: the student retrained on ``--data`` with soft targets."""
+
+    def train(
+        student: Any, teacher: Any, flat: Any, teacher_flat: Any, config: Any, batches: Any, device: Any
+    ) -> None:
+        distil_into(student, teacher, flat, teacher_flat, config, SOFT_TARGETS, batches, device=device)
+
+    return taught_by_teacher(model, settings, context, train)
 
 
 # -- the proxy: the same student alone and distilled, on builtin:mnist5k ------------------------------

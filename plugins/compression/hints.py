@@ -34,8 +34,7 @@ from papers_plugins.compression.distillation import (
     check_teacher,
     distil_into,
     distiller_of,
-    trained_teacher,
-    training_batches,
+    taught_by_teacher,
 )
 
 if TYPE_CHECKING:
@@ -212,14 +211,7 @@ def _node_shapes(flat: FlatGraph) -> dict[str, list[int]]:
 
 def apply_hints(model: Any, settings: HintSettings, context: MethodContext) -> Any:
     """``fitnet_hints``'s apply step: the student trained on ``--data`` in the paper's two stages."""
-    from papers.api import expand_variant
-
-    batches = training_batches(context, settings.batch_size)
-    teacher = trained_teacher(settings, batches, context.device)
-    fitnet_train(
-        model, teacher, context.flat, expand_variant(settings.teacher), settings, batches, context.device
-    )
-    return model.eval()
+    return taught_by_teacher(model, settings, context, fitnet_train)
 
 
 def fitnet_distil(
