@@ -320,6 +320,20 @@ KERNELS = ("packed", "native", "float")
 or ``F.conv2d`` on the ±1 tensors as floats."""
 
 
+def _set_options(module: nn.Module, inputs: str, weight_scale: bool, input_scale: bool, kernel: str) -> None:
+    """A binary layer's options, checked (``inputs`` one of :data:`INPUTS`, ``kernel`` of :data:`KERNELS`)."""
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs is one of {', '.join(INPUTS)}, not {inputs!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel is one of {', '.join(KERNELS)}, not {kernel!r}")
+    module.inputs, module.weight_scale, module.input_scale, module.kernel = (
+        inputs,
+        weight_scale,
+        input_scale,
+        kernel,
+    )
+
+
 class BinaryConv2d(nn.Conv2d):
     """``nn.Conv2d`` with binary weights (``α · sign(W)``, or ``sign(W)`` without ``weight_scale``)
     and, with ``inputs="binary"``, binary inputs (``sign(I)``, times XNOR-Net's K, the mean of
@@ -343,18 +357,9 @@ class BinaryConv2d(nn.Conv2d):
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if inputs not in INPUTS:
-            raise ValueError(f"inputs is one of {', '.join(INPUTS)}, not {inputs!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel is one of {', '.join(KERNELS)}, not {kernel!r}")
+        _set_options(self, inputs, weight_scale, input_scale, kernel)
         if tuple(self.dilation) != (1, 1) or isinstance(self.padding, str):
             raise ValueError("a binary convolution has no dilation and numeric padding")
-        self.inputs, self.weight_scale, self.input_scale, self.kernel = (
-            inputs,
-            weight_scale,
-            input_scale,
-            kernel,
-        )
 
     def extra_repr(self) -> str:
         return (
@@ -431,16 +436,7 @@ class BinaryLinear(nn.Linear):
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if inputs not in INPUTS:
-            raise ValueError(f"inputs is one of {', '.join(INPUTS)}, not {inputs!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel is one of {', '.join(KERNELS)}, not {kernel!r}")
-        self.inputs, self.weight_scale, self.input_scale, self.kernel = (
-            inputs,
-            weight_scale,
-            input_scale,
-            kernel,
-        )
+        _set_options(self, inputs, weight_scale, input_scale, kernel)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, inputs={self.inputs}, weight_scale={self.weight_scale}"
