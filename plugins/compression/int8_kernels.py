@@ -101,6 +101,15 @@ class _Int8Mixin:
     bits: int
     reduce_range: bool
 
+    def __init__(
+        self, *args: Any, granularity: str = "layer", bits: int = 8, reduce_range: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer's (next in the subclass's order)
+        self._setup(granularity, bits, reduce_range)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, granularity={self.granularity}, bits={self.bits}"
+
     def _setup(self, granularity: str, bits: int, reduce_range: bool) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity is one of {', '.join(GRANULARITIES)}, not {granularity!r}")
@@ -142,15 +151,6 @@ class Int8Linear(_Int8Mixin, nn.Linear):
     """An ``nn.Linear`` whose product runs on int8 weights and unsigned 8-bit activations with 32-bit
     accumulation (Vanhoucke et al. 2011, Section 4), by torch's ``quantized::linear_dynamic``."""
 
-    def __init__(
-        self, *args: Any, granularity: str = "layer", bits: int = 8, reduce_range: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup(granularity, bits, reduce_range)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, granularity={self.granularity}, bits={self.bits}"
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.runs_int8(input) or input.numel() == 0:
             return F.linear(input, self.weight, self.bias)
@@ -163,15 +163,6 @@ class Int8Conv2d(_Int8Mixin, nn.Conv2d):
     """An ``nn.Conv2d`` lowered by im2col (``F.unfold``, float) onto the int8 product of
     :class:`Int8Linear`; a grouped convolution, or one with non-zero padding modes or padding given as a
     string, runs in float."""
-
-    def __init__(
-        self, *args: Any, granularity: str = "layer", bits: int = 8, reduce_range: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup(granularity, bits, reduce_range)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, granularity={self.granularity}, bits={self.bits}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         plain = self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)

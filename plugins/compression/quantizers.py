@@ -177,6 +177,21 @@ class _Quantized:
     weight: torch.Tensor
     frozen: torch.Tensor
 
+    def __init__(
+        self,
+        *args: object,
+        weight_bits: int = FULL,
+        input_bits: int = FULL,
+        gradient_bits: int = FULL,
+        quantizer: str = "dorefa",
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # the torch layer's
+        self._setup(weight_bits, input_bits, gradient_bits, quantizer)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.bits_repr()}"
+
     def _setup(self, weight_bits: int, input_bits: int, gradient_bits: int, quantizer: str) -> None:
         for name, bits in (
             ("weight_bits", weight_bits),
@@ -229,21 +244,6 @@ class QuantConv2d(_Quantized, nn.Conv2d):
     """``nn.Conv2d`` with k-bit weights, optionally k-bit inputs and k-bit gradients (DoReFa's or
     QNN's quantizers); 32 bits leaves a tensor as it is."""
 
-    def __init__(
-        self,
-        *args: object,
-        weight_bits: int = FULL,
-        input_bits: int = FULL,
-        gradient_bits: int = FULL,
-        quantizer: str = "dorefa",
-        **kwargs: object,
-    ) -> None:
-        nn.Conv2d.__init__(self, *args, **kwargs)  # type: ignore[arg-type]
-        self._setup(weight_bits, input_bits, gradient_bits, quantizer)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.bits_repr()}"
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = self._conv_forward(self.quantized_input(input), self.quantized_weight(), self.bias)
         return quantize_gradient(out, self.gradient_bits)
@@ -251,21 +251,6 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
 class QuantLinear(_Quantized, nn.Linear):
     """``nn.Linear`` with k-bit weights, optionally k-bit inputs and k-bit gradients."""
-
-    def __init__(
-        self,
-        *args: object,
-        weight_bits: int = FULL,
-        input_bits: int = FULL,
-        gradient_bits: int = FULL,
-        quantizer: str = "dorefa",
-        **kwargs: object,
-    ) -> None:
-        nn.Linear.__init__(self, *args, **kwargs)  # type: ignore[arg-type]
-        self._setup(weight_bits, input_bits, gradient_bits, quantizer)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.bits_repr()}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = F.linear(self.quantized_input(input), self.quantized_weight(), self.bias)
