@@ -39,7 +39,43 @@ def _tables_run(input: torch.Tensor, codebooks: torch.Tensor) -> bool:
     return not wants_grad and input.device.type != "meta" and not torch.jit.is_tracing()
 
 
-class QLinear(nn.Module):
+class _SubCodebooks(nn.Module):
+    """What both layers share: ``subspaces`` sub-codebooks of ``codewords`` words of ``dim`` values, the
+    assignments packed in a buffer, an optional bias of the last index dimension's size."""
+
+    subspaces: int
+    codewords: int
+    dim: int
+
+    def _store(self, index_shape: tuple[int, ...], bias: bool, device: Any, dtype: Any) -> None:
+        self.codebooks = nn.Parameter(
+            torch.zeros(self.subspaces, self.codewords, self.dim, device=device, dtype=dtype)
+        )
+        self.index_shape = index_shape
+        self.bits = index_bits(self.codewords)
+        packed = math.ceil(math.prod(self.index_shape) * self.bits / 8)
+        self.register_buffer("assignments", torch.zeros(packed, dtype=torch.uint8, device=device))
+        outputs = index_shape[-1]
+        self.bias = nn.Parameter(torch.zeros(outputs, device=device, dtype=dtype)) if bias else None
+
+    def reset_parameters(self) -> None:
+        """Empty sub-codebooks and assignments: the ``qcnn_quantize`` method fills them."""
+        with torch.no_grad():
+            self.codebooks.zero_()
+            self.assignments.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def indices(self) -> torch.Tensor:
+        """The assignments, unpacked from the ``assignments`` buffer."""
+        return cached_indices(self, "assignments", self.index_shape, self.bits)
+
+    def set_indices(self, indices: torch.Tensor) -> None:
+        """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
+        store_indices(self, "assignments", indices, self.codewords, "assignments")
+
+
+class QLinear(_SubCodebooks):
     """A fully connected layer as sub-codebooks and assignments (see the module)."""
 
     def __init__(
@@ -63,31 +99,10 @@ class QLinear(nn.Module):
             codewords,
         )
         self.subspaces = in_features // dim
-        self.codebooks = nn.Parameter(torch.zeros(self.subspaces, codewords, dim, device=device, dtype=dtype))
-        self.index_shape = (self.subspaces, out_features)
-        self.bits = index_bits(codewords)
-        packed = math.ceil(math.prod(self.index_shape) * self.bits / 8)
-        self.register_buffer("assignments", torch.zeros(packed, dtype=torch.uint8, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-
-    def reset_parameters(self) -> None:
-        """Empty sub-codebooks and assignments: the ``qcnn_quantize`` method fills them."""
-        with torch.no_grad():
-            self.codebooks.zero_()
-            self.assignments.zero_()
-            if self.bias is not None:
-                self.bias.zero_()
+        self._store((self.subspaces, out_features), bias, device, dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, dim={self.dim}, codewords={self.codewords}"
-
-    def indices(self) -> torch.Tensor:
-        """The assignments, unpacked from the ``assignments`` buffer."""
-        return cached_indices(self, "assignments", self.index_shape, self.bits)
-
-    def set_indices(self, indices: torch.Tensor) -> None:
-        """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
-        store_indices(self, "assignments", indices, self.codewords, "assignments")
 
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the sub-codewords stand for."""
@@ -111,7 +126,7 @@ class QLinear(nn.Module):
         return output.reshape(*input.shape[:-1], self.out_features)
 
 
-class QConv2d(nn.Module):
+class QConv2d(_SubCodebooks):
     """A convolution as sub-codebooks over its input channels, shared by the kernel positions, and
     each output channel's assignment per kernel position and subspace (see the module)."""
 
@@ -137,34 +152,13 @@ class QConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride), pair(padding)
         self.dim, self.codewords, self.subspaces = dim, codewords, in_channels // dim
         positions = self.kernel_size[0] * self.kernel_size[1]
-        self.codebooks = nn.Parameter(torch.zeros(self.subspaces, codewords, dim, device=device, dtype=dtype))
-        self.index_shape = (positions, self.subspaces, out_channels)
-        self.bits = index_bits(codewords)
-        packed = math.ceil(math.prod(self.index_shape) * self.bits / 8)
-        self.register_buffer("assignments", torch.zeros(packed, dtype=torch.uint8, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
-
-    def reset_parameters(self) -> None:
-        """Empty sub-codebooks and assignments: the ``qcnn_quantize`` method fills them."""
-        with torch.no_grad():
-            self.codebooks.zero_()
-            self.assignments.zero_()
-            if self.bias is not None:
-                self.bias.zero_()
+        self._store((positions, self.subspaces, out_channels), bias, device, dtype)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dim={self.dim}, codewords={self.codewords}"
         )
-
-    def indices(self) -> torch.Tensor:
-        """The assignments, unpacked from the ``assignments`` buffer."""
-        return cached_indices(self, "assignments", self.index_shape, self.bits)
-
-    def set_indices(self, indices: torch.Tensor) -> None:
-        """Store ``indices`` (of the assignments' shape, each below ``codewords``) packed."""
-        store_indices(self, "assignments", indices, self.codewords, "assignments")
 
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in × kh × kw`` kernel the sub-codewords stand for."""
