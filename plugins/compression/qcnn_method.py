@@ -237,26 +237,18 @@ def layer_bits(out: int, inputs: int, positions: int, dim: int, codewords: int) 
 def static_measure(flat: FlatGraph, settings: QCNNSettings) -> dict[str, float]:
     """The network's compression ratio from the settings: each Q-CNN layer as :func:`layer_bits`,
     every other parameter (biases included) at 32 bits."""
-    from papers.build import build
-    from papers.registry import get_registry
+    from papers_plugins.compression.vector_quantization import compression_ratio
 
-    model = build(flat, get_registry().catalogue, device="meta")
-    before = after = 0
-    for module in model.modules():
+    def weight_bits(module: Any) -> tuple[int, int] | None:
         kind = type(module).__name__
-        if kind in ("QLinear", "QConv2d"):
-            inputs = module.in_features if kind == "QLinear" else module.in_channels
-            out = module.out_features if kind == "QLinear" else module.out_channels
-            positions = 1 if kind == "QLinear" else module.kernel_size[0] * module.kernel_size[1]
-            before += 32 * out * inputs * positions
-            after += layer_bits(out, inputs, positions, module.dim, module.codewords)
-            own = [module.bias] if module.bias is not None else []
-        else:
-            own = list(module.parameters(recurse=False))
-        for parameter in own:
-            before += 32 * parameter.numel()
-            after += 32 * parameter.numel()
-    return {"compression_ratio": before / after} if after else {}
+        if kind not in ("QLinear", "QConv2d"):
+            return None
+        inputs = module.in_features if kind == "QLinear" else module.in_channels
+        out = module.out_features if kind == "QLinear" else module.out_channels
+        positions = 1 if kind == "QLinear" else module.kernel_size[0] * module.kernel_size[1]
+        return 32 * out * inputs * positions, layer_bits(out, inputs, positions, module.dim, module.codewords)
+
+    return compression_ratio(flat, weight_bits)
 
 
 QCNN_QUANTIZE = Method(

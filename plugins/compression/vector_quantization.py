@@ -192,18 +192,19 @@ def layer_bits(out: int, inputs: int, settings: VQSettings) -> int:
     return 32 * book + math.ceil(math.log2(settings.clusters)) * indices
 
 
-def static_measure(flat: FlatGraph, settings: VQSettings) -> dict[str, float]:
-    """The network's compression ratio from the settings: 32-bit parameters before, after each quantized
-    layer's weight stored as :func:`layer_bits` and everything else at 32 bits."""
+def compression_ratio(flat: FlatGraph, weight_bits: Any) -> dict[str, float]:
+    """The graph's compression ratio, built on the meta device: for each layer ``weight_bits`` gives
+    (bits of its 32-bit weight, bits as stored), its bias at 32 bits; or None: all its parameters at 32."""
     from papers.build import build
     from papers.registry import get_registry
 
     model = build(flat, get_registry().catalogue, device="meta")
     before = after = 0
     for module in model.modules():
-        if type(module).__name__ == "VQLinear":
-            before += 32 * module.out_features * module.in_features
-            after += layer_bits(module.out_features, module.in_features, settings)
+        bits = weight_bits(module)
+        if bits is not None:
+            before += bits[0]
+            after += bits[1]
             own = [module.bias] if module.bias is not None else []
         else:
             own = list(module.parameters(recurse=False))
@@ -211,6 +212,19 @@ def static_measure(flat: FlatGraph, settings: VQSettings) -> dict[str, float]:
             before += 32 * parameter.numel()
             after += 32 * parameter.numel()
     return {"compression_ratio": before / after} if after else {}
+
+
+def static_measure(flat: FlatGraph, settings: VQSettings) -> dict[str, float]:
+    """The network's compression ratio from the settings: 32-bit parameters before, after each quantized
+    layer's weight stored as :func:`layer_bits` and everything else at 32 bits."""
+
+    def weight_bits(module: Any) -> tuple[int, int] | None:
+        if type(module).__name__ != "VQLinear":
+            return None
+        out, inputs = module.out_features, module.in_features
+        return 32 * out * inputs, layer_bits(out, inputs, settings)
+
+    return compression_ratio(flat, weight_bits)
 
 
 VECTOR_QUANTIZE = Method(
