@@ -15,12 +15,11 @@ import papers
 import papers.registry
 from papers.api import expand_variant
 from papers.methods import static_measurements
-from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
 from papers_plugins.compression import local_binary
 from papers_plugins.compression.lbc_conv import LBConv2d, anchor_weights
 from tests.conftest import REPO
-from tests.test_methods import spec_plugin
+from tests.test_han2015 import registry_with
 
 SPEC = REPO / "specs" / "compression" / "lbcnn.yaml"
 
@@ -82,15 +81,6 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     path = tmp_path / "lbc.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def registry_with(path: Path) -> Registry:
-    manager = PluginManager()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPERS_PLUGINS", "")
-        manager.load_entry_points()
-    manager.register(spec_plugin(path), PluginInfo("copy", "copy-dist", "1", "tests"))
-    return Registry(manager)
 
 
 @pytest.mark.parametrize(
