@@ -530,19 +530,15 @@ def channel_pruning_proxy(
 
 
 def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = channel_pruning_proxy(variant_id)
-        if progress:
-            widths = ", ".join(f"{name} {was}→{now}" for name, (was, now) in measured["widths"].items())
-            macs, took = measured["macs"], measured["seconds"]
-            print(f"  channels {widths}; multiply-adds {macs[0]:,} → {macs[1]:,} ({took} s)")
-            print(
-                f"  top-1 {measured['before']}% before, {measured['reconstructed']}% reconstructed, "
-                f"{measured['after']}% fine-tuned"
-            )
-        return measured["after"], measured["before"] - 1.0
+    from papers_plugins.compression.channels import proxy_runner
 
-    return run
+    def stages(measured: dict[str, Any]) -> list[str]:
+        return [
+            f"  top-1 {measured['before']}% before, {measured['reconstructed']}% reconstructed, "
+            f"{measured['after']}% fine-tuned"
+        ]
+
+    return proxy_runner(channel_pruning_proxy, variant_id, "channels", stages)
 
 
 def proxy_checks() -> list:

@@ -47,7 +47,7 @@ it lazily, as they do the methods).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -529,6 +529,30 @@ def top_channels(scores: torch.Tensor, count: int) -> list[int]:
     return sorted(int(i) for i in torch.topk(scores.detach().flatten(), count).indices)
 
 
+def proxy_runner(
+    proxy: Callable[[str], dict[str, Any]],
+    variant_id: str,
+    unit: str,
+    extra: Callable[[dict[str, Any]], Sequence[str]] | None = None,
+) -> Callable[[bool], tuple[float, float]]:
+    """The runner a structured-pruning paper's proxy check calls: run ``proxy(variant_id)``, print
+    (when ``progress``) each pruned layer's width before → after, named ``unit``, the multiply-adds
+    before → after and the seconds, then the lines ``extra`` makes of the measurements; give top-1
+    after and the bar it must reach (top-1 before less 1 point)."""
+
+    def run(progress: bool) -> tuple[float, float]:
+        measured = proxy(variant_id)
+        if progress:
+            widths = ", ".join(f"{name} {was}→{now}" for name, (was, now) in measured["widths"].items())
+            macs, took = measured["macs"], measured["seconds"]
+            print(f"  {unit} {widths}; multiply-adds {macs[0]:,} → {macs[1]:,} ({took} s)")
+            for line in extra(measured) if extra else ():
+                print(line)
+        return measured["after"], measured["before"] - 1.0
+
+    return run
+
+
 __all__ = [
     "ChannelLayer",
     "Consumer",
@@ -536,6 +560,7 @@ __all__ = [
     "check_kept",
     "copy_kept",
     "narrow",
+    "proxy_runner",
     "remove_channels",
     "top_channels",
     "widths_of",

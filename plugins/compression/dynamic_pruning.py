@@ -329,16 +329,12 @@ def dynamic_proxy(
 
 
 def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = dynamic_proxy(variant_id)
-        if progress:
-            widths = ", ".join(f"{name} {was}→{now}" for name, (was, now) in measured["widths"].items())
-            macs, took = measured["macs"], measured["seconds"]
-            print(f"  filters {widths}; multiply-adds {macs[0]:,} → {macs[1]:,} ({took} s)")
-            print(f"  brought back by the mask updates after the first: {sum(measured['restored'][1:])}")
-        return measured["after"], measured["before"] - 1.0
+    from papers_plugins.compression.channels import proxy_runner
 
-    return run
+    def restored(measured: dict[str, Any]) -> list[str]:
+        return [f"  brought back by the mask updates after the first: {sum(measured['restored'][1:])}"]
+
+    return proxy_runner(dynamic_proxy, variant_id, "filters", restored)
 
 
 def proxy_checks() -> list:

@@ -296,15 +296,9 @@ def sparse_structure_proxy(
 
 
 def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = sparse_structure_proxy(variant_id)
-        if progress:
-            widths = ", ".join(f"{name} {was}→{now}" for name, (was, now) in measured["widths"].items())
-            macs, took = measured["macs"], measured["seconds"]
-            print(f"  channels {widths}; multiply-adds {macs[0]:,} → {macs[1]:,} ({took} s)")
-        return measured["after"], measured["before"] - 1.0
+    from papers_plugins.compression.channels import proxy_runner
 
-    return run
+    return proxy_runner(sparse_structure_proxy, variant_id, "channels")
 
 
 def proxy_checks() -> list:

@@ -365,16 +365,9 @@ def taylor_proxy(
 
 
 def _proxy_runner(variant_id: str) -> Any:
-    def run(progress: bool) -> tuple[float, float]:
-        measured = taylor_proxy(variant_id)
-        if progress:
-            widths = ", ".join(f"{name} {was}→{now}" for name, (was, now) in measured["widths"].items())
-            macs = measured["macs"]
-            took = measured["seconds"]
-            print(f"  feature maps {widths}; multiply-adds {macs[0]:,} → {macs[1]:,} ({took} s)")
-        return measured["after"], measured["before"] - 1.0
+    from papers_plugins.compression.channels import proxy_runner
 
-    return run
+    return proxy_runner(taylor_proxy, variant_id, "feature maps")
 
 
 def proxy_checks() -> list:
