@@ -18,7 +18,6 @@ from papers.compression import compress, load_compressed
 from papers.errors import SpecError
 from papers.measure import measure_graph
 from papers.methods import static_measurements
-from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry, get_registry
 from papers_plugins.compression import channel_pruning
 from papers_plugins.compression.channel_pruning import (
@@ -31,7 +30,7 @@ from papers_plugins.compression.channel_pruning import (
 )
 from papers_plugins.compression.channels import remove_channels
 from tests.conftest import REPO
-from tests.test_methods import spec_plugin
+from tests.test_han2015 import registry_with
 
 SPEC = REPO / "specs" / "compression" / "he2017.yaml"
 
@@ -196,15 +195,6 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     path = tmp_path / "cp_copy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def registry_with(path: Path) -> Registry:
-    manager = PluginManager()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPERS_PLUGINS", "")
-        manager.load_entry_points()
-    manager.register(spec_plugin(path), PluginInfo("copy", "copy-dist", "1", "tests"))
-    return Registry(manager)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import papers.registry
 from papers.api import build_model, expand_variant
 from papers.compression import compress, load_compressed
 from papers.errors import PapersError
-from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
 from papers_plugins.compression import sparse_structure as sss
 from papers_plugins.compression.channels import remove_channels
@@ -29,7 +28,7 @@ from papers_plugins.compression.sparse_structure import (
     soft_threshold,
 )
 from tests.conftest import REPO
-from tests.test_methods import spec_plugin
+from tests.test_han2015 import registry_with
 
 SPEC = REPO / "specs" / "compression" / "huang2018.yaml"
 
@@ -129,15 +128,6 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     path = tmp_path / "sss_copy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def registry_with(path: Path) -> Registry:
-    manager = PluginManager()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPERS_PLUGINS", "")
-        manager.load_entry_points()
-    manager.register(spec_plugin(path), PluginInfo("copy", "copy-dist", "1", "tests"))
-    return Registry(manager)
 
 
 @pytest.mark.parametrize(

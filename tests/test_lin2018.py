@@ -17,7 +17,6 @@ import papers.registry
 from papers.api import build_model, expand_variant
 from papers.compression import compress, load_compressed
 from papers.errors import SpecError
-from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
 from papers_plugins.compression import dynamic_pruning
 from papers_plugins.compression.channels import remove_channels
@@ -25,7 +24,7 @@ from papers_plugins.compression.dynamic_pruning import DynamicSettings, dynamic_
 from papers_plugins.compression.gates import ChannelGates, gate_points
 from papers_plugins.compression.pruning import shuffled_batches
 from tests.conftest import REPO
-from tests.test_methods import spec_plugin
+from tests.test_han2015 import registry_with
 
 SPEC = REPO / "specs" / "compression" / "lin2018.yaml"
 
@@ -135,15 +134,6 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     path = tmp_path / "gdp_copy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def registry_with(path: Path) -> Registry:
-    manager = PluginManager()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPERS_PLUGINS", "")
-        manager.load_entry_points()
-    manager.register(spec_plugin(path), PluginInfo("copy", "copy-dist", "1", "tests"))
-    return Registry(manager)
 
 
 @pytest.mark.parametrize(

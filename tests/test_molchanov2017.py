@@ -16,7 +16,6 @@ import papers.registry
 from papers.api import build_model, expand_variant
 from papers.compression import compress, load_compressed
 from papers.errors import SpecError
-from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
 from papers_plugins.compression import taylor
 from papers_plugins.compression.channels import remove_channels
@@ -24,7 +23,7 @@ from papers_plugins.compression.gates import ChannelGates, gate_points
 from papers_plugins.compression.pruning import shuffled_batches
 from papers_plugins.compression.taylor import TaylorSettings, ranked, taylor_prune, taylor_scores
 from tests.conftest import REPO
-from tests.test_methods import spec_plugin
+from tests.test_han2015 import registry_with
 
 SPEC = REPO / "specs" / "compression" / "molchanov2017.yaml"
 
@@ -186,15 +185,6 @@ def copied_spec(tmp_path: Path, settings: dict) -> Path:
     path = tmp_path / "taylor_copy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def registry_with(path: Path) -> Registry:
-    manager = PluginManager()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPERS_PLUGINS", "")
-        manager.load_entry_points()
-    manager.register(spec_plugin(path), PluginInfo("copy", "copy-dist", "1", "tests"))
-    return Registry(manager)
 
 
 @pytest.mark.parametrize(
