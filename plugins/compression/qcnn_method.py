@@ -9,16 +9,21 @@ lookup tables). The apply step fills them from the trained layer (``context.befo
 
 - every layer starts from k-means (scikit-learn's) of its weights' sub-vectors, one sub-codebook per
   subspace (a convolution's shared by its kernel positions);
-- where data is given (``papers compress --data``), each fully connected layer's sub-codebooks and
-  assignments are then fitted to its responses on a batch of training images, alternating, subspace by
-  subspace, the best codeword for each output unit and the least-squares sub-codewords for the
-  assignments (the paper's minimisation of the response's estimation error); with
-  ``error_correction``, layers are quantized in order and each is fitted on the inputs the already
-  quantized layers give, towards the original network's responses, so that errors do not accumulate.
+- where data is given (``papers compress --data``), each layer's sub-codebooks and assignments are
+  then fitted to its responses on a random sample of rows (a fully connected layer's input rows, a
+  convolution's receptive fields: image × output location) from a batch of training images,
+  alternating, subspace by subspace, the best codeword for each output unit and the least-squares
+  sub-codewords for the assignments (the paper's minimisation of the response's estimation error); a
+  convolution's sub-codebook is shared by its kernel positions (as in the paper's quantization of the
+  convolutional layer, so that a table is computed once per input location), so its codewords are one
+  joint least-squares system over the positions, of which the fully connected case is the one-position
+  instance (:func:`fit_responses` is the one fit for both); with ``error_correction``, layers are
+  quantized in order and each is fitted on the inputs the already quantized layers give, towards the
+  original network's responses, so that errors do not accumulate.
 
-Departure: a convolution keeps the k-means initialisation (its response fit, with sub-codebooks shared
-by kernel positions, is not implemented here). Hand-written: the response fit (a few lines of least
-squares and arg-mins; no library fits product quantizers to layer responses).
+Hand-written: the response fit (least squares and arg-mins; no library fits product quantizers to
+layer responses) and the sampling of receptive fields (``F.unfold`` a chunk of images at a time, so
+that no whole unfolded batch is held).
 """
 
 from __future__ import annotations
@@ -54,7 +59,12 @@ class QCNNSettings(Settings):
     )
     iterations: int = Field(3, ge=0, le=100, description="Alternating rounds of the response fit.")
     images: int = Field(256, ge=1, le=100000, description="Training images the responses are taken on.")
-    samples: int = Field(2000, ge=1, le=10**7, description="Response rows each fit uses (a random subset).")
+    samples: int = Field(
+        2000,
+        ge=1,
+        le=10**7,
+        description="Response rows each fit uses (a random subset of input rows or receptive fields).",
+    )
 
 
 def _chosen(flat: FlatGraph, settings: QCNNSettings) -> list[str]:
@@ -137,35 +147,55 @@ def fit_responses(
     assignments: torch.Tensor,
     iterations: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit a fully connected layer's sub-codebooks and assignments to ``targets`` (N × out, the
-    original responses without bias) from ``inputs`` (N × in): in turn for each subspace, with the
-    others fixed, each output unit takes the codeword that best explains what they leave, then each
-    codeword becomes the least-squares fit of the mean of what its output units leave."""
+    """Fit a layer's sub-codebooks and assignments to ``targets`` (N × out, the original responses
+    without bias). A fully connected layer gives ``inputs`` N × in and ``assignments`` subspaces × out;
+    a convolution gives its receptive fields, ``inputs`` N × positions × in_channels, and
+    ``assignments`` positions × subspaces × out, each subspace's sub-codebook shared by the kernel
+    positions. In turn for each subspace, with the others fixed: each output unit (at each position)
+    takes the codeword that best explains what the rest leave; then the subspace's codewords become
+    the least-squares fit of what the rest leave, one joint system over the positions sharing them
+    (for a fully connected layer, each codeword the fit of the mean of what its units leave)."""
     import torch
 
+    linear = assignments.dim() == 2
+    if linear:  # one kernel position
+        inputs, assignments = inputs.unsqueeze(1), assignments.unsqueeze(0)
     s_count, k_count, dim = books.shape
+    p_count = assignments.shape[0]
     books, assignments = books.clone().double(), assignments.clone().long()
-    pieces = [inputs[:, s * dim : (s + 1) * dim].double() for s in range(s_count)]
+    pieces = inputs.double().reshape(len(inputs), p_count, s_count, dim)  # N × positions × s × dim
     targets = targets.double()
-    inverse = [torch.linalg.pinv(piece) for piece in pieces]  # dim × N
-    partial = [pieces[s] @ books[s][assignments[s]].T for s in range(s_count)]  # N × out each
-    total = sum(partial)
+
+    def block(p: int, s: int) -> torch.Tensor:  # N × out: what subspace s at position p gives
+        return pieces[:, p, s] @ books[s][assignments[p, s]].T
+
+    def part(s: int) -> torch.Tensor:
+        return sum(block(p, s) for p in range(p_count))
+
+    grams = [torch.einsum("npa,nqb->paqb", pieces[:, :, s], pieces[:, :, s]) for s in range(s_count)]
+    total = sum(part(s) for s in range(s_count))
     for _ in range(iterations):
         for s in range(s_count):
-            residual = targets - (total - partial[s])
-            responses = pieces[s] @ books[s].T  # N × K
-            scores = (responses * responses).sum(0).unsqueeze(1) - 2 * responses.T @ residual  # K × out
-            assignments[s] = scores.argmin(0)
-            onehot = torch.nn.functional.one_hot(assignments[s], k_count).double()  # out × K
-            counts = onehot.sum(0)
-            used = counts > 0
-            means = residual @ onehot / counts.clamp(min=1)  # N × K
-            fitted = (inverse[s] @ means).T  # K × dim
-            books[s][used] = fitted[used]
-            total = total - partial[s]
-            partial[s] = pieces[s] @ books[s][assignments[s]].T
-            total = total + partial[s]
-    return books, assignments
+            for p in range(p_count):
+                own = block(p, s)
+                residual = targets - (total - own)
+                responses = pieces[:, p, s] @ books[s].T  # N × K
+                scores = (responses * responses).sum(0).unsqueeze(1) - 2 * responses.T @ residual  # K × out
+                assignments[p, s] = scores.argmin(0)
+                total = total - own + block(p, s)
+            own = part(s)
+            residual = targets - (total - own)
+            onehot = torch.nn.functional.one_hot(assignments[:, s], k_count).double()  # P × out × K
+            used = onehot.sum((0, 1)) > 0
+            # normal equations in the codewords: Σ_pq (A_pᵀA_q ⊗ X_pᵀX_q) d = Σ_p X_pᵀ R A_p
+            system = torch.einsum("pjk,qjl,paqb->kalb", onehot, onehot, grams[s])
+            rhs = torch.einsum("npa,nj,pjk->ka", pieces[:, :, s], residual, onehot)
+            system, rhs = system[used][:, :, used], rhs[used]
+            size = int(used.sum()) * dim
+            fitted = torch.linalg.pinv(system.reshape(size, size), hermitian=True) @ rhs.reshape(size)
+            books[s][used] = fitted.reshape(-1, dim)
+            total = total - own + part(s)
+    return books, assignments[0] if linear else assignments
 
 
 def _layer_inputs(model: Any, names: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -188,9 +218,63 @@ def _layer_inputs(model: Any, names: list[str], images: torch.Tensor) -> dict[st
     return seen
 
 
+def _locations(layer: torch.nn.Conv2d, images: torch.Tensor) -> int:
+    """Output locations of convolution ``layer`` on each of ``images``."""
+    sizes = [
+        (size + 2 * pad - kernel) // stride + 1
+        for size, pad, kernel, stride in zip(
+            images.shape[-2:], layer.padding, layer.kernel_size, layer.stride, strict=True
+        )
+    ]
+    return sizes[0] * sizes[1]
+
+
+def receptive_fields(
+    layer: torch.nn.Conv2d, images: torch.Tensor, rows: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Rows ``rows`` (indices into image × output location) of a convolution's receptive fields on its
+    input ``images``: ``len(rows) × positions × in_channels`` (kernel positions row-major, as the
+    Q-CNN layer's assignments), unfolded a chunk of images at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    locations = _locations(layer, images)
+    image, location = rows // locations, rows % locations
+    fields = torch.empty(len(rows), layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1])
+    for start in range(0, len(images), chunk):
+        wanted = (image >= start) & (image < start + chunk)
+        if wanted.any():
+            columns = F.unfold(
+                images[start : start + chunk], layer.kernel_size, padding=layer.padding, stride=layer.stride
+            )  # chunk × (in_channels · positions) × locations
+            fields[wanted] = columns[image[wanted] - start, :, location[wanted]].cpu().float()
+    return fields.view(len(rows), layer.in_channels, -1).transpose(1, 2)
+
+
+def _response_rows(
+    trained: Any, given: torch.Tensor, original: torch.Tensor, samples: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fit's inputs (from ``given``) and targets (the trained layer on ``original``, without bias)
+    at ``samples`` random rows: input rows for a fully connected layer, receptive fields (image ×
+    output location) for a convolution."""
+    import torch
+
+    linear = isinstance(trained, torch.nn.Linear)
+    count = len(given) * (1 if linear else _locations(trained, given))
+    rows = torch.randperm(count, generator=generator)[:samples]
+    weight = trained.weight.detach().cpu().double()
+    if linear:
+        inputs = given.reshape(len(given), -1)[rows].cpu()
+        return inputs, original.reshape(len(original), -1)[rows].cpu().double() @ weight.T
+    inputs = receptive_fields(trained, given, rows)
+    fields = receptive_fields(trained, original, rows).double()  # rows × positions × in_channels
+    return inputs, fields.transpose(1, 2).reshape(len(rows), -1) @ weight.reshape(len(weight), -1).T
+
+
 def qcnn_quantize(model: Any, settings: QCNNSettings, context: MethodContext) -> Any:
     """Quantize each Q-CNN layer from the trained layer it replaced (k-means), then, where data is
-    given, fit each fully connected layer to its responses, in order, with error correction."""
+    given, fit each layer (fully connected or convolution) to its responses, in order, with error
+    correction."""
     import torch
 
     assert context.before is not None, "the rewrite gives the model before it"
@@ -208,17 +292,12 @@ def qcnn_quantize(model: Any, settings: QCNNSettings, context: MethodContext) ->
     for name in names:
         layer, trained = model.get_submodule(name), context.before.get_submodule(name)
         books, assignments = kmeans_init(trained.weight, settings.dim, settings.codewords)
-        if images is not None and isinstance(trained, torch.nn.Linear):
+        if images is not None:
             given = (
                 _layer_inputs(model, [name], images)[name] if settings.error_correction else original[name]
             )
-            rows = torch.randperm(len(given), generator=generator)[: settings.samples]
-            flat_in = given.reshape(len(given), -1)[rows].cpu()
-            target = (
-                original[name].reshape(len(given), -1)[rows].cpu().double()
-                @ trained.weight.detach().cpu().double().T
-            )
-            books, assignments = fit_responses(flat_in, target, books, assignments, settings.iterations)
+            inputs, targets = _response_rows(trained, given, original[name], settings.samples, generator)
+            books, assignments = fit_responses(inputs, targets, books, assignments, settings.iterations)
         with torch.no_grad():
             layer.codebooks.copy_(books.to(layer.codebooks.dtype))
             layer.set_indices(assignments)
@@ -316,9 +395,9 @@ def proxy_checks() -> list:
             PROXY_VARIANT,
             _proxy_runner,
             f"Caffe's LeNet-5 trained on 5,000 of MNIST's digits for {PROXY_EPOCHS} epochs with Caffe's SGD "
-            "settings, not the paper's ImageNet networks; then `papers compress` with the data: fc1 and "
-            "fc2 product-quantized at the variant's subspaces and codewords (k-means, then fitted to their "
-            "responses on 2,000 training images with error correction), written as sub-codebooks and "
+            "settings, not the paper's ImageNet networks; then `papers compress` with the data: conv2, fc1 "
+            "and fc2 product-quantized at the variant's subspaces and codewords (k-means, then fitted to "
+            "their responses on 2,000 training images with error correction), written as sub-codebooks and "
             "assignments, run by lookup tables; passes within "
             f"{PROXY_MARGIN:g} point of the float model's top-1 (the abstract's 'one percentage loss')",
         )
