@@ -197,6 +197,23 @@ def restore(resumed: Resumed, model: Any, optimizer: Any, schedule: Any, generat
         torch.set_rng_state(resumed.state["torch_rng"])
 
 
+def device() -> Any:
+    """Where a task run trains: the first CUDA GPU when there is one (as classification runs do),
+    else the CPU; ``PAPERS_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) chooses."""
+    import torch
+
+    name = os.environ.get("PAPERS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or (chosen.type == "cuda" and not torch.cuda.is_available()):
+        raise PapersError(
+            f"no such device here: {name!r} (cpu, or cuda where a GPU is)", field="PAPERS_DEVICE"
+        )
+    return chosen
+
+
 def state_of(optimizer: Any, schedule: Any, generator: Any) -> dict[str, Any]:
     """What :meth:`TaskRun.save` keeps besides the weights."""
     import torch
@@ -213,6 +230,7 @@ __all__ = [
     "Resumed",
     "TaskRecord",
     "TaskRun",
+    "device",
     "new_folder",
     "restore",
     "resume",

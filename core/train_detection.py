@@ -177,6 +177,8 @@ def train_detector(
         network = model.network  # the run's weights are the network's, as papers detect loads them
     if weights is not None:
         task_runs.start_weights(network, weights, variant)
+    device = task_runs.device()
+    model.to(device)
     batch = config["batch_size"]
     per_epoch = -(-len(train_set.dataset) // batch)
     if resumed is None:
@@ -207,8 +209,8 @@ def train_detector(
                     target = {"boxes": target["boxes"], "labels": target["labels"]}
                     if bool(torch.rand(1, generator=generator) < 0.5):
                         image, target = _flipped(image, target)
-                    images.append(image)
-                    targets.append(target)
+                    images.append(image.to(device))
+                    targets.append({k: v.to(device) for k, v in target.items()})
             losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
@@ -230,7 +232,7 @@ def train_detector(
         with torch.inference_mode(), readable(data):
             for index in range(len(val_set.dataset)):
                 image, target = val_set.dataset[index]
-                detections.append({k: v.cpu() for k, v in model([image])[0].items()})
+                detections.append({k: v.cpu() for k, v in model([image.to(device)])[0].items()})
                 truths.append(target)
         voc07, _ = voc_map(detections, truths, use_07_metric=True)
         row = {

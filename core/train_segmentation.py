@@ -139,6 +139,8 @@ def train_segmenter(
     model = papers.build_model(variant, **build)
     if weights is not None:
         task_runs.start_weights(model, weights, variant)
+    device = task_runs.device()
+    model.to(device)
     classes = _classes(model, build)
     if names is not None and classes != len(names):
         raise PapersError(f"{variant} scores {classes} classes and {data} has {len(names)}", field="--data")
@@ -166,12 +168,16 @@ def train_segmenter(
                 _crop(*train_set[i], config["crop"], generator)
                 for i in order[begin : begin + config["batch_size"]]
             ]
-            pixels = torch.stack([c[0] for c in crops])
-            labels = torch.stack([c[1] for c in crops])
+            pixels = torch.stack([c[0] for c in crops]).to(device)
+            labels = torch.stack([c[1] for c in crops]).to(device)
             output = model(pixels)
             loss = F.cross_entropy(output["out"], labels, ignore_index=255)
             if "aux" in output:
                 loss = loss + AUX_WEIGHT * F.cross_entropy(output["aux"], labels, ignore_index=255)
+            if not torch.isfinite(loss):
+                raise PapersError(
+                    f"the loss is {float(loss)} at epoch {epoch}; lower the learning rate", field="-r lr"
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -197,7 +203,7 @@ def _classes(model: Any, options: Mapping[str, Any]) -> int:
 
     model.eval()
     with torch.no_grad():
-        probe = model(torch.zeros(1, 3, 64, 64))["out"]
+        probe = model(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))["out"]
     return int(probe.shape[1])
 
 

@@ -134,3 +134,25 @@ def test_an_unknown_recipe_field_is_refused(tmp_path):
         cli, ["train", "segnet_basic", "--data", str(_plain(tmp_path / "d")), "-r", "momentum=0.5"]
     )
     assert made.exit_code == 2 and "not 'momentum'" in made.output
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_rate(tmp_path):
+    args = ["train", "segnet_basic", "--data", str(_plain(tmp_path / "d")), "--epochs", "2"]
+    args += ["--out", str(tmp_path / "run"), "--batch-size", "3", "-r", "crop=32", "-r", "lr=1e12"]
+    made = CliRunner().invoke(cli, args)
+    assert made.exit_code == 2, made.output
+    assert "lower the learning rate" in made.output and "-r lr" in made.output
+    assert "Traceback" not in made.output
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:0"])
+def test_a_device_that_is_not_here_is_refused(tmp_path, monkeypatch, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("PAPERS_DEVICE", device)
+    args = ["train", "segnet_basic", "--data", str(_plain(tmp_path / "d")), "--out", str(tmp_path / "run")]
+    made = CliRunner().invoke(cli, args)
+    assert made.exit_code == 2 and "PAPERS_DEVICE" in made.output and repr(device) in made.output
+    assert not (tmp_path / "run").exists()
