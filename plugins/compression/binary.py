@@ -24,6 +24,12 @@ whose loop XORs the packed words and counts them with the compiler's ``popcount`
 took 0.8 ms where ``F.conv2d`` took 8.5 ms. It needs a C++ compiler, so it is opt-in (a layer's
 ``kernel: native``, the benchmark's default), and the torch kernel stays the one that runs anywhere.
 
+Training (a gradient wanted) binarizes on the float path with the straight-through estimator: by
+the sign, or, for a layer made with ``stochastic``, its inputs by stochastic binarization while the
+layer is in training mode (:func:`stochastic_sign_ste`: +1 with probability clip((x + 1) / 2, 0, 1),
+Courbariaux, Hubara et al. 2016, eq. 2, which the paper uses for activations at train time only); in
+eval mode every layer is deterministic.
+
 Hand-written: no maintained library has a bit-packed binary convolution for torch on the CPU (larq
 and daBNN are for TensorFlow Lite and ARM; torch's quantized kernels stop at 8 bits).
 """
@@ -290,6 +296,35 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """σ(x) = clip((x + 1) / 2, 0, 1), the probability of +1 in stochastic binarization."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+class _StochasticSignSTE(torch.autograd.Function):
+    """Stochastic binarization forward (Courbariaux, Hubara et al. 2016, Section 1.1, eq. 2): +1 where
+    the uniform draw ``noise`` falls below σ(x), -1 elsewhere; backward, :class:`_SignSTE`'s
+    straight-through estimator."""
+
+    @staticmethod
+    def forward(ctx, x, noise):
+        ctx.save_for_backward(x)
+        return torch.where(noise < hard_sigmoid(x), 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype), None
+
+
+def stochastic_sign_ste(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """+1 with probability σ(x) = clip((x + 1) / 2, 0, 1), else -1 (its mean is clip(x, -1, 1)); the
+    gradient of hard tanh backward, as :func:`sign_ste`'s. The draws come from ``generator`` (default:
+    torch's global one, so ``torch.manual_seed`` repeats them)."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _StochasticSignSTE.apply(x, noise)
+
+
 def binary_weight(weight: torch.Tensor, scaled: bool) -> torch.Tensor:
     """``α · sign(W)`` with α the mean of ``|W|`` over each output's filter (XNOR-Net's per-filter
     scale, Section 3.1), or ``sign(W)`` where ``scaled`` is false (BNN); the sign's gradient is the
@@ -320,18 +355,35 @@ KERNELS = ("packed", "native", "float")
 or ``F.conv2d`` on the ±1 tensors as floats."""
 
 
-def _set_options(module: nn.Module, inputs: str, weight_scale: bool, input_scale: bool, kernel: str) -> None:
-    """A binary layer's options, checked (``inputs`` one of :data:`INPUTS`, ``kernel`` of :data:`KERNELS`)."""
+def _set_options(
+    module: nn.Module, inputs: str, weight_scale: bool, input_scale: bool, kernel: str, stochastic: bool
+) -> None:
+    """A binary layer's options, checked (``inputs`` one of :data:`INPUTS`, ``kernel`` of :data:`KERNELS`,
+    ``stochastic`` only with binary inputs)."""
     if inputs not in INPUTS:
         raise ValueError(f"inputs is one of {', '.join(INPUTS)}, not {inputs!r}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel is one of {', '.join(KERNELS)}, not {kernel!r}")
+    if stochastic and inputs != "binary":
+        raise ValueError("stochastic binarization is of binary inputs (inputs: binary)")
     module.inputs, module.weight_scale, module.input_scale, module.kernel = (
         inputs,
         weight_scale,
         input_scale,
         kernel,
     )
+    module.stochastic = stochastic
+
+
+def _binary_input(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """A binary layer's ±1 input on the float path: stochastic binarization in training mode where
+    the layer asks for it (the paper's train-time use), the deterministic sign otherwise."""
+    return stochastic_sign_ste(input) if module.stochastic and module.training else sign_ste(input)
+
+
+def _draws(module: nn.Module, input: torch.Tensor) -> bool:
+    """Whether the forward pass draws stochastic signs (then the float path runs, not the kernel)."""
+    return module.stochastic and module.training and input.device.type != "meta"
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -354,17 +406,18 @@ class BinaryConv2d(nn.Conv2d):
         weight_scale: bool = True,
         input_scale: bool = True,
         kernel: str = "packed",
+        stochastic: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        _set_options(self, inputs, weight_scale, input_scale, kernel)
+        _set_options(self, inputs, weight_scale, input_scale, kernel, stochastic)
         if tuple(self.dilation) != (1, 1) or isinstance(self.padding, str):
             raise ValueError("a binary convolution has no dilation and numeric padding")
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, inputs={self.inputs}, weight_scale={self.weight_scale}, "
-            f"input_scale={self.input_scale}, kernel={self.kernel}"
+            f"input_scale={self.input_scale}, kernel={self.kernel}{', stochastic=True' * self.stochastic}"
         )
 
     def packed_weight(self) -> list[PackedSigns]:
@@ -407,9 +460,10 @@ class BinaryConv2d(nn.Conv2d):
         if self.inputs == "real":
             weight = _cached(self, "real", lambda: binary_weight(self.weight, self.weight_scale))
             return F.conv2d(input, weight, self.bias, self.stride, self.padding, groups=self.groups)
-        if wants_grad or self.kernel == "float" or input.device.type == "meta":
+        if wants_grad or self.kernel == "float" or input.device.type == "meta" or _draws(self, input):
             weight = binary_weight(self.weight, False)
-            out = F.conv2d(sign_ste(input), weight, None, self.stride, self.padding, groups=self.groups)
+            binary = _binary_input(self, input)
+            out = F.conv2d(binary, weight, None, self.stride, self.padding, groups=self.groups)
         else:
             out = self._packed_forward(input).to(input.dtype)
         alpha = self._alpha()
@@ -433,13 +487,15 @@ class BinaryLinear(nn.Linear):
         weight_scale: bool = True,
         input_scale: bool = True,
         kernel: str = "packed",
+        stochastic: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        _set_options(self, inputs, weight_scale, input_scale, kernel)
+        _set_options(self, inputs, weight_scale, input_scale, kernel, stochastic)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, inputs={self.inputs}, weight_scale={self.weight_scale}"
+        stochastic = ", stochastic=True" * self.stochastic
+        return f"{super().extra_repr()}, inputs={self.inputs}, weight_scale={self.weight_scale}{stochastic}"
 
     def packed_weight(self) -> PackedSigns:
         """The weight's sign bits, (O, bytes)."""
@@ -450,8 +506,14 @@ class BinaryLinear(nn.Linear):
         if self.inputs == "real":
             weight = _cached(self, "real", lambda: binary_weight(self.weight, self.weight_scale))
             return F.linear(input, weight, self.bias)
-        if wants_grad or self.kernel == "float" or input.device.type == "meta" or input.dim() != 2:
-            out = F.linear(sign_ste(input), binary_weight(self.weight, False))
+        if (
+            wants_grad
+            or self.kernel == "float"
+            or input.device.type == "meta"
+            or input.dim() != 2
+            or _draws(self, input)
+        ):
+            out = F.linear(_binary_input(self, input), binary_weight(self.weight, False))
         else:
             backend = "native" if self.kernel == "native" else "torch"
             out = binary_linear(pack_signs(input, dim=-1), self.packed_weight(), backend=backend)
@@ -477,10 +539,12 @@ __all__ = [
     "binary_conv2d",
     "binary_linear",
     "binary_weight",
+    "hard_sigmoid",
     "native_kernel",
     "pack_signs",
     "popcount",
     "popcount_swar",
     "sign_ste",
+    "stochastic_sign_ste",
     "unpack_signs",
 ]

@@ -79,6 +79,11 @@ class QnnSettings(TrainingSettings):
     activation_bits: Bits = Field(1, description="Bits of each quantized layer's input (1: sign, BNN).")
     shift_batchnorm: bool = Field(False, description="Shift-based batch normalisation (Algorithm 3).")
     clip: bool = Field(True, description="Clip the latent weights to [-1, 1] after each step (Algorithm 1).")
+    stochastic: bool = Field(
+        False,
+        description="Binarize each binary layer's inputs stochastically while training: +1 with "
+        "probability clip((x + 1) / 2, 0, 1), else -1 (Section 1.1, eq. 2); the sign at inference.",
+    )
 
 
 class DorefaSettings(TrainingSettings):
@@ -165,11 +170,20 @@ def binarize_rewrite(flat: FlatGraph, settings: BinarizeSettings) -> FlatGraph:
 def qnn_rewrite(flat: FlatGraph, settings: QnnSettings) -> FlatGraph:
     """The binarized (or k-bit) networks' rewrite: each chosen layer preceded by a (shift-based) batch
     normalisation and computing on quantized inputs and weights: ``binary_conv2d`` without scales at
-    one bit each (the XNOR kernel at inference), ``quant_conv2d`` with QNN's linear quantizer else."""
+    one bit each (the XNOR kernel at inference; with ``stochastic``, inputs binarized stochastically
+    while training), ``quant_conv2d`` with QNN's linear quantizer else."""
     chosen = chosen_layers(flat, settings.layers)
     norm = "shift_batchnorm" if settings.shift_batchnorm else "batchnorm"
+    if settings.stochastic and (settings.weight_bits, settings.activation_bits) != (1, 1):
+        raise SpecError(
+            f"stochastic binarization is of binary activations, with weight_bits and activation_bits 1 "
+            f"(here {settings.weight_bits} and {settings.activation_bits})",
+            field="settings.stochastic",
+        )
     if settings.weight_bits == 1 and settings.activation_bits == 1:
         extra: dict[str, Any] = {"inputs": "binary", "weight_scale": False, "input_scale": False}
+        if settings.stochastic:
+            extra["stochastic"] = True
         return _swap(flat, chosen, {"conv2d": "binary_conv2d", "linear": "binary_linear"}, extra, norm)
     extra = {
         "weight_bits": settings.weight_bits,
