@@ -784,6 +784,8 @@ Metric = Literal[
     "latency",
     "fps",
     "energy",
+    # an energy estimate's reduction, dense over pruned (Yang et al. 2017's energy model)
+    "energy_reduction",
     "top1_accuracy_change",
     "top5_accuracy_change",
     "map_change",
@@ -819,6 +821,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "latency": "lower",
     "fps": "higher",
     "energy": "lower",
+    "energy_reduction": "higher",
     "top1_accuracy_change": "higher",
     "top5_accuracy_change": "higher",
     "map_change": "higher",
