@@ -56,7 +56,7 @@ test: lint site-assets /usr/bin/chromium
 	PAPERS_STRICT_PLUGINS=1 $(BIN)/python -m pytest
 
 # run.py's table, then each paper family's own timings (each prints its rows and ratios).
-BENCH_SCRIPTS := $(filter-out benchmarks/run.py,$(sort $(wildcard benchmarks/*.py)))
+BENCH_SCRIPTS := $(filter-out benchmarks/run.py benchmarks/proxy_sweep.py,$(sort $(wildcard benchmarks/*.py)))
 
 bench: $(VENV)/.installed-bench site-assets
 	$(BIN)/python benchmarks/run.py

@@ -53,8 +53,10 @@ PROXY_OPTIONS: Mapping[str, Any] = {
 scratch; fc6 and fc7 128-d; the extra layers 16 to 64 channels), its six maps and 8,732 default boxes
 unchanged; images normalised with ImageNet's mean and standard deviation in [0, 1] (the paper's
 0–255 pixels suit its pre-trained VGG-16, not batch norms trained from scratch)."""
-PROXY_RECIPE: Mapping[str, Any] = {"epochs": 24, "lr": 0.01}
-"""The registry's detector recipe (SGD, momentum 0.9, batch 2, warm-up and poly decay) changed so."""
+PROXY_RECIPE: Mapping[str, Any] = {"epochs": 24, "lr": 0.003}
+"""The registry's detector recipe (SGD, momentum 0.9, batch 2, warm-up and poly decay) changed so; at
+lr 0.01 the narrow SSD stayed under 6% mAP (80 epochs: 3.9% at best), at 0.003 it learns (47% after
+37 of 80 epochs; one run each)."""
 MIN_MAP = 60.0
 """The issue's bar: VOC 2007 mAP at IoU 0.5 of at least 60% on builtin:shapes' val split."""
 

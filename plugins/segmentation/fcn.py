@@ -31,9 +31,12 @@ def papers_ops() -> list:
     ]
 
 
+PROXY_VARIANT = "fcn8s"
 PROXY_OPTIONS = {"width": 8, "fc_channels": 128}
 """FCN-8s at an eighth of VGG-16's width (8, 16, 32, 64, 64 channels; fc6 and fc7 with 128)."""
-PROXY_RECIPE = {"epochs": 20, "lr": 0.05, "crop": 128}
+PROXY_RECIPE = {"epochs": 100, "lr": 0.05, "crop": 128}
+"""100 epochs: the narrow FCN-8s sits at the all-background solution (18% mIoU) for its first epochs
+and climbs slowly; 20 epochs ended at 22% and 60 at 63% (one run each)."""
 
 
 @hookimpl
@@ -43,7 +46,7 @@ def papers_checks() -> list:
     return [
         shapes_check(
             "fcn8s-shapes",
-            "fcn8s",
+            PROXY_VARIANT,
             options=PROXY_OPTIONS,
             overrides=PROXY_RECIPE,
             min_miou=70.0,

@@ -1,0 +1,161 @@
+"""The detection and segmentation proxies under other recipes, side by side: ``python
+benchmarks/proxy_sweep.py [NAME|GLOB ...] [--jobs N] [--limit SECONDS] [--list]``.
+
+Each named setting is a proxy check's network and recipe (``papers_plugins.detection.retinanet``,
+``.ssd``, ``.yolov3``, ``papers_plugins.segmentation.fcn``, ``.deeplabv3``: ``PROXY_OPTIONS`` and
+``PROXY_RECIPE``) with a few fields changed: the epochs, the rate, the batch, the crop, the width, the
+output stride, or the data (``shapes1500``: ``builtin:shapes``' generator at 1,500 images, 900 of them
+for training, written once to a temporary folder). Settings run as separate processes, ``--jobs`` at
+a time (default: the CPU count), each on one intra-op thread and on the GPU when there is one
+(``PAPERS_DEVICE``, :func:`papers.task_runs.device`); a run still going after ``--limit`` seconds is
+stopped, its finished epochs kept. For each setting it prints the validation curve (VOC07 mAP or mIoU,
+percent) and seconds per epoch. It searches recipes; the proxy checks themselves are what ``papers
+check PAPER --run`` runs. ``make bench`` leaves it out (hours on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLUGINS = {
+    "retina": "detection.retinanet",
+    "ssd": "detection.ssd",
+    "yolo": "detection.yolov3",
+    "fcn": "segmentation.fcn",
+    "dl3": "segmentation.deeplabv3",
+}
+DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
+SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
+    # name: (plugin, option changes (with "variant" to build another variant), recipe changes, data)
+    "yolo_e80": ("yolo", {}, {"epochs": 80}, "shapes"),
+    "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, "shapes"),
+    "yolo_big_e20": ("yolo", {}, {"epochs": 20}, "shapes1500"),
+    "retina_e60": ("retina", {}, {"epochs": 60}, "shapes"),
+    "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, "shapes"),
+    "retina_big_e16": ("retina", {}, {"epochs": 16}, "shapes1500"),
+    "ssd_e80": ("ssd", {}, {"epochs": 80, "lr": 0.01}, "shapes"),
+    "ssd_e80_lr003": ("ssd", {}, {"epochs": 80, "lr": 0.003}, "shapes"),
+    "ssd_big_e24": ("ssd", {}, {"epochs": 24, "lr": 0.01}, "shapes1500"),
+    "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, "shapes"),
+    "fcn_e40_b2": ("fcn", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, "shapes"),
+    "fcn_e40_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4}, "shapes"),
+    "fcn_e40_b4_c96": ("fcn", {}, {"epochs": 40, "batch_size": 4, "crop": 96}, "shapes"),
+    "fcn_e40_lr1_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4, "lr": 0.1}, "shapes"),
+    "fcn_e60": ("fcn", {}, {"epochs": 60}, "shapes"),
+    "fcn_e60_lr1": ("fcn", {}, {"epochs": 60, "lr": 0.1}, "shapes"),
+    "fcn_e60_lr1_b4": ("fcn", {}, {"epochs": 60, "batch_size": 4, "lr": 0.1}, "shapes"),
+    "fcn_e100": ("fcn", {}, {"epochs": 100}, "shapes"),
+    "fcn_big_e20": ("fcn", {}, {"epochs": 20}, "shapes1500"),
+    "fcn_big_e15_lr02": ("fcn", {}, {"epochs": 15, "lr": 0.02}, "shapes1500"),
+    "dl3_e20_b2": ("dl3", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, "shapes"),
+    "dl3_e40_b2": ("dl3", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, "shapes"),
+    "dl3_e100": ("dl3", {}, {"epochs": 100}, "shapes"),
+    "dl3_big_e20": ("dl3", {}, {"epochs": 20}, "shapes1500"),
+    "dl3_w16_e60": ("dl3", {"width": 16}, {"epochs": 60}, "shapes"),
+    "dl3_w16_big_e15": ("dl3", {"width": 16}, {"epochs": 15}, "shapes1500"),
+    "dl3_os8_e60": ("dl3", DL3_OS8, {"epochs": 60}, "shapes"),
+    "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {"epochs": 60, "lr": 0.02}, "shapes"),
+    "dl3_os8_e40_lr1_b4": ("dl3", DL3_OS8, {"epochs": 40, "batch_size": 4, "lr": 0.1}, "shapes"),
+    "dl3_os8_w16_e60": ("dl3", {**DL3_OS8, "width": 16}, {"epochs": 60}, "shapes"),
+    "dl3_os8_w16_e40_lr1_b4": (
+        "dl3",
+        {**DL3_OS8, "width": 16},
+        {"epochs": 40, "batch_size": 4, "lr": 0.1},
+        "shapes",
+    ),
+    "dl3_os8_w16_l2_e60": ("dl3", {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]}, {"epochs": 60}, "shapes"),
+    "dl3_os8_big_e15": ("dl3", DL3_OS8, {"epochs": 15}, "shapes1500"),
+}
+
+
+def _data(name: str, big: Path) -> str:
+    return "builtin:shapes" if name == "shapes" else str(big)
+
+
+def run_one(name: str, big: Path, folder: Path) -> None:
+    """Train setting ``name`` into ``folder`` (its metrics.json grows by one row per epoch)."""
+    import torch
+
+    torch.set_num_threads(1)
+    plugin, changes, recipe, data = SETTINGS[name]
+    module = importlib.import_module(f"papers_plugins.{PLUGINS[plugin]}")
+    options = {**module.PROXY_OPTIONS, **changes}
+    variant = options.pop("variant", module.PROXY_VARIANT)
+    overrides = {**module.PROXY_RECIPE, **recipe}
+    if PLUGINS[plugin].startswith("detection"):
+        from papers.train_detection import train_detector
+
+        train_detector(
+            variant, _data(data, big), overrides=overrides, options=options, out=folder, paper_recipe=False
+        )
+    else:
+        from papers.train_segmentation import train_segmenter
+
+        train_segmenter(variant, _data(data, big), overrides=overrides, options=options, out=folder)
+
+
+def _curve(folder: Path) -> tuple[list[float], list[float]]:
+    metrics = folder / "metrics.json"
+    rows = json.loads(metrics.read_text()) if metrics.exists() else []
+    scores = [r["val_voc07_map"] if "val_voc07_map" in r else 100 * r["val_miou"] for r in rows]
+    return scores, [r["seconds"] for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="settings or glob patterns (default: all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--limit", type=float, default=3600.0, help="seconds before runs are stopped")
+    parser.add_argument("--list", action="store_true", help="print the settings and exit")
+    parser.add_argument("--one", nargs=3, metavar=("NAME", "DATA", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args.one[0], Path(args.one[1]), Path(args.one[2]))
+        return
+    chosen = [s for s in SETTINGS if not args.names or any(fnmatch.fnmatch(s, p) for p in args.names)]
+    if args.list or not chosen:
+        for name in chosen or SETTINGS:
+            print(name, *SETTINGS[name][1:])
+        return
+    from papers.shapes import ShapesConfig, shapes_root, write
+
+    work = Path(tempfile.mkdtemp(prefix="proxy-sweep-"))
+    shapes_root()
+    if any(SETTINGS[name][3] == "shapes1500" for name in chosen):
+        write(work / "shapes1500", ShapesConfig(images=1500))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    waiting, running, started = list(chosen), {}, time.time()
+    while (waiting or running) and time.time() - started < args.limit:
+        while waiting and len(running) < args.jobs:
+            name = waiting.pop(0)
+            command = [sys.executable, __file__, "--one", name, str(work / "shapes1500"), str(work / name)]
+            with open(work / f"{name}.log", "w") as log:  # the child keeps its own descriptor
+                running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(2)
+        running = {n: p for n, p in running.items() if p.poll() is None}
+    for process in running.values():
+        process.kill()
+    print(f"settings: {len(chosen)}, {args.jobs} at a time, logs and runs in {work}")
+    for name in chosen:
+        scores, seconds = _curve(work / name)
+        if not scores:
+            print(f"{name}: no epoch finished (see {work / name}.log)")
+            continue
+        per_epoch = sorted(seconds)[len(seconds) // 2]
+        print(
+            f"{name}: {len(scores)} epochs, {per_epoch:.1f} s each (median), last {scores[-1]:.1f}%, "
+            f"best {max(scores):.1f}%; curve {' '.join(f'{s:.1f}' for s in scores)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
