@@ -193,7 +193,7 @@ def _sampled_maps(
     return torch.cat(rows)
 
 
-def _images(context: MethodContext, count: int) -> torch.Tensor | None:
+def data_images(context: MethodContext, count: int) -> torch.Tensor | None:
     """The first ``count`` training images of ``context.data``, or ``None`` without data."""
     if context.data is None:
         return None
@@ -222,43 +222,63 @@ def white_input_fit(matrix: torch.Tensor, bias: torch.Tensor | None, rank: int) 
     return p, p.T, offset
 
 
+def response_fit(
+    model: Any,
+    settings: ChannelSettings,
+    context: MethodContext,
+    images: torch.Tensor | None,
+    index: int,
+    name: str,
+    approximant: Any,
+    first: str,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> tuple[Any, Any, Any]:
+    """(P, Qᵀ, b) of layer ``name`` at its d′: M maps the responses of ``approximant`` (the layer
+    before M, whose kernel is ``kernel``: the original convolution, or Zhang et al. 2016's spatial pair)
+    to the original layer's. With ``images``: sampled responses, ŷ being ``approximant`` on the input
+    the approximated model gives ``first`` (its chain's first node) where asymmetric, else on the
+    original model's input; without: responses to white input."""
+    rank = settings.ranks[name]
+    if images is None:
+        return white_input_fit(kernel.reshape(kernel.shape[0], -1), bias, rank)
+    before = context.before
+    assert before is not None
+    y = _sampled_maps(before, name, images, index, settings.positions)
+    if settings.asymmetric:
+        y_hat = _sampled_maps(
+            model, first, images, index, settings.positions, read_input=True, transform=approximant
+        )
+    elif approximant is before.get_submodule(name):
+        y_hat = y  # the original layer on its original input (calling it from its own hook would recurse)
+    else:
+        y_hat = _sampled_maps(
+            before, name, images, index, settings.positions, read_input=True, transform=approximant
+        )
+    if settings.nonlinear and _readers_relu(context.flat, f"{name}.expand"):
+        return nonlinear_fit(y, y_hat, rank, settings.iterations)
+    return reduced_rank_fit(y, y_hat, rank)
+
+
 def channel_apply(model: Any, settings: ChannelSettings, context: MethodContext) -> Any:
     """Each decomposed layer's d′ filters and 1×1 layer, from responses on the training images where
     data is given (layers in order, each fitted from the input the layers below, already approximated,
     give it), else from the weights alone (responses to white input)."""
-    images = _images(context, settings.images)
-    before = context.before
-    assert before is not None
-    for index, (name, rank) in enumerate(settings.ranks.items()):
+    images = data_images(context, settings.images)
+    for index, name in enumerate(settings.ranks):
         weight, bias = low_rank.original_weight(context, name)
-        matrix = weight.reshape(weight.shape[0], -1)
-        if images is None:
-            p, q_t, offset = white_input_fit(matrix, bias, rank)
-        else:
-            original = before.get_submodule(name)
-            y = _sampled_maps(before, name, images, index, settings.positions)
-            if settings.asymmetric:  # ŷ: the original layer on the input the approximated model gives it
-                y_hat = _sampled_maps(
-                    model,
-                    f"{name}.reduce",
-                    images,
-                    index,
-                    settings.positions,
-                    read_input=True,
-                    transform=original,
-                )
-            else:
-                y_hat = y
-            if settings.nonlinear and _readers_relu(context.flat, f"{name}.expand"):
-                p, q_t, offset = nonlinear_fit(y, y_hat, rank, settings.iterations)
-            else:
-                p, q_t, offset = reduced_rank_fit(y, y_hat, rank)
-        _write(model, name, weight, bias, p, q_t, offset)
+        original = context.before.get_submodule(name) if context.before is not None else None
+        p, q_t, offset = response_fit(
+            model, settings, context, images, index, name, original, f"{name}.reduce", weight, bias
+        )
+        write_channel_factors(model, name, weight, bias, p, q_t, offset)
     low_rank.fine_tune(model, settings, context)
     return model
 
 
-def _write(model: Any, name: str, weight: Any, bias: Any, p: Any, q_t: Any, offset: Any) -> None:
+def write_channel_factors(
+    model: Any, name: str, weight: Any, bias: Any, p: Any, q_t: Any, offset: Any
+) -> None:
     """``.reduce`` = Qᵀ W (bias Qᵀ b), ``.expand`` = P with bias ``offset``: P Qᵀ (W x + b) + offset."""
     reduced = (q_t @ weight.reshape(weight.shape[0], -1)).reshape(q_t.shape[0], *weight.shape[1:])
     low_rank.set_weights(model, f"{name}.reduce", reduced, None if bias is None else q_t @ bias)
