@@ -65,6 +65,14 @@ def test_a_linear_layer_moves_no_partial_sum_between_pes_and_zero_inputs_skip_ma
     assert sparse_inputs.computation == 10 and sparse_inputs.accesses["dram"]["inputs"] == 2.5
 
 
+def test_a_batch_shares_the_weights_fetches_from_dram_and_the_global_buffer():
+    shape = LayerShape("f", 4, 10)
+    single, batched = layer_energy(shape), layer_energy(shape, dataflow=Dataflow(batch=8))
+    assert batched.accesses["dram"] == {"weights": 5, "inputs": 10, "psums": 4}
+    assert batched.accesses["gb"]["weights"] == 5
+    assert batched.accesses["rf"] == single.accesses["rf"] and batched.computation == single.computation
+
+
 def test_a_density_outside_0_to_1_is_refused():
     with pytest.raises(ValueError, match="weight_density must lie in"):
         layer_energy(LayerShape("f", 4, 10), weight_density=1.5)
@@ -156,16 +164,32 @@ def test_the_papers_figures_are_reported_beside_the_model_not_passed_or_failed()
     assert by_energy(alexnet)[0] == "classifier.0", "at batch 1, fc6's 38M weights fetched from DRAM lead"
 
 
-def copied_spec(tmp_path, settings: dict) -> Registry:
+def copied_spec(tmp_path, settings: dict | None = None, results: list | None = None) -> Registry:
+    """yang2017's spec as another paper (``energy``), its LeNet variant only, with ``settings``."""
     spec = yaml.safe_load(SPEC.read_text())
     spec["id"] = "energy"
     spec["variants"] = [spec["variants"][0]]
     spec["variants"][0]["id"] = "energy-lenet5_caffe"
-    spec["variants"][0]["methods"][0]["settings"] = settings
-    spec["results"] = []
+    if settings is not None:
+        spec["variants"][0]["methods"][0]["settings"] = settings
+    spec["results"] = results or []
     path = tmp_path / "energy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+@pytest.mark.parametrize(("scale", "status"), [(1.0, "pass"), (1.5, "fail")])
+def test_a_reported_energy_reduction_is_checked_against_the_settings(scale, status, tmp_path, monkeypatch):
+    settings = EnergyPruneSettings(kept={"conv1": 0.7, "conv2": 0.15, "fc1": 0.08, "fc2": 0.2})
+    flat = papers.expand_variant("lenet5_caffe")
+    dense = sum(e.total for e in energy_aware.energies(flat, settings).values())
+    pruned = sum(e.total for e in energy_aware.energies(flat, settings, settings.kept).values())
+    reported = round(scale * dense / pruned, 2)
+    row = {"variant": "energy-lenet5_caffe", "metric": "energy_reduction", "value": reported}
+    path = copied_spec(tmp_path, results=[{**row, "unit": "ratio", "source": "T"}])
+    monkeypatch.setattr(papers.registry, "_current", registry_with(path))
+    (check,) = papers.check("energy")
+    assert check.status == status and check.measured == pytest.approx(dense / pruned, abs=1e-6)
 
 
 def test_compress_with_data_writes_the_pruned_lenet_sparsely(tmp_path, monkeypatch, run):
@@ -229,5 +253,5 @@ def test_the_proxy_trains_prunes_in_energy_order_fine_tunes_and_estimates_the_re
     )
     assert measured["order"] == ["fc1", "conv2", "conv1", "fc2"]
     assert measured["kept"] == pytest.approx({"conv1": 0.7, "conv2": 0.15, "fc1": 0.08, "fc2": 0.2}, abs=1e-3)
-    assert all(0 <= measured[key] <= 100 for key in ("before", "local", "after"))
+    assert all(0 <= measured[key] <= 100 for key in ("before", "magnitude", "local", "after"))
     assert measured["energy_reduction"] > 1

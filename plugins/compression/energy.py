@@ -6,8 +6,11 @@ memory hierarchy weighted by that level's cost relative to one MAC.
 The costs are Eyeriss's (Chen, Emer and Sze, ISCA 2016, its table of normalised energy costs in a
 65 nm process), which the paper's estimation methodology builds on: one MAC 1, a register-file (RF)
 access 1, a transfer between processing elements in the array 2, a global-buffer (GB) access 6, a
-DRAM access 200. Weights that are zero are skipped (neither fetched nor multiplied), as are MACs on a
-zero input where the input's density is known.
+DRAM access 200. Neither that table nor the paper's Section 3 was readable in the stored pages; the
+values were confirmed in two stored secondary sources that agree (MIT's course notes on sparsity,
+which quote them for the paper's scoring, and an Eyeriss-style estimator's constants). Weights that
+are zero are skipped (neither fetched nor multiplied), as are MACs on a zero input where the input's
+density is known (the abstract: the methodology models data sparsity).
 
 Where the stored text of the paper was not readable here (the access counts come, in the paper, from
 Eyeriss's row-stationary mapping optimised per layer), the counts below are the registry's choice,
@@ -24,6 +27,10 @@ MACs = M·C·R·S·E·F; ρw and ρi are the weights' and the inputs' densities 
 - GB: each weight once (W·ρw), the inputs once per pass of p filters (I·ρi·⌈M/p⌉), the partial sums
   read and written between passes of q channels and written at the end (O·(2·⌈C/q⌉ − 1));
 - DRAM: each non-zero weight and input read once (W·ρw + I·ρi), each output written once (O).
+
+Energies are per image. With a batch of N images, each weight is fetched from DRAM and the GB once
+per batch, so those two counts are divided by N (``Dataflow.batch``, 1 by default: at batch 1 the
+fully connected layers' weight fetches dominate AlexNet's estimate).
 
 p = 16 filters and q = 4 channels per pass are the registry's defaults (:class:`Dataflow`), as are
 16-bit data throughout (the paper also models reduced bit widths; every value here costs one access)
@@ -50,6 +57,8 @@ class Dataflow:
 
     filters_per_pass: int = 16
     channels_per_pass: int = 4
+    batch: int = 1
+    """Images that share one fetch of the weights from DRAM and the GB."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ def layer_energy(
     filter_passes = ceil(shape.out_channels / dataflow.filters_per_pass)
     channel_passes = ceil(shape.in_channels / dataflow.channels_per_pass)
     weights, inputs, outputs = shape.weights * rw, shape.inputs * ri, shape.outputs
+    fetched = weights / dataflow.batch  # per image
     accesses = {
         "rf": {"weights": effectual, "inputs": effectual, "psums": 2 * effectual},
         "array": {
@@ -126,11 +136,11 @@ def layer_energy(
             "psums": outputs * (r - 1) * channel_passes,
         },
         "gb": {
-            "weights": weights,
+            "weights": fetched,
             "inputs": inputs * filter_passes,
             "psums": outputs * (2 * channel_passes - 1),
         },
-        "dram": {"weights": weights, "inputs": inputs, "psums": outputs},
+        "dram": {"weights": fetched, "inputs": inputs, "psums": outputs},
     }
     return LayerEnergy(shape.name, effectual, accesses)
 

@@ -64,6 +64,7 @@ class EnergyModelSettings(Settings):
     )
     filters_per_pass: int = Field(16, ge=1, le=4096, description="Filters one pass over the array processes.")
     channels_per_pass: int = Field(4, ge=1, le=4096, description="Input channels one pass accumulates.")
+    batch: int = Field(1, ge=1, le=65536, description="Images that share one fetch of the weights.")
 
 
 class EnergyPruneSettings(EnergyModelSettings):
@@ -152,7 +153,7 @@ def energies(
     flat: FlatGraph, settings: EnergyModelSettings, kept: Mapping[str, float] | None = None
 ) -> dict[str, LayerEnergy]:
     """Each convolution and linear layer's estimated energy, with the weight densities ``kept``."""
-    dataflow = Dataflow(settings.filters_per_pass, settings.channels_per_pass)
+    dataflow = Dataflow(settings.filters_per_pass, settings.channels_per_pass, settings.batch)
     return network_energy(layer_shapes(flat), kept, settings.input_density, dataflow)
 
 
@@ -435,14 +436,25 @@ def energy_aware_proxy(
 ) -> dict[str, Any]:
     """Train ``variant_id``'s base on ``data`` (its recipe's SGD settings, from a fixed seed), prune it as
     the variant's settings say (``overrides`` replace some), fine-tune, and give top-1 (percent) on the
-    test split before, after the local steps and after fine-tuning, the order of the layers, their kept
-    fractions and the energy reduction estimated from the densities reached."""
+    test split before, after the local steps and after fine-tuning, with plain magnitude pruning at the
+    same fractions (no restore, no refit, no fine-tuning) beside the local steps, the order of the
+    layers, their kept fractions and the energy reduction estimated from the densities reached."""
+    import copy
+
+    import torch
+
     from papers_plugins.compression.pruning import PROXY_EPOCHS, pretrained, proxy_setup, sparsity_of, top1
 
     setup = proxy_setup(variant_id, "energy_aware_prune", data, limit)
     settings = setup.settings.model_copy(update=dict(overrides or {}))
     assert isinstance(settings, EnergyPruneSettings)
     with pretrained(setup, PROXY_EPOCHS if epochs is None else epochs) as (model, batches, before):
+        plain = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, fraction in settings.kept.items():
+                weight = plain.get_submodule(name).weight
+                weight.mul_(magnitude_mask(weight, max(1, round(weight.numel() * fraction))))
+        magnitude = top1(plain, setup.test_images, setup.test_labels)
         pruned = energy_aware_prune(model, setup.flat, settings, setup.train_images[: settings.images])
         local = top1(model, setup.test_images, setup.test_labels)
         energy_aware_finetune(model, batches, pruned, settings)
@@ -452,6 +464,7 @@ def energy_aware_proxy(
     reached = sum(layer.total for layer in energies(setup.flat, settings, kept).values())
     return {
         "before": before,
+        "magnitude": magnitude,
         "local": local,
         "after": after,
         "order": pruned.order,
@@ -465,7 +478,8 @@ def _proxy_runner(variant_id: str) -> Any:
         measured = energy_aware_proxy(variant_id)
         if progress:
             print(
-                f"  top-1 {measured['before']}% dense, {measured['local']}% after the local steps, "
+                f"  top-1 {measured['before']}% dense, {measured['magnitude']}% by magnitude alone, "
+                f"{measured['local']}% after the local steps (magnitude, restore, least squares), "
                 f"{measured['after']}% fine-tuned; layers in order {', '.join(measured['order'])}; "
                 f"estimated energy reduced {measured['energy_reduction']}×"
             )
