@@ -307,12 +307,16 @@ def proxy_checks() -> list:
         low_rank.proxy_check(
             PROXY_VARIANT,
             tucker_proxy,
-            lambda settings: f"VBMF's ranks {settings.ranks}, {settings.linear_ranks}",
+            lambda settings: (
+                f"VBMF's ranks {settings.ranks}, {settings.linear_ranks}, fine-tuned "
+                f"{settings.fine_tune_epochs} epochs at {settings.fine_tune_lr:g}"
+            ),
             f"Caffe's LeNet trained on 5,000 of MNIST's digits (4,000 training, 1,000 test images) for "
             f"{PROXY_EPOCHS} epochs with Caffe's SGD settings, not an ImageNet network; every layer "
             "decomposed at the ranks VBMF finds in its trained weights (Tucker-1 for conv1, Tucker-2 for "
-            "conv2, truncated SVD for fc1 and fc2), then the whole network fine-tuned for the variant's "
-            "epochs at its rate; passes when the fine-tuned model's top-1 is within 1 point of the "
-            "undecomposed model's",
+            "conv2, truncated SVD for fc1 and fc2), then the whole network fine-tuned as it was trained "
+            "(the variant's epochs, as many as the base's, at its rate, Caffe's LeNet rate, with the "
+            "variant's momentum and weight decay); passes when the fine-tuned model's top-1 is within 1 "
+            "point of the undecomposed model's",
         )
     ]
