@@ -2,9 +2,9 @@
 
 For each decomposition (Kim et al. 2016's Tucker-2, Tai et al. 2016's vertical/horizontal split,
 Denton et al. 2014's monochromatic and biclustered approximations, Zhang et al.'s channel
-decomposition) it builds the base network and the network rewritten at stated ranks (random
-weights: the time does not depend on their values), and times, in eval mode without gradients,
-interleaved, the median of ``--repeats`` calls:
+decomposition and its 2016 3D form) it builds the base network and the network rewritten at stated
+ranks (random weights: the time does not depend on their values), and times, in eval mode without
+gradients, interleaved, the median of ``--repeats`` calls:
 
 - each decomposed layer alone (the original convolution against its chain), at batch 1 and 32;
 - the whole network, base against decomposed, at batch 1 and 32.
@@ -31,7 +31,13 @@ import papers
 from papers.build import build
 from papers.measure import measure_graph
 from papers.registry import get_registry
-from papers_plugins.compression import channel_decomposition, linear_structure, tucker, vh_decomposition
+from papers_plugins.compression import (
+    channel_decomposition,
+    channel_decomposition_3d,
+    linear_structure,
+    tucker,
+    vh_decomposition,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ def _cases(quick: bool) -> list[Case]:
              bicluster_step.settings, linear_structure.bicluster_rewrite, _bicluster_chains),
         Case("channel decomposition at the energy criterion's d′ (zhang2015-lenet5_caffe)", "lenet5_caffe",
              channel_step.settings, channel_decomposition.channel_rewrite, channel_decomposition.chains),
+        Case("3D: d″ vertical, d′ horizontal, 1×1 for 4× fewer conv MACs (zhang2016-lenet5_caffe)",
+             "lenet5_caffe", papers.methods.variant_steps("zhang2016-lenet5_caffe")[0].settings,
+             channel_decomposition_3d.channel_3d_rewrite, channel_decomposition_3d.chains),
     ]  # fmt: skip
 
 
