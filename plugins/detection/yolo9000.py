@@ -2,7 +2,11 @@
 
 The spec holds the paper: Darknet-19 (Table 6) and YOLOv2's detector on it, with the passthrough from
 the 26 × 26 map (Darknet's reorg, a built-in op) and anchor priors. Decoding and the k-means of the
-priors are functions of ``yolo_layers`` (``decode_yolo_v2``, ``kmeans_anchors``).
+priors are functions of ``yolo_layers`` (``decode_yolo_v2``, ``kmeans_anchors``), and so is the
+training loss (``yolo_v2_loss``: Section 2's assignment, IoU objectness and softmax classes, the terms
+the paper leaves out taken from YOLO v1 and YOLOv3 as its docstring says), with which ``papers train
+yolov2_voc --data ...`` trains; ``-o stages=... -o head_filters=...`` narrow Darknet-19 and the head
+for quick runs.
 """
 
 from importlib.resources import files

@@ -18,6 +18,9 @@ No library has these, so they are written here on ``torchvision.ops`` (``box_iou
 - ``wordtree_softmax``, ``wordtree_probabilities``: YOLO9000's hierarchical classification, a softmax
   over each set of WordTree siblings and the product of conditional probabilities down a path
   (YOLO9000 Section 4); ``decode_yolo_v2(..., tree=parents)`` scores detections with it.
+- ``yolo_v2_loss``: YOLOv2's training loss from what YOLO9000's Section 2 states (one prior per
+  object, σ(to) trained to the IoU of its box, softmax classes), the rest from YOLO v1 and YOLOv3 as
+  its docstring says.
 - ``kmeans_anchors``: YOLO9000's dimension clusters, k-means on box widths and heights with the
   distance 1 − IoU (boxes compared as if they shared a centre). scikit-learn's k-means takes only
   Euclidean distances, so this is numpy.
@@ -329,6 +332,112 @@ def yolov3_loss(
     }
 
 
+def yolo_v2_loss(
+    raw: Tensor,
+    anchors: Sequence[Sequence[float]],
+    targets: Sequence[dict[str, Tensor]],
+    image_size: tuple[int, int],
+    *,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+    ignore_thresh: float | None = 0.5,
+) -> dict[str, Tensor]:
+    """YOLOv2's training loss, each term summed over the batch's predictions and averaged over its
+    images.
+
+    ``raw`` [N, A·(5 + C), H, W]; ``anchors`` [A] the priors' (width, height) in grid cells, as
+    :func:`decode_yolo_v2` takes them; ``targets`` per image ``boxes`` [K, 4] (x1, y1, x2, y2 in input
+    pixels) and ``labels`` [K] (0 to C − 1). What YOLO9000 (Section 2, "Better") states:
+
+    - boxes are bx = σ(tx) + cx, by = σ(ty) + cy, bw = pw·e^tw, bh = ph·e^th in grid cells ("Direct
+      location prediction");
+    - an object belongs to the cell holding its centre and, in it, to the one prior whose shape
+      overlaps it most (centres aligned: the IoU of the "Dimension Clusters" distance), as YOLO v1
+      gives an object to one predictor ("Convolutional With Anchor Boxes": objectness and class are
+      predicted per anchor, "following YOLO");
+    - σ(to) = Pr(object) · IOU(b, object): the objectness target of the responsible prior is the IoU
+      of its predicted box (not back-propagated through) with the object, 0 for the others;
+    - class probabilities are a softmax over the classes, conditional on an object.
+
+    The paper prints no formula for the loss; what it leaves out is taken so:
+
+    - every term is a sum-squared error, as in YOLO v1's equation 3 (Section 2 of YOLO9000 says the
+      objectness "still predicts the IOU", "following YOLO"): ``loss_box`` on σ(tx), σ(ty) against the
+      centre's offset in its cell and tw, th against log(w / pw), log(h / ph) (the targets of the
+      parametrisation above), weighted by YOLO v1's λcoord = 5; ``loss_objectness`` on σ(to), the
+      priors without an object weighted by YOLO v1's λnoobj = 0.5; ``loss_classifier`` on the softmax
+      probabilities against the one-hot class;
+    - a prior without an object whose predicted box overlaps an object by more than
+      ``ignore_thresh`` is not told it is background: YOLOv3's rule (its Section 2.1, threshold .5),
+      which YOLO9000 does not state; ``None`` counts every one;
+    - Darknet's early term pulling every prediction towards its prior's shape is not in the paper and
+      is left out; where two objects fall on one prior and cell, the first in ``targets`` is learned.
+    """
+    n, channels, rows, cols = raw.shape
+    count = len(anchors)
+    if channels % count:
+        raise ValueError(f"{channels} channels do not split into {count} anchors")
+    values = channels // count
+    height, width = image_size
+    stride_y, stride_x = height / rows, width / cols
+    shapes = np.asarray(anchors, dtype=np.float64)  # in cells
+    per_anchor = raw.view(n, count, values, rows, cols).permute(0, 1, 3, 4, 2)  # N, A, H, W, 5 + C
+    priors = torch.as_tensor(shapes, dtype=raw.dtype, device=raw.device)
+    with torch.no_grad():
+        # the predicted boxes in input pixels, [N, H·W·A, 4] in (H, W, A) order
+        pixels = priors * priors.new_tensor([stride_x, stride_y])
+        predicted, _, _ = _anchor_boxes(raw.detach(), pixels, stride_y)
+    objectness = torch.sigmoid(per_anchor[..., 4])
+    objectness_target = torch.zeros_like(objectness)
+    responsible = torch.zeros(n, count, rows, cols, dtype=torch.bool, device=raw.device)
+    counted = torch.ones_like(responsible)
+    box_loss = raw.new_zeros(())
+    class_loss = raw.new_zeros(())
+    for b, target in enumerate(targets):
+        truth = target["boxes"].to(raw)
+        if truth.numel() == 0:
+            continue
+        ious = box_iou(predicted[b], truth)  # [H·W·A, K]
+        if ignore_thresh is not None:
+            overlap = ious.amax(dim=1).view(rows, cols, count).permute(2, 0, 1)
+            counted[b] &= overlap <= ignore_thresh
+        sizes = torch.stack(
+            ((truth[:, 2] - truth[:, 0]) / stride_x, (truth[:, 3] - truth[:, 1]) / stride_y), dim=1
+        )
+        best = centred_iou(sizes.detach().cpu().double().numpy(), shapes).argmax(axis=1)
+        for k, a in enumerate(best.tolist()):
+            x1, y1, x2, y2 = truth[k].tolist()
+            cx, cy = (x1 + x2) / 2 / stride_x, (y1 + y2) / 2 / stride_y
+            col, row = min(int(cx), cols - 1), min(int(cy), rows - 1)
+            if responsible[b, a, row, col]:
+                continue
+            responsible[b, a, row, col] = True
+            counted[b, a, row, col] = True
+            objectness_target[b, a, row, col] = ious[(row * cols + col) * count + a, k]
+            cell = per_anchor[b, a, row, col]
+            goal = raw.new_tensor(
+                [
+                    cx - col,
+                    cy - row,
+                    math.log(max(float(sizes[k, 0]), 1e-6) / shapes[a, 0]),
+                    math.log(max(float(sizes[k, 1]), 1e-6) / shapes[a, 1]),
+                ]
+            )
+            guess = torch.cat((torch.sigmoid(cell[:2]), cell[2:4]))
+            box_loss = box_loss + lambda_coord * ((guess - goal) ** 2).sum()
+            one_hot = torch.zeros_like(cell[5:])
+            one_hot[int(target["labels"][k])] = 1.0
+            class_loss = class_loss + ((torch.softmax(cell[5:], dim=0) - one_hot) ** 2).sum()
+    errors = (objectness - objectness_target) ** 2
+    empty = counted & ~responsible
+    objectness_loss = errors[responsible].sum() + lambda_noobj * errors[empty].sum()
+    return {
+        "loss_box": box_loss / max(n, 1),
+        "loss_objectness": objectness_loss / max(n, 1),
+        "loss_classifier": class_loss / max(n, 1),
+    }
+
+
 def _sibling_groups(parents: Sequence[int]) -> list[tuple[int, int]]:
     """(start, end) of each run of nodes with one parent: the groups WordTree's softmaxes cover."""
     groups, start = [], 0
@@ -545,8 +654,7 @@ def yolo_detector(
     else:
         anchors = graph_value(variant, "anchors", graph)
         decode = functools.partial(_decode_v2 if version == 2 else _decode_v3, anchors=anchors, **decoding)
-        if version == 3:
-            loss = functools.partial(_loss_v3, anchors=anchors)
+        loss = functools.partial(_loss_v2 if version == 2 else _loss_v3, anchors=anchors)
     return YoloDetector(network.eval(), decode, size, class_names(classes), loss)
 
 
@@ -572,6 +680,10 @@ def _decode_v3(
 
 def _loss_v1(outputs: Any, targets: Any, size: tuple[int, int], *, boxes: int) -> dict[str, Tensor]:
     return {"loss_yolo": yolo_v1_loss(_first(outputs), targets, size, boxes=boxes)}
+
+
+def _loss_v2(outputs: Any, targets: Any, size: tuple[int, int], *, anchors: Any) -> dict[str, Tensor]:
+    return yolo_v2_loss(_first(outputs), anchors, targets, size)
 
 
 def _loss_v3(outputs: Any, targets: Any, size: tuple[int, int], *, anchors: Any) -> dict[str, Tensor]:
