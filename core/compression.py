@@ -4,8 +4,9 @@ The base model (the method variant's ``base``, with ``--weights`` or initialised
 goes through each method in order: a rewrite gives a new model from the rewritten graph, holding the
 previous weights cut to the new shapes (each tensor's leading block: the first channels); an apply
 step changes the weights, or, where the weights decide the widths, returns a narrower model with its
-graph (``papers.methods.Narrowed``), whose changed widths the container's metadata keeps
-(``narrowed``) so that :func:`load_compressed` builds the same model. What comes out is written as
+graph (``papers.methods.Narrowed``), whose changed widths and removed nodes (a residual block
+removed whole) the container's metadata keeps (``narrowed``, ``removed``) so that
+:func:`load_compressed` builds the same model. What comes out is written as
 one safetensors container, read back from the disk, checked against what was written, and measured
 beside the base: parameters and non-zeros, bits per weight, bytes of the files on disk, multiply-adds
 (the graph's, on the meta device), latency here, and top-1 on ``--data``. What is computed rather
@@ -53,7 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from papers.errors import PapersError, PluginError
+from papers.errors import GraphError, PapersError, PluginError
 from papers.methods import MethodContext, Narrowed, Step, check_narrowed, rewrite_once, variant_steps
 from papers.plugins import describe
 
@@ -647,10 +648,11 @@ def load_compressed(path: str | Path, *, device: Any = "cpu") -> torch.nn.Module
     try:
         variant, options = metadata["variant"], json.loads(metadata.get("options", "{}"))
         narrowed = json.loads(metadata.get("narrowed", "{}"))
+        removed = json.loads(metadata.get("removed", "{}"))
     except (KeyError, ValueError) as exc:
         raise ContainerError(f"damaged metadata: {describe(exc)}", file=str(path)) from None
-    if narrowed:  # an apply step chose the widths: the variant's graph with the arguments it changed
-        model = _build_narrowed(variant, options, narrowed, device, str(path))
+    if narrowed or removed:  # an apply step chose the structure: the variant's graph as it changed it
+        model = _build_narrowed(variant, options, narrowed, device, str(path), removed)
     else:
         model = build_model(variant, device=device, **options)
     fit_weights(model, state, file=str(path))
@@ -658,10 +660,16 @@ def load_compressed(path: str | Path, *, device: Any = "cpu") -> torch.nn.Module
 
 
 def _build_narrowed(
-    variant: str, options: Mapping[str, Any], narrowed: Mapping[str, Any], device: Any, file: str
+    variant: str,
+    options: Mapping[str, Any],
+    narrowed: Mapping[str, Any],
+    device: Any,
+    file: str,
+    removed: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Method variant ``variant``'s graph with the node arguments an apply step changed (``narrowed``:
-    ``{node: {argument: value}}``, the container's metadata), built."""
+    ``{node: {argument: value}}``, the container's metadata) and the nodes it removed (``removed``:
+    ``{node: the node read in its place, or None}``, :meth:`FlatGraph.bypass`), built."""
     from papers.api import expand_variant
     from papers.build import build
     from papers.registry import get_registry
@@ -672,23 +680,70 @@ def _build_narrowed(
         name in names and isinstance(args, dict) for name, args in narrowed.items()
     ):
         raise ContainerError("damaged metadata: narrowed widths that name no node of its graph", file=file)
+    removed = {} if removed is None else removed
+    if not isinstance(removed, dict) or not all(
+        name in names and (target is None or target in names or target in flat.inputs)
+        for name, target in removed.items()
+    ):
+        raise ContainerError("damaged metadata: removed nodes that name no node of its graph", file=file)
     nodes = tuple(
         replace(node, args={**node.args, **narrowed[node.name]}) if node.name in narrowed else node
         for node in flat.nodes
     )
-    return build(replace(flat, nodes=nodes), get_registry().catalogue, device=device)
+    try:
+        flat = replace(flat, nodes=nodes).bypass(removed)
+    except GraphError as error:
+        raise ContainerError(f"damaged metadata: {error.message}", file=file) from None
+    return build(flat, get_registry().catalogue, device=device)
 
 
-def _changed_args(static: Any, flat: Any) -> dict[str, dict[str, Any]]:
-    """The node arguments ``flat`` changes from ``static`` (same nodes), as ``{node: {argument: value}}``."""
-    old = {node.name: node.args for node in static.nodes}
-    if [node.name for node in static.nodes] != [node.name for node in flat.nodes]:
-        raise PluginError("an apply step's narrowed graph adds or removes nodes; it may change widths only")
-    return {
-        node.name: {key: value for key, value in node.args.items() if old[node.name].get(key) != value}
+def _changes(static: Any, flat: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+    """What ``flat`` changes from ``static``: the node arguments, as ``{node: {argument: value}}``, and
+    the nodes it removes, as ``{node: the node read in its place, or None}`` (what
+    :meth:`FlatGraph.bypass` takes). Raises :class:`PluginError` where ``flat`` changes anything else
+    (adds a node, changes an op, reads another node than the removed one's replacement)."""
+    old = {node.name: node for node in static.nodes}
+    kept = [node.name for node in flat.nodes]
+    if [name for name in old if name in set(kept)] != kept:
+        raise PluginError(
+            "an apply step's narrowed graph adds or reorders nodes; it may change widths and remove "
+            "nodes only"
+        )
+    removed: dict[str, str | None] = {name: None for name in old if name not in set(kept)}
+    pairs = [(old[n.name].inputs, n.inputs) for n in flat.nodes]
+    for before, after in (
+        (static.outputs, flat.outputs),
+        (static.features, flat.features),
+        (static.aliases, flat.aliases),
+    ):
+        pairs.append((tuple(before.values()), tuple(after.get(k, "") for k in before)))
+    for before, after in pairs:
+        for was, now in zip(before, after, strict=False):
+            if was != now and was in removed:
+                removed[was] = now
+    args = {
+        node.name: {key: value for key, value in node.args.items() if old[node.name].args.get(key) != value}
         for node in flat.nodes
-        if node.args != old[node.name]
+        if node.args != old[node.name].args
     }
+    widened = replace(
+        static, nodes=tuple(replace(n, args={**n.args, **args.get(n.name, {})}) for n in static.nodes)
+    )
+    try:
+        rebuilt = widened.bypass(removed)
+    except GraphError as error:
+        raise PluginError(f"an apply step's narrowed graph: {error.message}") from None
+
+    def shape(graph: Any) -> tuple[Any, ...]:
+        nodes = tuple((n.name, n.op, dict(n.args), n.inputs, n.module) for n in graph.nodes)
+        return nodes, dict(graph.outputs), dict(graph.features), dict(graph.aliases)
+
+    if shape(rebuilt) != shape(flat):
+        raise PluginError(
+            "an apply step's narrowed graph changes more than widths and removed nodes (each removed "
+            "node's readers must read one node in its place)"
+        )
+    return args, removed
 
 
 # -- compressing a method variant ---------------------------------------------------------------
@@ -716,6 +771,8 @@ class _Job:
     flat_after: Any
     narrowed: dict[str, Any] | None = None
     """The node arguments an apply step changed from the variant's graph (:class:`Narrowed`)."""
+    removed: dict[str, str | None] | None = None
+    """The nodes an apply step removed from the variant's graph, each with the node read in its place."""
 
 
 @dataclass
@@ -754,7 +811,8 @@ def compress(
     job = _prepare(variant_id, out, weights, data, dict(options or {}), device, force)
     model_before, model, flat = _apply_methods(job)
     if flat is not job.flat_after:  # an apply step chose the widths (papers.methods.Narrowed)
-        job = replace(job, flat_after=flat, narrowed=_changed_args(job.flat_after, flat))
+        narrowed, removed = _changes(job.flat_after, flat)
+        job = replace(job, flat_after=flat, narrowed=narrowed, removed=removed)
     with tempfile.TemporaryDirectory(prefix="papers-compress-") as scratch:
         written = _write(job, model_before, model, Path(scratch))
         measured = _measure(job, model_before, written, latency_runs)
@@ -887,6 +945,8 @@ def _write(job: _Job, model_before: Any, model: Any, scratch: Path) -> _Written:
     }
     if job.narrowed:
         metadata["narrowed"] = json.dumps(job.narrowed, sort_keys=True)
+    if job.removed:
+        metadata["removed"] = json.dumps(job.removed, sort_keys=True)
     tensors, encoding = write_container(model_path, state, metadata)
     decoded, _ = read_container(model_path)
     for name, tensor in state.items():
@@ -894,8 +954,10 @@ def _write(job: _Job, model_before: Any, model: Any, scratch: Path) -> _Written:
             raise PapersError(f"{job.variant_id}: tensor {name!r} does not decode to what was written")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        if job.narrowed:
-            model_after = _build_narrowed(job.variant_id, job.options, job.narrowed, job.device, "").eval()
+        if job.narrowed or job.removed:
+            model_after = _build_narrowed(
+                job.variant_id, job.options, job.narrowed or {}, job.device, "", job.removed
+            ).eval()
         else:
             model_after = build_model(job.variant_id, device=job.device, **job.options).eval()
     fit_weights(model_after, decoded, file=str(model_path))

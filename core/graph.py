@@ -15,7 +15,7 @@ import heapq
 import keyword
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from papers.errors import ExpressionError, GraphError
@@ -205,6 +205,45 @@ class FlatGraph:
                     f"no feature stage or node {wanted!r} (feature stages: {known})", field="features"
                 )
         return _prune(self, targets)
+
+    def bypass(self, replaced: Mapping[str, str | None]) -> FlatGraph:
+        """The graph without the nodes of ``replaced``: every reference to one (a node's input, an
+        output, a feature stage, an alias) reads its replacement instead, followed through replacements
+        that are themselves removed (a residual block removed whole: its branch's nodes go, its
+        addition is replaced by the block's input). A block instance none of whose nodes is left goes
+        from ``blocks``. Raises :class:`GraphError` for an unknown node, a node left reading a removed
+        node without a replacement (``None``), or a reference to an item of a removed node's output."""
+        names = {node.name for node in self.nodes}
+        for name in replaced:
+            if name not in names:
+                raise GraphError(f"cannot remove node {name!r}: the graph has no such node")
+
+        def read(reference: str, reader: str) -> str:
+            seen: set[str] = set()
+            while source(reference) in replaced:
+                if reference != source(reference):
+                    raise GraphError(f"{reader} reads {reference!r}, an item of a removed node's output")
+                target = replaced[reference]
+                if target is None or reference in seen:
+                    raise GraphError(f"{reader} reads {reference!r}, a removed node with no replacement")
+                seen.add(reference)
+                reference = target
+            return reference
+
+        nodes = tuple(
+            replace(node, inputs=tuple(read(i, f"node {node.name!r}") for i in node.inputs))
+            for node in self.nodes
+            if node.name not in replaced
+        )
+        left = {node.block for node in nodes}
+        return replace(
+            self,
+            nodes=nodes,
+            outputs={k: read(v, f"output {k!r}") for k, v in self.outputs.items()},
+            features={k: read(v, f"feature stage {k!r}") for k, v in self.features.items()},
+            aliases={k: read(v, f"alias {k!r}") for k, v in self.aliases.items()},
+            blocks={k: v for k, v in self.blocks.items() if k in left},
+        )
 
 
 class _Ref:

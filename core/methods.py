@@ -87,9 +87,12 @@ class MethodContext:
 @dataclass(frozen=True)
 class Narrowed:
     """What an ``apply`` step returns when the weights decide the shapes (a global ranking of filters
-    chooses how many each layer keeps): the new model and the graph it was built from. The graph is
-    checked as a rewrite's is, and the model's tensors must have the shapes that graph builds;
-    ``papers compress`` writes its widths so that ``load_compressed`` builds the same model."""
+    chooses how many each layer keeps, or which residual blocks go): the new model and the graph it was
+    built from. The graph may change the method variant's node arguments and remove nodes (each removed
+    node's readers reading one node in its place, as :meth:`FlatGraph.bypass` gives), nothing else. It
+    is checked as a rewrite's is, and the model's tensors must have the shapes that graph builds;
+    ``papers compress`` writes its widths and removed nodes so that ``load_compressed`` builds the
+    same model."""
 
     model: nn.Module
     flat: FlatGraph

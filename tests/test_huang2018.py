@@ -1,10 +1,14 @@
 """Huang and Wang 2018 (SSS, ``sparse_structure``): the ℓ1 proximal step leaves exact zeros, APG's
 look-ahead extrapolates from the last two iterates, factors folded into the next layers let the zero
 channels go without changing what the network computes, a γ that zeroes a whole layer is refused, and
-a smoke of the proxy."""
+a smoke of the proxy. The block level: a ResNet's blocks whose factor is zero removed whole without
+changing its outputs (the others' factors folded into their branches), a subsampling block refused,
+the removed model written, loaded back and exported, bad settings one line, a smoke of its proxy."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,10 +18,12 @@ import yaml
 import papers
 import papers.registry
 from papers.api import build_model, expand_variant
-from papers.compression import compress, load_compressed
-from papers.errors import PapersError
+from papers.compression import compress, load_compressed, read_container
+from papers.errors import GraphError, PapersError, PluginError
+from papers.methods import Narrowed
 from papers.registry import Registry
 from papers_plugins.compression import sparse_structure as sss
+from papers_plugins.compression.blocks import remove_blocks, residual_blocks
 from papers_plugins.compression.channels import remove_channels
 from papers_plugins.compression.gates import ChannelGates, gate_points
 from papers_plugins.compression.pruning import shuffled_batches
@@ -123,7 +129,7 @@ def test_a_gamma_that_zeroes_a_whole_layer_is_refused_naming_it():
 def copied_spec(tmp_path: Path, settings: dict) -> Path:
     spec = yaml.safe_load(SPEC.read_text())
     spec["id"] = "sss_copy"
-    spec["variants"][0]["id"] = "sss_copy-lenet5_caffe"
+    spec["variants"] = [{**spec["variants"][0], "id": "sss_copy-lenet5_caffe"}]
     spec["variants"][0]["methods"][0]["settings"] = settings
     path = tmp_path / "sss_copy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -167,3 +173,171 @@ def test_the_proxy_trains_prunes_removes_and_reports():
     assert 0 <= measured["before"] <= 100 and 0 <= measured["after"] <= 100
     assert set(measured["widths"]) == {"conv1", "conv2", "fc1"}
     assert measured["macs"][1] <= measured["macs"][0]
+
+
+# -- the block level: a factor on each residual branch, the zero ones' blocks removed whole ----------
+
+
+def test_resnet20s_identity_blocks_are_removable_and_its_subsampling_ones_are_refused():
+    blocks = residual_blocks(expand_variant("resnet20"))
+    assert [name for name, block in blocks.items() if block.removable] == [
+        "layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2",
+    ]  # fmt: skip
+    one = blocks["layer1.1"]
+    assert (one.add, one.branch, one.shortcut) == ("layer1.1.add", "layer1.1.bn2", "layer1.0.relu")
+    assert one.nodes == tuple(f"layer1.1.{n}" for n in ("conv1", "bn1", "relu1", "conv2", "bn2"))
+    assert "'layer2.0.shortcut' is not the identity" in blocks["layer2.0"].reason
+
+
+def randomised_resnet20():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    for module in model.modules():  # batch norms that are not the identity at initialisation
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_blocks_whose_factor_is_zero_go_and_the_others_factors_fold_in_without_changing_the_outputs():
+    model, flat = randomised_resnet20(), expand_variant("resnet20")
+    factors = {"layer1.0": 0.0, "layer1.1": 0.7, "layer1.2": 0.0, "layer2.2": -0.3, "layer3.1": 0.0}
+    blocks = residual_blocks(flat)
+    images = torch.randn(4, 3, 32, 32)
+    points = {name: blocks[name].branch for name in factors}
+    with ChannelGates(model, points, dict.fromkeys(factors, 1)) as gates:
+        for name, value in factors.items():
+            gates.masks[name].fill_(value)
+        with torch.no_grad():
+            scaled = model(images)
+    smaller, smaller_flat = remove_blocks(model, flat, factors)
+    with torch.no_grad():
+        assert torch.allclose(smaller(images), scaled, rtol=1e-5, atol=1e-5 * float(scaled.abs().max()))
+    names = {node.name for node in smaller_flat.nodes}
+    for name in ("layer1.0", "layer1.2", "layer3.1"):
+        assert not names & {*blocks[name].nodes, blocks[name].add}, f"{name}'s branch and addition go"
+        assert f"{name}.relu" in names, "what follows the addition stays"
+    assert smaller_flat.node("layer1.0.relu").inputs == ("relu",), (
+        "the addition's reader reads the block's input"
+    )
+    assert smaller_flat.node("layer1.0.relu").args["inplace"] is False
+    assert "layer1.1.conv1" in names and "layer2.2.add" in names
+    removed = sum(
+        model.get_submodule(f"{b}.{m}").weight.numel()
+        for b in ("layer1.0", "layer1.2", "layer3.1")
+        for m in ("conv1", "conv2")
+    )
+    assert sum(p.numel() for p in smaller.parameters()) < sum(p.numel() for p in model.parameters()) - removed
+
+
+def test_a_node_left_reading_a_removed_node_without_a_replacement_is_refused():
+    flat = expand_variant("resnet20")
+    with pytest.raises(GraphError, match=r"'layer1\.1\.bn1' reads 'layer1\.1\.conv1', a removed node"):
+        flat.bypass({"layer1.1.conv1": None})
+    with pytest.raises(GraphError, match="no such node"):
+        flat.bypass({"layer9.conv": None})
+
+
+BLOCK_VARIANT = 1
+SMALL = {"widths": [4, 8, 16], "image_size": 16}
+
+
+def copied_block_spec(tmp_path: Path, settings: dict) -> Path:
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["id"] = "sss_blocks"
+    spec["variants"] = [{**spec["variants"][BLOCK_VARIANT], "id": "sss_blocks-resnet20"}]
+    spec["variants"][0]["methods"][0]["settings"] = settings
+    path = tmp_path / "sss_blocks.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_compress_removes_the_zero_factor_blocks_and_the_result_loads_and_exports(tmp_path, monkeypatch):
+    import numpy as np
+    import onnxruntime
+
+    settings = {
+        "gamma": 50.0,
+        "level": "block",
+        "blocks": ["layer1.1", "layer2.2"],
+        "epochs": 1,
+        "batch_size": 256,
+    }
+    monkeypatch.setattr(papers.registry, "_current", registry_with(copied_block_spec(tmp_path, settings)))
+    out = tmp_path / "out"
+    report = compress("sss_blocks-resnet20", out=out, data="builtin:digits", options=SMALL, latency_runs=1)
+    _, metadata = read_container(out / "model.safetensors")
+    removed = json.loads(metadata["removed"])
+    assert removed["layer1.1.add"] == "layer1.0.relu" and removed["layer2.2.add"] == "layer2.1.relu"
+    assert removed["layer1.1.conv1"] is None and "layer1.2.conv1" not in removed
+    loaded = load_compressed(out / "model.safetensors").eval()
+    names = {name for name, _ in loaded.named_modules()}
+    assert "layer1.1.conv1" not in names and "layer2.2.bn2" not in names and "layer2.1.conv1" in names
+    assert report["macs_after"] < report["macs_before"] and report["params_after"] < report["params_before"]
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = loaded(images).numpy()
+    torch.onnx.export(loaded, (images,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["image"])
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": images.numpy()})
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "message"),
+    [
+        ({"gamma": 0.1, "level": "group"}, "settings.level", "'neuron' or 'block'"),
+        (
+            {"gamma": 0.1, "level": "block", "blocks": ["layer2.0"]},
+            "settings.blocks[0]",
+            "'layer2.0.shortcut' is not the identity",
+        ),
+        (
+            {"gamma": 0.1, "level": "block", "blocks": ["layer9.1"]},
+            "settings.blocks[0]",
+            "no residual block 'layer9.1'",
+        ),
+        (
+            {"gamma": 0.1, "level": "block", "layers": ["conv1"]},
+            "settings.layers",
+            "level block takes blocks",
+        ),
+        ({"gamma": 0.1, "blocks": ["layer1.1"]}, "settings.blocks", "level neuron takes layers"),
+    ],
+)
+def test_bad_block_settings_are_one_line_and_exit_2(settings, field, message, tmp_path, monkeypatch, run):
+    path = copied_block_spec(tmp_path, settings)
+    monkeypatch.setattr(Registry, "discover", classmethod(lambda cls: registry_with(path)))
+    monkeypatch.setattr(papers.registry, "_current", None)
+    monkeypatch.chdir(tmp_path)
+    result = run("compress", "sss_blocks-resnet20", "--out", "out", "--data", "builtin:digits")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("papers: error: ")
+    assert field in result.stderr and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_block_proxy_trains_removes_blocks_and_reports():
+    overrides = {"epochs": 1, "final_epochs": 0, "gamma": 5.0}
+    measured = sss.block_proxy(data="builtin:digits", epochs=1, overrides=overrides, limit=128)
+    assert 0 <= measured["before"] <= 100 and 0 <= measured["after"] <= 100
+    assert len(measured["factors"]) == 7 and measured["removed"] == list(measured["factors"])
+    assert measured["widths"]["blocks"] == (7, 0) and measured["macs"][1] < measured["macs"][0]
+
+
+def test_a_narrowed_graph_that_rewires_a_node_without_removing_one_is_refused(tmp_path, monkeypatch):
+    from tests.test_narrowed import narrowing_registry
+
+    def rewired(model, settings, context):
+        nodes = tuple(
+            replace(node, inputs=("relu",)) if node.name == "layer1.1.conv1" else node
+            for node in context.flat.nodes
+        )
+        return Narrowed(model, replace(context.flat, nodes=nodes))
+
+    monkeypatch.setattr(papers.registry, "_current", narrowing_registry(tmp_path, rewired))
+    with pytest.raises(PluginError, match="changes more than widths and removed nodes"):
+        compress("shrink-resnet20", out=tmp_path / "out", latency_runs=1)
+    assert not (tmp_path / "out").exists()
