@@ -59,11 +59,36 @@ def image_detector(variant: str) -> Any:
 
 
 def class_detector(variant: str) -> Any:
-    """The builder of ``variant`` as a plugin's own detector that scores classes (its graph has a
-    ``num_classes`` parameter: YOLO's), which ``papers train`` and ``papers eval`` take with its object
-    classes (no background); ``None`` for any other variant (MultiBox's boxes have no class)."""
-    builder = image_detector(variant)
-    return builder if builder is not None and model_classes(variant, {}) is not None else None
+    """The builder of ``variant`` as a plugin's own detector (:func:`image_detector`), which ``papers
+    train`` and ``papers eval`` take: one that scores classes (its graph has a ``num_classes``
+    parameter: YOLO's) with its object classes (no background), one whose boxes have no class
+    (MultiBox's, :func:`class_agnostic`) with every object as the one class "object"; ``None`` for any
+    other variant."""
+    return image_detector(variant)
+
+
+AGNOSTIC_EVALUATION = (
+    "class-agnostic: every object is the one class 'object' (label 1); VOC07 mAP@0.5 is that one class's AP"
+)
+"""What a class-agnostic detector's run and evaluation record says of its scores."""
+
+
+def class_agnostic(variant: str) -> bool:
+    """Whether ``variant`` is a plugin's own detector whose boxes have no class (MultiBox's: its graph
+    has no ``num_classes``): trained and scored on every object relabelled 1, "object"."""
+    return class_detector(variant) is not None and model_classes(variant, {}) is None
+
+
+def as_objects(target: Mapping[str, Any]) -> dict[str, Any]:
+    """A target with every object's label 1, "object", as a class-agnostic detector sees it."""
+    return {**target, "labels": target["labels"].new_ones(target["labels"].shape)}
+
+
+def training_options(variant: str) -> Any:
+    """The plugin's ``training_options(variant, *, data, options)`` for ``variant``, or ``None``: build
+    options a plugin detector takes from its training data (MultiBox's k-means priors), recorded with
+    the run so that ``papers eval`` and ``papers detect`` build the same detector."""
+    return _plugin_builder(variant, "training_options", "DETECTOR_VARIANTS")
 
 
 def _plugin_builder(variant: str, function: str, names: str) -> Any:
@@ -299,8 +324,9 @@ def evaluate_detector(
             field="classes",
         )
     own = None if is_detector(variant) else class_detector(variant)
+    agnostic = own is not None and class_agnostic(variant)
     classes = detection.num_classes - (0 if own is None else 1)  # YOLO's count no background
-    wanted = built.setdefault("num_classes", classes)
+    wanted = classes if agnostic else built.setdefault("num_classes", classes)
     if wanted != classes:
         raise DataError(
             f"the data has {detection.num_classes} classes with the background "
@@ -330,17 +356,18 @@ def evaluate_detector(
             with _runnable(variant, weights, [len(images), *images[0].shape]):
                 found = model(images)
             detections.extend({k: v.cpu() for k, v in d.items()} for d in found)
-            targets.extend(batch_targets)
+            targets.extend(as_objects(t) if agnostic else t for t in batch_targets)
     if not detections:
         raise PapersError("no images to evaluate", file=data)
     measured: dict[str, float | None] = {}
     measured["voc07_map"], per_class = voc_map(detections, targets, use_07_metric=True)
     measured["voc_map"], _ = voc_map(detections, targets, use_07_metric=False)
-    if detection.coco is not None:
+    names = [detection.classes[0], "object"] if agnostic else detection.classes
+    if detection.coco is not None and not agnostic:
         ids = [detection.dataset.image_id(i) for i in range(len(detection.dataset))]
         measured |= coco_metrics(detections, coco=detection.coco, image_ids=ids)
     else:
-        measured |= coco_metrics(detections, targets, classes=detection.classes)
+        measured |= coco_metrics(detections, targets, classes=names)
     return {
         "variant": variant,
         "weights": str(weights),
@@ -348,9 +375,10 @@ def evaluate_detector(
         "split": detection.split,
         "protocol": "single_scale",
         "images": len(detections),
-        "classes": len(detection.object_classes),
+        "classes": 1 if agnostic else len(detection.object_classes),
+        **({"evaluation": AGNOSTIC_EVALUATION} if agnostic else {}),
         **{name: None if measured[name] is None else 100.0 * measured[name] for name in DETECTION_METRICS},
-        "per_class_voc07_ap": {detection.classes[label]: 100.0 * ap for label, ap in per_class.items()},
+        "per_class_voc07_ap": {names[label]: 100.0 * ap for label, ap in per_class.items()},
         "seconds": round(time.perf_counter() - start, 3),
     }
 

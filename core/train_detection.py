@@ -135,7 +135,14 @@ def train_detector(
     import papers
     from papers import task_runs
     from papers.data import readable
-    from papers.detect import class_detector, is_detector
+    from papers.detect import (
+        AGNOSTIC_EVALUATION,
+        as_objects,
+        class_agnostic,
+        class_detector,
+        is_detector,
+        training_options,
+    )
     from papers.detection_data import detection_split, is_detection_source
     from papers.detection_metrics import voc_map
 
@@ -157,9 +164,10 @@ def train_detector(
     with readable(data):
         train_set, val_set = detection_split(data, "train"), detection_split(data, "val")
     own = None if is_detector(variant) else class_detector(variant)
+    agnostic = own is not None and class_agnostic(variant)  # MultiBox: every object is "object"
     # a plugin's own detector (YOLO) counts its object classes only; a task layer's, the background too
     classes = train_set.num_classes - (0 if own is None else 1)
-    wanted = build.setdefault("num_classes", classes)
+    wanted = classes if agnostic else build.setdefault("num_classes", classes)
     if wanted != classes:
         raise PapersError(
             f"the data has {train_set.num_classes} classes with the background; "
@@ -171,8 +179,12 @@ def train_detector(
     if own is None:
         model = network = papers.build_model(variant, **build)
     else:
+        prepare = training_options(variant) if resumed is None else None
+        if prepare is not None:
+            with readable(data):
+                build.update(prepare(variant, data=data, options=build))
         model = own(variant, weights=None, options=build)
-        if getattr(model, "loss", None) is None:
+        if not agnostic and getattr(model, "loss", None) is None:
             raise PapersError(f"{variant} has no training loss in the registry (papers detect and eval only)")
         network = model.network  # the run's weights are the network's, as papers detect loads them
     if weights is not None:
@@ -185,6 +197,8 @@ def train_detector(
         if config.get("iterations") is not None:  # the paper's length in steps, as whole epochs
             config["epochs"] = -(-config["iterations"] // per_epoch)
         config = {"variant": variant, "data": data, "options": build, "classes": train_set.classes, **config}
+        if agnostic:
+            config["evaluation"] = AGNOSTIC_EVALUATION
     optimizer, schedule, per_step = _optimization(config, model, per_epoch)
     generator = torch.Generator().manual_seed(config.get("seed", 0))
     run = DetectionRun(folder, config)
@@ -207,6 +221,7 @@ def train_detector(
                 for index in order[begin : begin + batch]:
                     image, target = train_set.dataset[index]
                     target = {"boxes": target["boxes"], "labels": target["labels"]}
+                    target = as_objects(target) if agnostic else target
                     if bool(torch.rand(1, generator=generator) < 0.5):
                         image, target = _flipped(image, target)
                     images.append(image.to(device))
@@ -233,7 +248,7 @@ def train_detector(
             for index in range(len(val_set.dataset)):
                 image, target = val_set.dataset[index]
                 detections.append({k: v.cpu() for k, v in model([image.to(device)])[0].items()})
-                truths.append(target)
+                truths.append(as_objects(target) if agnostic else target)
         voc07, _ = voc_map(detections, truths, use_07_metric=True)
         row = {
             "epoch": epoch,

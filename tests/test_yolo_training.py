@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import papers
 from papers.shapes import ShapesConfig, write
 from papers_plugins.detection.yolo_layers import yolov3_loss
 
@@ -109,7 +108,3 @@ def test_a_narrow_yolov3_trains_resumes_and_evaluates_through_the_cli(run, shape
     image = str(sorted((shapes / "VOCdevkit/VOC2007/JPEGImages").glob("*.jpg"))[0])
     found = run("detect", "yolov3_416", image, "--weights", str(out / "model.safetensors"), *flags, "--json")
     assert found.exit_code == 0, found.stderr
-
-
-def test_a_class_agnostic_detector_is_not_a_class_detector():
-    assert papers.detect.class_detector("multibox_alexnet_k100") is None

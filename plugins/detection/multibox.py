@@ -5,7 +5,9 @@ pooled features) reused by reference, and two linear layers giving K boxes as of
 and K sigmoid confidences. What is not a layer is in ``multibox_layers``, imported only when used:
 the k-means priors, the bipartite matching loss, the decoding and suppression, and
 ``multibox_detector``, the variant as a detector with torchvision's contract. One op: the 4K box
-coordinates as [K, 4].
+coordinates as [K, 4]. ``papers train multibox_... --data ...`` trains it class-agnostic (every object
+the one class "object", scored by that class's VOC07 mAP) with priors clustered from the train split's
+boxes (``training_options``); ``papers eval`` scores it so.
 """
 
 from __future__ import annotations
@@ -42,6 +44,31 @@ def multibox_detector(variant: str = "multibox_alexnet_k100", **options: Any) ->
     from papers_plugins.detection.multibox_layers import multibox_detector as build
 
     return build(variant, **options)
+
+
+def training_options(variant: str, *, data: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What ``papers train`` adds to a MultiBox run's build options from its data: the K priors, the
+    k-means centroids of the train split's boxes (Section 3; ``multibox_layers.kmeans_priors``),
+    unless ``-o priors=...`` gives them. They are recorded with the run, so ``papers eval`` and
+    ``papers detect`` with its weights build the same detector. The run trains and is scored as
+    class-agnostic, every object the one class "object" (``papers.detect.class_agnostic``)."""
+    from papers.errors import PapersError
+    from papers.registry import get_registry
+    from papers_plugins.detection.multibox_layers import kmeans_priors, training_boxes
+
+    if "priors" in options:
+        return {}
+    entry, spec_variant = get_registry().variant(variant)
+    k = options.get("k", spec_variant.args.get("k", entry.spec.graphs[spec_variant.graph or ""].params["k"]))
+    boxes = training_boxes(data, "train")
+    if len(boxes) < k:
+        raise PapersError(
+            f"{k} k-means priors need at least {k} training boxes; the train split has {len(boxes)} "
+            "(a smaller -o k=, or -o priors=)",
+            file=data,
+            field="k",
+        )
+    return {"priors": [[round(float(v), 5) for v in row] for row in kmeans_priors(boxes, int(k))]}
 
 
 def detector(variant: str, *, weights: str | None, options: dict[str, Any]) -> Any:
