@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from papers.shapes import ShapesConfig, write
-from papers_plugins.detection.yolo_layers import yolo_v2_loss
+from papers_plugins.detection.yolo_layers import yolo_detector, yolo_v2_loss
 
 # 8 × 8 cells of 8 pixels on a 64-pixel input, two priors (1 × 1 and 4 × 4 cells: 8 and 32 pixels),
 # two classes: 2 × (5 + 2) = 14 channels.
@@ -106,6 +106,43 @@ def test_classes_are_a_softmax_scored_by_squared_error():
     assert _loss(raw, label=0)["loss_classifier"].item() == pytest.approx(0.5, rel=1e-6)
 
 
+def test_multiscale_training_draws_a_multiple_of_32_every_ten_batches_and_evaluates_at_its_size():
+    detector = yolo_detector("yolov2_voc", 2, weights=None, options={**NARROW, "multiscale": [64, 160]})
+    assert detector.scales == [64, 96, 128, 160]
+    seen = []
+    object.__setattr__(detector, "loss", lambda outputs, targets, size: seen.append(size) or {})
+    torch.manual_seed(0)
+    detector.train()
+    image, target = (
+        torch.rand(3, 50, 70),
+        {"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+    )
+    for _ in range(40):
+        detector([image], [target])
+    sides = [height for height, _ in seen]
+    assert all(len(set(sides[i : i + 10])) == 1 for i in range(0, 40, 10))
+    assert set(sides) <= {64, 96, 128, 160} and len(set(sides)) > 1
+    decoded = []
+    object.__setattr__(detector, "decode", lambda outputs, size: decoded.append(size) or [_nothing()])
+    detector.eval()
+    with torch.no_grad():
+        detector([image])
+    assert decoded == [(96, 96)]  # evaluation at the build size
+
+
+def _nothing() -> dict[str, torch.Tensor]:
+    return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+
+
+@pytest.mark.parametrize("bounds", [[64, 100], [160, 64], [64], "64"])
+def test_multiscale_bounds_that_are_not_two_ordered_multiples_of_32_are_refused(bounds):
+    from papers.errors import PapersError
+
+    with pytest.raises(PapersError, match="two multiples of 32") as caught:
+        yolo_detector("yolov2_voc", 2, weights=None, options={**NARROW, "multiscale": bounds})
+    assert caught.value.field == "-o multiscale"
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return write(tmp_path_factory.mktemp("shapes"), ShapesConfig(seed=4, images=8)).parent.parent
@@ -113,12 +150,14 @@ def shapes(tmp_path_factory) -> Path:
 
 def test_a_narrow_yolov2_trains_and_evaluates_through_the_cli(run, shapes, tmp_path):
     out = tmp_path / "run"
-    flags = [item for key, value in NARROW.items() for item in ("-o", f"{key}={json.dumps(value)}")]
+    options = {**NARROW, "multiscale": [64, 128]}
+    flags = [item for key, value in options.items() for item in ("-o", f"{key}={json.dumps(value)}")]
     trained = run("train", "yolov2_voc", "--data", str(shapes), "--epochs", "1", *flags, "--out", str(out))
     assert trained.exit_code == 0, trained.stderr
     (row,) = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
-    assert json.loads((out / "recipe.json").read_text())["options"]["num_classes"] == 4
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["options"]["num_classes"] == 4 and recipe["options"]["multiscale"] == [64, 128]
     scored = run(
         "eval", "yolov2_voc", "--weights", str(out / "model.safetensors"), "--data", str(shapes), "--json"
     )

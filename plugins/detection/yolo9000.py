@@ -6,7 +6,8 @@ priors are functions of ``yolo_layers`` (``decode_yolo_v2``, ``kmeans_anchors``)
 training loss (``yolo_v2_loss``: Section 2's assignment, IoU objectness and softmax classes, the terms
 the paper leaves out taken from YOLO v1 and YOLOv3 as its docstring says), with which ``papers train
 yolov2_voc --data ...`` trains; ``-o stages=... -o head_filters=...`` narrow Darknet-19 and the head
-for quick runs.
+for quick runs, and ``-o multiscale=[320,608]`` trains at a size drawn every 10 batches
+from the multiples of 32 between them (Section 2, "Multi-Scale Training"; ``YoloDetector``).
 """
 
 from importlib.resources import files

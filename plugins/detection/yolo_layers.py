@@ -557,7 +557,11 @@ class YoloDetector(nn.Module):
     targets' boxes in the square input's pixels and labels from 0), ``model(images, targets)`` gives
     that dict, the boxes and labels of torchvision's targets moved to the network's frame. Its classes
     do not count a background (``num_classes`` is the objects'), and its weights are the network's
-    (``papers detect --weights`` loads a run's ``model.safetensors`` into it)."""
+    (``papers detect --weights`` loads a run's ``model.safetensors`` into it).
+
+    ``scales`` (input sizes in pixels) makes training multi-scale as YOLO9000's Section 2 does: every
+    ``scale_every`` training batches (the paper's 10) one of them is drawn (torch's global generator)
+    and the batch is resized to it; evaluation stays at ``size``."""
 
     counts_background = False
 
@@ -568,28 +572,42 @@ class YoloDetector(nn.Module):
         size: int,
         label_names: Sequence[str] | None = None,
         loss: Any = None,
+        scales: Sequence[int] | None = None,
+        scale_every: int = 10,
     ):
         super().__init__()
         self.network, self.size = network, size
+        self.scales, self.scale_every = (list(scales) if scales else None), scale_every
+        self._batches, self._scale = 0, size
         object.__setattr__(self, "decode", decode)
         object.__setattr__(self, "loss", loss)
         if label_names is not None:
             self.label_names = list(label_names)
 
-    def _square(self, image: Tensor) -> Tensor:
-        return F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)
+    def _square(self, image: Tensor, size: int | None = None) -> Tensor:
+        side = size or self.size
+        return F.interpolate(image[None], size=(side, side), mode="bilinear", align_corners=False)
+
+    def _training_size(self) -> int:
+        if self.scales is None:
+            return self.size
+        if self._batches % self.scale_every == 0:
+            self._scale = self.scales[int(torch.randint(len(self.scales), ()))]
+        self._batches += 1
+        return self._scale
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None) -> Any:
         if self.training and targets is not None:
             if self.loss is None:
                 raise NotImplementedError("this YOLO has no training loss in the registry")
+            size = self._training_size()
             moved = []
             for image, target in zip(images, targets, strict=True):
                 height, width = image.shape[-2:]
-                scale = target["boxes"].new_tensor([width, height, width, height]) / self.size
+                scale = target["boxes"].new_tensor([width, height, width, height]) / size
                 moved.append({"boxes": target["boxes"] / scale, "labels": target["labels"] - 1})
-            batch = torch.cat([self._square(image) for image in images])
-            return self.loss(self.network(batch), moved, (self.size, self.size))
+            batch = torch.cat([self._square(image, size) for image in images])
+            return self.loss(self.network(batch), moved, (size, size))
         found = []
         for image in images:
             height, width = image.shape[-2:]
@@ -632,15 +650,16 @@ def yolo_detector(
     variant: str, version: int, *, weights: str | None, options: Mapping[str, Any]
 ) -> YoloDetector:
     """``papers detect``'s YOLO ``version`` (1, 2 or 3) variant, ``weights`` loaded into the network;
-    ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` are the decoder's options, the rest
-    the graph's parameters."""
+    ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` are the decoder's options,
+    ``multiscale`` training's (:func:`multiscale_sizes`), the rest the graph's parameters."""
     import functools
 
     import papers
     from papers.evaluate import fit_weights, load_weights
 
     decoding = {k: options[k] for k in ("score_thresh", "nms_thresh", "detections_per_img") if k in options}
-    graph = {k: v for k, v in options.items() if k not in decoding}
+    scales = multiscale_sizes(options["multiscale"]) if "multiscale" in options else None
+    graph = {k: v for k, v in options.items() if k not in decoding and k != "multiscale"}
     network = papers.build_model(variant, **graph)
     if weights is not None:
         fit_weights(network, load_weights(weights), file=weights)
@@ -655,7 +674,32 @@ def yolo_detector(
         anchors = graph_value(variant, "anchors", graph)
         decode = functools.partial(_decode_v2 if version == 2 else _decode_v3, anchors=anchors, **decoding)
         loss = functools.partial(_loss_v2 if version == 2 else _loss_v3, anchors=anchors)
-    return YoloDetector(network.eval(), decode, size, class_names(classes), loss)
+    return YoloDetector(network.eval(), decode, size, class_names(classes), loss, scales)
+
+
+MULTISCALE_STEP = 32
+"""YOLO9000 Section 2: "Since our model downsamples by a factor of 32, we pull from the following
+multiples of 32: {320, 352, ..., 608}"."""
+
+
+def multiscale_sizes(bounds: Any) -> list[int]:
+    """The input sizes of multi-scale training from ``-o multiscale=[LOW, HIGH]``: the multiples of 32
+    from LOW to HIGH (the paper's [320, 608] at 416)."""
+    from papers.errors import PapersError
+
+    if (
+        not isinstance(bounds, list | tuple)
+        or len(bounds) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bounds)
+        or any(b % MULTISCALE_STEP for b in bounds)
+        or bounds[0] > bounds[1]
+    ):
+        raise PapersError(
+            f"multi-scale training takes [LOW, HIGH], two multiples of {MULTISCALE_STEP} with LOW <= HIGH "
+            f"(the paper's [320, 608]), not {bounds!r}",
+            field="-o multiscale",
+        )
+    return list(range(bounds[0], bounds[1] + 1, MULTISCALE_STEP))
 
 
 def _first(outputs: Any) -> Tensor:
