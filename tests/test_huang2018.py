@@ -3,7 +3,9 @@ look-ahead extrapolates from the last two iterates, factors folded into the next
 channels go without changing what the network computes, a γ that zeroes a whole layer is refused, and
 a smoke of the proxy. The block level: a ResNet's blocks whose factor is zero removed whole without
 changing its outputs (the others' factors folded into their branches), a subsampling block refused,
-the removed model written, loaded back and exported, bad settings one line, a smoke of its proxy."""
+the removed model written, loaded back and exported, bad settings one line, a smoke of its proxy. The
+group level: a ResNeXt's groups whose factor is zero removed with the filters that feed them, without
+changing its outputs, and the thinner model written and loaded back."""
 
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ import papers
 import papers.registry
 from papers.api import build_model, expand_variant
 from papers.compression import compress, load_compressed, read_container
-from papers.errors import GraphError, PapersError, PluginError
+from papers.errors import GraphError, PapersError, PluginError, SpecError
 from papers.methods import Narrowed
 from papers.registry import Registry
 from papers_plugins.compression import sparse_structure as sss
 from papers_plugins.compression.blocks import remove_blocks, residual_blocks
 from papers_plugins.compression.channels import remove_channels
 from papers_plugins.compression.gates import ChannelGates, gate_points
+from papers_plugins.compression.groups import GroupGates, grouped_layers, remove_groups
 from papers_plugins.compression.pruning import shuffled_batches
 from papers_plugins.compression.sparse_structure import (
     APG,
@@ -288,7 +291,7 @@ def test_compress_removes_the_zero_factor_blocks_and_the_result_loads_and_export
 @pytest.mark.parametrize(
     ("settings", "field", "message"),
     [
-        ({"gamma": 0.1, "level": "group"}, "settings.level", "'neuron' or 'block'"),
+        ({"gamma": 0.1, "level": "groups"}, "settings.level", "'neuron', 'group' or 'block'"),
         (
             {"gamma": 0.1, "level": "block", "blocks": ["layer2.0"]},
             "settings.blocks[0]",
@@ -305,6 +308,16 @@ def test_compress_removes_the_zero_factor_blocks_and_the_result_loads_and_export
             "level block takes blocks",
         ),
         ({"gamma": 0.1, "blocks": ["layer1.1"]}, "settings.blocks", "level neuron takes layers"),
+        (
+            {"gamma": 0.1, "level": "group"},
+            "settings.layers",
+            "no grouped convolution whose groups can be removed",
+        ),
+        (
+            {"gamma": 0.1, "level": "group", "layers": ["conv1"]},
+            "settings.layers[0]",
+            "no grouped convolution 'conv1'",
+        ),
     ],
 )
 def test_bad_block_settings_are_one_line_and_exit_2(settings, field, message, tmp_path, monkeypatch, run):
@@ -341,3 +354,84 @@ def test_a_narrowed_graph_that_rewires_a_node_without_removing_one_is_refused(tm
     with pytest.raises(PluginError, match="changes more than widths and removed nodes"):
         compress("shrink-resnet20", out=tmp_path / "out", latency_runs=1)
     assert not (tmp_path / "out").exists()
+
+
+# -- the group level: a factor on each group of a grouped convolution, the zero ones removed ----------
+
+TINY_RESNEXT = {
+    "blocks": [1, 1, 1, 1],
+    "cardinality": 4,
+    "base_width": 2,
+    "image_size": 16,
+    "num_classes": 10,
+}
+
+
+def test_a_resnext_block_s_grouped_convolution_is_fed_and_read_by_its_1x1_convolutions():
+    layers = grouped_layers(expand_variant("resnext50_32x4d", **TINY_RESNEXT))
+    assert list(layers) == ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
+    layer = layers["layer2.0.conv2"]
+    assert (layer.groups, layer.width, layer.feeder, layer.reader) == (
+        4,
+        16,
+        "layer2.0.conv1",
+        "layer2.0.conv3",
+    )
+    assert layer.before == ("layer2.0.bn1", "layer2.0.relu1") and layer.point == "layer2.0.relu2"
+
+
+def test_groups_whose_factor_is_zero_go_with_their_feeding_filters_without_changing_the_outputs():
+    flat = expand_variant("resnext50_32x4d", **TINY_RESNEXT)
+    torch.manual_seed(0)
+    model = build_model("resnext50_32x4d", **TINY_RESNEXT).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    layers = grouped_layers(flat)
+    factors = {"layer1.0.conv2": [0.0, 1.3, 0.0, -0.4], "layer3.0.conv2": [0.0, 0.0, 0.0, 0.5]}
+    images = torch.randn(2, 3, 16, 16)
+    with GroupGates(model, {name: layers[name] for name in factors}) as gates:
+        for name, values in factors.items():
+            gates.masks[name].copy_(torch.tensor(values))
+        with torch.no_grad():
+            scaled = model(images)
+    thinner, thinner_flat = remove_groups(model, flat, factors)
+    with torch.no_grad():
+        assert torch.allclose(thinner(images), scaled, rtol=1e-5, atol=1e-5 * float(scaled.abs().max()))
+    conv = thinner.get_submodule("layer3.0.conv2")
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (1, 8, 8)
+    assert thinner.get_submodule("layer3.0.conv1").out_channels == 8
+    assert thinner.get_submodule("layer3.0.conv3").in_channels == 8
+    assert thinner_flat.node("layer1.0.conv2").args["groups"] == 2
+    with pytest.raises(SpecError, match="every one of its 4 groups"):
+        remove_groups(model, flat, {"layer2.0.conv2": [0.0] * 4})
+
+
+def test_compress_at_the_group_level_writes_a_thinner_resnext_that_loads_back(tmp_path, monkeypatch):
+    settings = {"gamma": 0.5, "level": "group", "epochs": 1}
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["id"] = "sss_groups"
+    group_variant = next(v for v in spec["variants"] if v["base"] == "resnext50_32x4d")
+    spec["variants"] = [{**group_variant, "id": "sss_groups-resnext50_32x4d"}]
+    spec["variants"][0]["methods"][0]["settings"] = settings
+    path = tmp_path / "sss_groups.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    monkeypatch.setattr(papers.registry, "_current", registry_with(path))
+    out = tmp_path / "out"
+    report = compress(
+        "sss_groups-resnext50_32x4d", out=out, data="builtin:digits", options=TINY_RESNEXT, latency_runs=1
+    )
+    _, metadata = read_container(out / "model.safetensors")
+    narrowed = json.loads(metadata["narrowed"])
+    thinned = [name for name, args in narrowed.items() if "groups" in args]
+    assert thinned and report["macs_after"] < report["macs_before"]
+    loaded = load_compressed(out / "model.safetensors")
+    for name in thinned:
+        conv = loaded.get_submodule(name)
+        assert (
+            conv.groups == narrowed[name]["groups"] < 4
+            and conv.out_channels == narrowed[name]["out_channels"]
+        )
+        assert loaded.get_submodule(name.replace("conv2", "conv1")).out_channels == conv.in_channels

@@ -20,8 +20,11 @@ gate, one channel wide, on the branch's last layer), the same APG update trains 
 factor is zero is removed whole (:func:`papers_plugins.compression.blocks.remove_blocks`: its branch and
 addition dropped, the addition's readers reading the block's input), the factors left folded into the
 branches' last layers. Only a block whose shortcut is the identity can go; one that projects or
-subsamples is refused by name. The group level (the groups of ResNeXt's grouped convolutions) is not
-implemented: the registry's channel removal refuses grouped convolutions.
+subsamples is refused by name. ``group``: the structures are the groups of a grouped convolution
+(ResNeXt's); a factor per group scales its output maps where the next convolution reads them
+(:class:`papers_plugins.compression.groups.GroupGates`), and a group whose factor is zero is removed
+with the filters that feed it and the next convolution's columns for it
+(:func:`papers_plugins.compression.groups.remove_groups`), the others folded into those columns.
 
 Hand-written: the APG update on the factors (a few lines of torch); torch's optimisers have no
 proximal step.
@@ -47,15 +50,17 @@ class SparseStructureSettings(Settings):
     """The settings of ``sparse_structure``."""
 
     gamma: float = Field(gt=0, description="γ, the weight of the ℓ1 penalty on the scaling factors.")
-    level: Literal["neuron", "block"] = Field(
+    level: Literal["neuron", "group", "block"] = Field(
         "neuron",
-        description="The structures that get factors: `neuron`, each output channel of `layers`; `block`, "
-        "each residual block of `blocks`, removed whole where its factor reaches zero.",
+        description="The structures that get factors: `neuron`, each output channel of `layers`; `group`, "
+        "each group of the grouped convolutions `layers`; `block`, each residual block of `blocks`, "
+        "removed whole where its factor reaches zero.",
     )
     layers: list[str] = Field(
         [],
-        description="level neuron: the convolution (or linear) layers whose output channels get factors; "
-        "empty: every convolution whose channels can be removed.",
+        description="level neuron: the convolution (or linear) layers whose output channels get factors "
+        "(empty: every convolution whose channels can be removed); level group: the grouped "
+        "convolutions whose groups get factors (empty: every one whose groups can be removed).",
     )
     blocks: list[str] = Field(
         [],
@@ -94,8 +99,14 @@ def structures(flat: FlatGraph, settings: SparseStructureSettings) -> dict[str, 
         return dict.fromkeys(chosen_blocks(flat, settings.blocks, field="settings.blocks"), 1)
     if settings.blocks:
         raise SpecError(
-            "blocks is the block level's setting; level neuron takes layers", field="settings.blocks"
+            f"blocks is the block level's setting; level {settings.level} takes layers",
+            field="settings.blocks",
         )
+    if settings.level == "group":
+        from papers_plugins.compression.groups import chosen_grouped
+
+        chosen = chosen_grouped(flat, settings.layers, field="settings.layers")
+        return {name: layer.groups for name, layer in chosen.items()}
     return dict(pruned_layers(flat, settings.layers, field="settings.layers"))
 
 
@@ -161,12 +172,14 @@ def sparse_structure(
     device: str = "cpu",
     *,
     whole: bool = False,
+    gates: Any = None,
 ) -> SparseRun:
     """Train ``model``'s weights (SGD) and a factor per output channel of ``widths``' layers (APG) for
     ``settings.epochs`` passes over ``batches`` (a function giving one pass); the factors are gates at
     ``points``. Gives the final factors and the channels whose factor is not zero. Raises
     :class:`PapersError` when every factor of a layer reached zero (γ too high for it), unless
-    ``whole`` (each structure has one factor and goes whole: a residual block)."""
+    ``whole`` (each structure has one factor and goes whole: a residual block). ``gates``: other gates
+    than channels' (with ``masks`` by name, closed on exit: :class:`~.groups.GroupGates`)."""
     import torch
 
     from papers_plugins.compression.gates import ChannelGates
@@ -177,7 +190,7 @@ def sparse_structure(
         momentum=settings.momentum,
         weight_decay=settings.weight_decay,
     )
-    with ChannelGates(model, points, widths) as gates:
+    with gates if gates is not None else ChannelGates(model, points, widths) as gates:
         for name in widths:
             gates.masks[name].requires_grad_(True)
         apg = APG([gates.masks[name] for name in widths], settings.factor_lr, settings.gamma)
@@ -265,6 +278,8 @@ def select_and_remove(
 
     if settings.level == "block":
         return select_and_remove_blocks(model, flat, list(widths), settings, batches, device)
+    if settings.level == "group":
+        return select_and_remove_groups(model, flat, list(widths), settings, batches, device)
     run = sparse_structure(model, gate_points(model, flat, widths), widths, settings, batches, device)
     fold_factors(model, flat, run.factors)
     narrowed, narrowed_flat = remove_channels(model, flat, run.kept)
@@ -291,13 +306,34 @@ def select_and_remove_blocks(
     return smaller, smaller_flat, run
 
 
+def select_and_remove_groups(
+    model: Any,
+    flat: FlatGraph,
+    names: list[str],
+    settings: SparseStructureSettings,
+    batches: Any,
+    device: str,
+) -> tuple[Any, FlatGraph, SparseRun]:
+    """SSS's group level on ``model``: a factor on each group of the grouped convolutions ``names``
+    (on the maps their reader reads) trained by the same APG, then the groups whose factor is zero
+    removed and the others' factors folded into the readers."""
+    from papers_plugins.compression.groups import GroupGates, chosen_grouped, remove_groups
+
+    layers = chosen_grouped(flat, names, field="settings.layers")
+    widths = {name: layer.groups for name, layer in layers.items()}
+    gates = GroupGates(model, layers)
+    run = sparse_structure(model, {}, widths, settings, batches, device, gates=gates)
+    thinner, thinner_flat = remove_groups(model, flat, run.factors)
+    return thinner, thinner_flat, run
+
+
 SPARSE_STRUCTURE = Method(
     name="sparse_structure",
     settings=SparseStructureSettings,
-    description="A scaling factor on each output channel (level neuron) or on each residual block's "
-    "branch (level block), trained with the weights under an ℓ1 penalty by accelerated proximal "
-    "gradient to exact zeros; the zero channels or blocks removed and the factors folded in (Huang "
-    "and Wang 2018, SSS).",
+    description="A scaling factor on each output channel (level neuron), each group of a grouped "
+    "convolution (level group) or each residual block's branch (level block), trained with the "
+    "weights under an ℓ1 penalty by accelerated proximal gradient to exact zeros; the zero channels, "
+    "groups or blocks removed and the factors folded in (Huang and Wang 2018, SSS).",
     rewrite=check_settings,
     apply=sparse_structure_method,
 )
