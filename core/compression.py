@@ -704,12 +704,13 @@ def _changes(static: Any, flat: Any) -> tuple[dict[str, dict[str, Any]], dict[st
     (adds a node, changes an op, reads another node than the removed one's replacement)."""
     old = {node.name: node for node in static.nodes}
     kept = [node.name for node in flat.nodes]
-    if [name for name in old if name in set(kept)] != kept:
+    left = set(kept)
+    if [name for name in old if name in left] != kept:
         raise PluginError(
             "an apply step's narrowed graph adds or reorders nodes; it may change widths and remove "
             "nodes only"
         )
-    removed: dict[str, str | None] = {name: None for name in old if name not in set(kept)}
+    removed: dict[str, str | None] = {name: None for name in old if name not in left}
     pairs = [(old[n.name].inputs, n.inputs) for n in flat.nodes]
     for before, after in (
         (static.outputs, flat.outputs),
