@@ -5,20 +5,26 @@ between every pair of pixels: an appearance (bilateral) kernel ``w1 exp(-|p_i - 
 |I_i - I_j|² / 2θβ²)`` and a smoothness kernel ``w2 exp(-|p_i - p_j|² / 2θγ²)``, with the network's
 probabilities as the unary term (``-log P``). One step: ``Q_i ∝ exp(-U_i + Σ_{j≠i} k(i, j) Q_j)``.
 
-Two ways to run it:
+Three ways to run it:
 
-- :func:`dense_crf`: pydensecrf2's permutohedral lattice (the authors' C++ code behind a Cython
-  binding), linear in the pixels; the way to run it on real images.
+- :func:`dense_crf`: the kernels filtered on our permutohedral lattice (:mod:`papers.lattice`, the
+  authors' lattice run on torch's threads over all classes at once), linear in the pixels; the way
+  to run it on real images. ``python benchmarks/crf.py`` times it against the 3 s target and
+  against pydensecrf2 in the same run.
+- :func:`pydensecrf_mean_field`: the same inference by the authors' C++ code through pydensecrf2
+  (single-threaded), where it is installed: the reference the lattice is checked against (the same
+  vertices and sums; tests/test_crf.py holds the two to 1e-4 after one step).
 - :func:`exact_mean_field`: the same updates with the kernel summed over every pair of pixels,
-  O(N²), for images of at most 4,096 pixels: the reference the lattice is tested against.
+  O(N²), for images of at most 4,096 pixels: the reference both lattices are tested against.
 
-The lattice is approximate: on 12×12 random images with weak weights (w = 0.1–0.15, three
-iterations, moving each distribution by at least 0.12) its probabilities lie within 0.075 of the exact
-ones (0.016 on average) over 20 seeds; tests/test_crf.py holds it to 0.1 (0.02 on average) and to the
+The lattice is approximate (its Gaussian is a blur of a few vertices, and each pixel also reaches
+itself through them): on 12×12 random images with weak weights (w = 0.1–0.15, three iterations,
+moving each distribution by at least 0.12) its probabilities lie within 0.075 of the exact ones
+(0.016 on average) over 20 seeds; tests/test_crf.py holds it to 0.1 (0.02 on average) and to the
 exact labels on a two-region scene.
 
-Hand-written: the exact mean field (a few lines of numpy), kept for the test; inference at scale is
-pydensecrf2's.
+Hand-written: the mean-field loop and the exact mean field (a few lines each); the lattice's reasons
+are in :mod:`papers.lattice`.
 """
 
 from __future__ import annotations
@@ -49,14 +55,45 @@ def _checked(image: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, 
 
 
 def dense_crf(image: np.ndarray, probabilities: np.ndarray, settings: DenseCRF) -> np.ndarray:
-    """Refined C×H×W probabilities of ``image`` (H×W×3, uint8) by pydensecrf2's mean field."""
+    """Refined C×H×W probabilities of ``image`` (H×W×3, uint8) by mean field on the lattice."""
+    import torch
+
+    from papers.lattice import Lattice
+
+    image, unary = _checked(image, probabilities)
+    classes, (height, width) = probabilities.shape[0], image.shape[:2]
+    rows, columns = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    position = torch.stack([columns.flatten(), rows.flatten()], dim=1)  # x, y, as pydensecrf's
+    colour = torch.from_numpy(image).reshape(-1, 3).to(torch.float32)
+    smoothness = Lattice(position / settings.smoothness_xy)
+    appearance = Lattice(
+        torch.cat([position / settings.appearance_xy, colour / settings.appearance_rgb], dim=1)
+    )
+    padded = -(-classes // 8) * 8  # the lattice runs on whole blocks of 8 classes; the rest stay 0
+    log_p = torch.zeros(height * width, padded)
+    log_p[:, :classes] = -torch.from_numpy(unary).T  # N × C: a pixel's classes side by side
+    q = torch.zeros_like(log_p)
+    q[:, :classes] = torch.softmax(log_p[:, :classes], dim=1)
+    energy = torch.empty_like(log_p)
+    for _ in range(settings.iterations):
+        energy.copy_(log_p)
+        smoothness.filter(q, out=energy, scale=settings.smoothness_weight)
+        appearance.filter(q, out=energy, scale=settings.appearance_weight)
+        q[:, :classes] = torch.softmax(energy[:, :classes], dim=1)
+    return q[:, :classes].T.reshape(classes, height, width).numpy()
+
+
+def pydensecrf_mean_field(image: np.ndarray, probabilities: np.ndarray, settings: DenseCRF) -> np.ndarray:
+    """The same inference by pydensecrf2 (the authors' single-threaded lattice): the reference."""
     import numpy as np
 
     try:
         import pydensecrf.densecrf as densecrf
     except ImportError:
         raise PapersError(
-            "the dense CRF needs pydensecrf2: pip install 'papers[train]' (it builds from source)"
+            "the reference CRF needs pydensecrf2: pip install pydensecrf2 (it builds from source)"
         ) from None
     image, unary = _checked(image, probabilities)
     classes, (height, width) = probabilities.shape[0], image.shape[:2]
