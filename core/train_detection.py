@@ -19,7 +19,13 @@ overridable with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r weight_deca
 ``-r grad_clip=`` (the gradients' global norm; none by default) and ``-r seed=``.
 A run folder (:mod:`papers.task_runs`) holds ``model.safetensors``, ``recipe.json``, ``metrics.json``
 and an epoch checkpoint that ``--resume`` continues; ``papers eval`` scores the weights with every VOC
-and COCO metric.
+and COCO metric. Runs train on the first CUDA GPU when there is one (:func:`papers.task_runs.device`).
+
+A plugin's own detector (YOLO, MultiBox: :func:`papers.detect.class_detector`) trains the same way
+with its plugin's loss; YOLO counts its classes without the background, and a class-agnostic one
+(MultiBox) takes every object as the one class "object", scored by that class's VOC07 AP (said under
+``evaluation`` in ``recipe.json``), its build options completed from the train split by the plugin's
+``training_options`` (MultiBox's k-means priors).
 """
 
 from __future__ import annotations
