@@ -39,9 +39,22 @@ from papers.errors import PapersError
 from papers.train_segmentation import SegmentationRun as DetectionRun
 from papers.train_segmentation import task_recipe
 
-DEFAULTS = {"epochs": 10, "batch_size": 2, "lr": 0.01, "weight_decay": 5e-4, "grad_clip": 0.0, "seed": 0}
+DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 2,
+    "lr": 0.01,
+    "weight_decay": 5e-4,
+    "grad_clip": 0.0,
+    "seed": 0,
+    "augment": "flip",
+}
 """The registry's recipe for detectors whose spec gives none (``grad_clip``: the gradients' global norm
-is clipped at it; 0, none)."""
+is clipped at it; 0, none; ``augment``: :data:`AUGMENTS`)."""
+AUGMENTS = ("flip", "ssd")
+"""``-r augment=``: ``flip``, random horizontal flips only; ``ssd``, SSD's sampling before the flip
+(Liu et al. 2016: photometric distortions and patches sampled by their IoU with the objects, Section
+2.2; the "zoom out" expansion onto a canvas up to 16 times the area, Section 3.6), by torchvision's
+``transforms.v2`` (RandomPhotometricDistort, RandomZoomOut, RandomIoUCrop, SanitizeBoundingBoxes)."""
 WARMUP_STEPS = 100
 POLY_POWER = 0.9
 _SHORT = {"lr": "optimizer.lr", "momentum": "optimizer.momentum"}
@@ -59,11 +72,14 @@ def recipe(
         from papers.api import get_spec
 
         hyperparameters = get_spec(variant).hyperparameters_of(variant)
+    choices = {"augment": AUGMENTS}
     if hyperparameters is None:
-        return {"recipe": "registry", **task_recipe(overrides, DEFAULTS, "a detector")}
+        return {"recipe": "registry", **task_recipe(overrides, DEFAULTS, "a detector", choices)}
     from papers.recipe import RecipeError, check_length, resolve
 
-    dotted = {_SHORT.get(key, key): value for key, value in (overrides or {}).items()}
+    overrides = dict(overrides or {})
+    augment = task_recipe({"augment": overrides.pop("augment", "flip")}, DEFAULTS, "a detector", choices)
+    dotted = {_SHORT.get(key, key): value for key, value in overrides.items()}
     if "epochs" in dotted and "iterations" not in dotted:
         dotted["iterations"] = None  # the epochs asked replace the paper's length in steps
     config = resolve(get_spec(variant), dotted, variant=variant)  # type: ignore[arg-type]
@@ -75,12 +91,49 @@ def recipe(
     for a in config.augmentation:
         if a.name != "horizontal_flip":
             deviations.append(f"augmentation {a.name}: not run (the detection loop flips images only)")
+    if augment["augment"] != "flip":
+        deviations.append(
+            f"augment {augment['augment']}: run beside the paper's augmentation list (-r augment=)"
+        )
     if config.input_size is not None:
         deviations.append("input_size: the detector's transform sizes images (its min_size / max_size)")
     for name in ("warmup", "ema_decay", "dropout"):
         if getattr(config, name) is not None:
             deviations.append(f"{name}: not run by the detection loop")
-    return {"recipe": "paper", "source": hyperparameters.source, **made, "deviations": deviations}
+    return {
+        "recipe": "paper",
+        "source": hyperparameters.source,
+        **made,
+        "augment": augment["augment"],
+        "deviations": deviations,
+    }
+
+
+def _ssd_sampling() -> Any:
+    """SSD's augmentation before the flip (:data:`AUGMENTS`), on an image in [0, 1] and its boxes."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomPhotometricDistort(p=0.5),
+            v2.RandomZoomOut(fill={tv_tensors.Image: 0.5, "others": 0.0}, side_range=(1.0, 4.0), p=0.5),
+            v2.RandomIoUCrop(),
+            v2.SanitizeBoundingBoxes(),
+        ]
+    )
+
+
+def _sampled(sampling: Any, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import torch
+    from torchvision import tv_tensors
+
+    boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+    image, made = sampling(tv_tensors.Image(image), {"boxes": boxes, "labels": target["labels"]})
+    return image.as_subclass(torch.Tensor), {
+        "boxes": made["boxes"].as_subclass(torch.Tensor),
+        "labels": made["labels"],
+    }
 
 
 def _flipped(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -215,6 +268,7 @@ def train_detector(
         step = resumed.state.get("step", (first - 1) * per_epoch)
     say = log or (lambda line: None)
     clip, last = config.get("grad_clip") or None, config.get("iterations")
+    sampling = _ssd_sampling() if config.get("augment", "flip") == "ssd" else None
     for epoch in range(first, config["epochs"] + 1):
         model.train()
         started, total, batches = time.perf_counter(), 0.0, 0
@@ -228,6 +282,8 @@ def train_detector(
                     image, target = train_set.dataset[index]
                     target = {"boxes": target["boxes"], "labels": target["labels"]}
                     target = as_objects(target) if agnostic else target
+                    if sampling is not None:
+                        image, target = _sampled(sampling, image, target)
                     if bool(torch.rand(1, generator=generator) < 0.5):
                         image, target = _flipped(image, target)
                     images.append(image.to(device))

@@ -44,14 +44,25 @@ def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     return task_recipe(overrides, DEFAULTS, "a segmenter")
 
 
-def task_recipe(overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any], who: str) -> dict[str, Any]:
+def task_recipe(
+    overrides: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any],
+    who: str,
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
     """``defaults`` with the ``-r`` overrides of a task loop's recipe, each checked (``who``: "a
-    segmenter", "a detector")."""
+    segmenter", "a detector"; ``choices``: the values a field of words may take)."""
     made = dict(defaults)
     for key, value in (overrides or {}).items():
         name = "lr" if key == "optimizer.lr" else key
         if name not in defaults:
             raise PapersError(f"{who}'s recipe has {', '.join(defaults)}; not {key!r}", field=f"-r {key}")
+        if choices and name in choices:
+            if value not in choices[name]:
+                allowed = " or ".join(choices[name])
+                raise PapersError(f"{key} is {allowed}, not {value!r}", field=f"-r {key}")
+            made[name] = value
+            continue
         kind = float if name in ("lr", "weight_decay", "grad_clip") else int
         try:
             made[name] = kind(value)

@@ -123,7 +123,37 @@ def test_a_detector_without_a_recipe_trains_with_the_registrys(plain, run, shape
         "weight_decay": 5e-4,
         "grad_clip": 0.0,
         "seed": 0,
+        "augment": "flip",
     }
+
+
+def test_ssds_sampling_trains_and_keeps_every_box_inside_its_image(plain, run, shapes, tmp_path):
+    from papers.detection_data import detection_split
+    from papers.train_detection import _sampled, _ssd_sampling
+
+    train = detection_split(str(shapes), "train")
+    sampling, sizes = _ssd_sampling(), set()
+    torch.manual_seed(0)
+    for _ in range(6):
+        for index in range(len(train.dataset)):
+            image, target = train.dataset[index]
+            made, kept = _sampled(sampling, image, {"boxes": target["boxes"], "labels": target["labels"]})
+            boxes, height, width = kept["boxes"], made.shape[-2], made.shape[-1]
+            assert type(made) is torch.Tensor and type(boxes) is torch.Tensor
+            assert len(kept["labels"]) == len(boxes) <= len(target["boxes"])
+            assert bool((boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all())
+            assert bool((boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all())
+            assert bool((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all())
+            sizes.add((height, width) != tuple(image.shape[-2:]))
+    assert sizes == {True, False}  # some images cropped or zoomed out, some left whole
+    out = tmp_path / "run"
+    made = run(
+        "train", VARIANT, "--data", str(shapes), "--epochs", "1", "-r", "augment=ssd", "--out", str(out)
+    )
+    assert made.exit_code == 0, made.stderr
+    assert json.loads((out / "recipe.json").read_text())["augment"] == "ssd"
+    refused = run("train", VARIANT, "--data", str(shapes), "--dry-run", "-r", "augment=mosaic")
+    assert refused.exit_code == 2 and "-r augment" in refused.stderr and "flip or ssd" in refused.stderr
 
 
 def test_a_stopped_detector_run_resumed_ends_as_an_uninterrupted_one(plain, run, shapes, tmp_path):
