@@ -3,14 +3,15 @@ benchmarks/proxy_sweep.py [NAME|GLOB ...] [--jobs N] [--limit SECONDS] [--list]`
 
 Each named setting is a proxy check's network and recipe (``papers_plugins.detection.retinanet``,
 ``.ssd``, ``.yolov3``, ``papers_plugins.segmentation.fcn``, ``.deeplabv3``: ``PROXY_OPTIONS`` and
-``PROXY_RECIPE``) with a few fields changed: the epochs, the rate, the batch, the crop, the width, the
-output stride, or the data (``shapes1500``: ``builtin:shapes``' generator at 1,500 images, 900 of them
-for training, written once to a temporary folder). Settings run as separate processes, ``--jobs`` at
-a time (default: the CPU count), each on one intra-op thread and on the GPU when there is one
-(``PAPERS_DEVICE``, :func:`papers.task_runs.device`); a run still going after ``--limit`` seconds is
-stopped, its finished epochs kept. For each setting it prints the validation curve (VOC07 mAP or mIoU,
-percent) and seconds per epoch. It searches recipes; the proxy checks themselves are what ``papers
-check PAPER --run`` runs. ``make bench`` leaves it out (hours on two cores).
+``PROXY_RECIPE``) with a few fields changed: the epochs, the rate, the batch, the crop, SSD's sampling
+(``augment``), the width, the output stride, or the data (``shapes1500``: ``builtin:shapes``' generator
+at 1,500 images, 900 of them for training, written once to a temporary folder). Settings run as separate
+processes, ``--jobs`` at a time (default: the CPU count), each on one intra-op thread and on the GPU
+when there is one (``PAPERS_DEVICE``, :func:`papers.task_runs.device`); a run still going after
+``--limit`` seconds is stopped, its finished epochs kept. For each setting it prints the validation
+curve (VOC07 mAP or mIoU, percent) and seconds per epoch. It searches recipes; the proxy checks
+themselves are what ``papers check PAPER --run`` runs. ``make bench`` leaves it out (hours on two
+cores).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "ssd_e80": ("ssd", {}, {"epochs": 80, "lr": 0.01}, "shapes"),
     "ssd_e80_lr003": ("ssd", {}, {"epochs": 80, "lr": 0.003}, "shapes"),
     "ssd_big_e24": ("ssd", {}, {"epochs": 24, "lr": 0.01}, "shapes1500"),
+    "ssd_aug": ("ssd", {}, {"augment": "ssd"}, "shapes"),
+    "yolo_aug": ("yolo", {}, {"augment": "ssd"}, "shapes"),
+    "retina_aug": ("retina", {}, {"augment": "ssd"}, "shapes"),
     "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, "shapes"),
     "fcn_e40_b2": ("fcn", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, "shapes"),
     "fcn_e40_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4}, "shapes"),
