@@ -766,7 +766,9 @@ def test_search_finds_a_paper_by_its_title_in_a_browser(browser_site):
     visit = _Visit(browser, base)
     visit.page.locator("label.md-search__icon, .md-search__input").first.click()
     # typed key by key: Material searches on keyboard events, which `fill` does not send
-    visit.page.locator("input.md-search__input").press_sequentially("Very Deep Convolutional", delay=20)
+    # words of VGGNet's title that no other paper's title shares: "Very Deep Convolutional", also in
+    # Zhang et al. 2016's title, stopped finding VGGNet within 20 s once that paper was added
+    visit.page.locator("input.md-search__input").press_sequentially("Large-Scale Image Recognition", delay=20)
     result = visit.page.locator(".md-search-result__item", has_text="VGGNet").first
     result.wait_for(timeout=20_000)
     visit.page.screenshot(path=str(SCREENSHOTS / "search.png"))
