@@ -125,6 +125,11 @@ def test_a_smoke_run_of_the_proxy_trains_the_three_on_ten_scenes(tmp_path, monke
     data = str(write(tmp_path / "shapes", ShapesConfig(images=10)))
     monkeypatch.setattr(quantization_mimic, "PROXY_DATA", data)
     monkeypatch.setattr(quantization_mimic, "PROXY_RECIPE", {**quantization_mimic.PROXY_RECIPE, "epochs": 1})
+    from papers_plugins.detection import faster_rcnn
+
+    monkeypatch.setattr(
+        faster_rcnn, "PROXY_RECIPE", {**faster_rcnn.PROXY_RECIPE, "epochs": 1}
+    )  # the teacher's
     calls = []
     real = mimic.mimic_term
 
