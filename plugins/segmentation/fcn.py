@@ -36,7 +36,8 @@ PROXY_OPTIONS = {"width": 8, "fc_channels": 128}
 """FCN-8s at an eighth of VGG-16's width (8, 16, 32, 64, 64 channels; fc6 and fc7 with 128)."""
 PROXY_RECIPE = {"epochs": 100, "lr": 0.05, "crop": 128}
 """100 epochs: the narrow FCN-8s sits at the all-background solution (18% mIoU) for its first epochs
-and climbs slowly; 20 epochs ended at 22% and 60 at 63% (one run each)."""
+and climbs slowly; 20 epochs ended at 22% and 60 at 63% (one run each). 100 epochs: 74.2%, 2,695 s on
+one thread of a loaded machine (`papers check fcn --run`); about 14 s an epoch on two idle threads."""
 
 
 @hookimpl
@@ -51,7 +52,7 @@ def papers_checks() -> list:
             overrides=PROXY_RECIPE,
             min_miou=70.0,
             compares_with={"metric": "miou", "dataset": "PASCAL VOC 2011"},
-            max_seconds=900.0,
+            max_seconds=1500.0,
             proxy="FCN-8s at an eighth of VGG-16's width (stages of 8 to 64 channels, fc6/fc7 of 128), "
             "trained from scratch on builtin:shapes (180 synthetic scenes of four shape classes, "
             f"{PROXY_RECIPE['epochs']} epochs of {PROXY_RECIPE['crop']}-pixel crops), scored on its "
