@@ -484,9 +484,7 @@ def channel_pruning_proxy(
     before, after reconstruction alone and after fine-tuning, with the widths and multiply-adds."""
     import time
 
-    from papers.measure import measure_graph
-    from papers.registry import get_registry
-    from papers_plugins.compression.channels import remove_channels
+    from papers_plugins.compression.channels import proxy_result, remove_channels
     from papers_plugins.compression.pruning import PROXY_EPOCHS, pretrained, proxy_setup, retrain, top1
 
     setup = proxy_setup(variant_id, "channel_prune", data, limit)
@@ -509,24 +507,8 @@ def channel_pruning_proxy(
                 epochs=settings.finetune_epochs,
             )
         after = top1(narrowed.eval(), setup.test_images, setup.test_labels)
-    catalogue = get_registry().catalogue
-    return {
-        "before": before,
-        "reconstructed": reconstructed,
-        "after": after,
-        "widths": {
-            name: (
-                setup.flat.node(name).args.get("out_channels") or setup.flat.node(name).args["out_features"],
-                len(k),
-            )
-            for name, k in kept.items()
-        },
-        "macs": (
-            measure_graph(setup.base, setup.flat, catalogue).macs,
-            measure_graph(variant_id, flat, catalogue).macs,
-        ),
-        "seconds": round(time.perf_counter() - began, 1),
-    }
+    measured = {"before": before, "reconstructed": reconstructed, "after": after}
+    return proxy_result(setup, variant_id, flat, kept, began, **measured)
 
 
 def _proxy_runner(variant_id: str) -> Any:

@@ -553,6 +553,39 @@ def proxy_runner(
     return run
 
 
+def proxy_result(
+    setup: Any,
+    variant_id: str,
+    flat: FlatGraph,
+    kept: Mapping[str, Sequence[int]],
+    began: float,
+    **measured: Any,
+) -> dict[str, Any]:
+    """What a structured-pruning proxy gives beside its own figures (``measured``: top-1 before and
+    after, ...): each pruned layer's width before and after (``kept``: its kept channels), the
+    multiply-adds of the base's graph and of the pruned one (``flat``), and the seconds since ``began``
+    (``time.perf_counter``)."""
+    import time
+
+    from papers.measure import measure_graph
+    from papers.registry import get_registry
+
+    def width(name: str) -> int:
+        args = setup.flat.node(name).args
+        return args.get("out_channels") or args["out_features"]
+
+    catalogue = get_registry().catalogue
+    return {
+        **measured,
+        "widths": {name: (width(name), len(k)) for name, k in kept.items()},
+        "macs": (
+            measure_graph(setup.base, setup.flat, catalogue).macs,
+            measure_graph(variant_id, flat, catalogue).macs,
+        ),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
 __all__ = [
     "ChannelLayer",
     "Consumer",
@@ -560,6 +593,7 @@ __all__ = [
     "check_kept",
     "copy_kept",
     "narrow",
+    "proxy_result",
     "proxy_runner",
     "remove_channels",
     "top_channels",

@@ -287,9 +287,7 @@ def dynamic_proxy(
     after removal, and the filters each mask update pruned and brought back."""
     import time
 
-    from papers.measure import measure_graph
-    from papers.registry import get_registry
-    from papers_plugins.compression.channels import remove_channels
+    from papers_plugins.compression.channels import proxy_result, remove_channels
     from papers_plugins.compression.gates import gate_points
     from papers_plugins.compression.pruning import PROXY_EPOCHS, pretrained, proxy_setup, retrain, top1
     from papers_plugins.compression.taylor import pruned_layers
@@ -313,19 +311,8 @@ def dynamic_proxy(
                 epochs=settings.final_epochs,
             )
         after = top1(narrowed.eval(), setup.test_images, setup.test_labels)
-    catalogue = get_registry().catalogue
-    return {
-        "before": before,
-        "after": after,
-        "widths": {name: (widths[name], len(kept)) for name, kept in run.kept.items()},
-        "macs": (
-            measure_graph(setup.base, setup.flat, catalogue).macs,
-            measure_graph(variant_id, flat, catalogue).macs,
-        ),
-        "pruned": run.pruned,
-        "restored": run.restored,
-        "seconds": round(time.perf_counter() - began, 1),
-    }
+    measured = {"before": before, "after": after, "pruned": run.pruned, "restored": run.restored}
+    return proxy_result(setup, variant_id, flat, run.kept, began, **measured)
 
 
 def _proxy_runner(variant_id: str) -> Any:

@@ -357,8 +357,7 @@ def sparse_structure_proxy(
     and give top-1 (percent) before and after, the widths and the multiply-adds before and after."""
     import time
 
-    from papers.measure import measure_graph
-    from papers.registry import get_registry
+    from papers_plugins.compression.channels import proxy_result
     from papers_plugins.compression.pruning import PROXY_EPOCHS, pretrained, proxy_setup, retrain, top1
     from papers_plugins.compression.taylor import pruned_layers
 
@@ -380,17 +379,7 @@ def sparse_structure_proxy(
                 epochs=settings.final_epochs,
             )
         after = top1(narrowed.eval(), setup.test_images, setup.test_labels)
-    catalogue = get_registry().catalogue
-    return {
-        "before": before,
-        "after": after,
-        "widths": {name: (widths[name], len(kept)) for name, kept in run.kept.items()},
-        "macs": (
-            measure_graph(setup.base, setup.flat, catalogue).macs,
-            measure_graph(variant_id, flat, catalogue).macs,
-        ),
-        "seconds": round(time.perf_counter() - began, 1),
-    }
+    return proxy_result(setup, variant_id, flat, run.kept, began, before=before, after=after)
 
 
 BLOCK_PROXY_VARIANT = "huang2018-resnet20"

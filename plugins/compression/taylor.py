@@ -335,9 +335,7 @@ def taylor_proxy(
     multiply-adds before and after removal."""
     import time
 
-    from papers.measure import measure_graph
-    from papers.registry import get_registry
-    from papers_plugins.compression.channels import remove_channels
+    from papers_plugins.compression.channels import proxy_result, remove_channels
     from papers_plugins.compression.gates import gate_points
     from papers_plugins.compression.pruning import PROXY_EPOCHS, pretrained, proxy_setup, top1
 
@@ -351,17 +349,7 @@ def taylor_proxy(
         run = taylor_prune(model, points, widths, settings, batches)
         narrowed, flat = remove_channels(model, setup.flat, run.kept)
         after = top1(narrowed.eval(), setup.test_images, setup.test_labels)
-    catalogue = get_registry().catalogue
-    return {
-        "before": before,
-        "after": after,
-        "widths": {name: (widths[name], len(kept)) for name, kept in run.kept.items()},
-        "macs": (
-            measure_graph(setup.base, setup.flat, catalogue).macs,
-            measure_graph(variant_id, flat, catalogue).macs,
-        ),
-        "seconds": round(time.perf_counter() - began, 1),
-    }
+    return proxy_result(setup, variant_id, flat, run.kept, began, before=before, after=after)
 
 
 def _proxy_runner(variant_id: str) -> Any:
