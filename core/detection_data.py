@@ -74,7 +74,9 @@ class DetectionSet:
 
 def is_detection_source(source: str) -> bool:
     """Whether ``source`` is detection data (``builtin:shapes``, a VOC folder or a COCO folder)."""
-    if source == SHAPES:
+    from papers.shapes import is_source
+
+    if is_source(source):
         return True
     if source.startswith("builtin:"):
         return False
@@ -84,10 +86,10 @@ def is_detection_source(source: str) -> bool:
 def detection_split(source: str, split: str | None = None) -> DetectionSet:
     """The ``split`` of ``source`` (default: VOC's ``test`` where it has one, else ``val``; COCO's
     ``val``), every annotation read and checked."""
-    if source == SHAPES:
-        from papers.shapes import shapes_root
+    from papers.shapes import is_source, source_root
 
-        return _voc_split(shapes_root(), split or "test", source)
+    if is_source(source):
+        return _voc_split(source_root(source), split or "test", source)
     path = Path(source)
     if not path.is_dir():
         raise DataError("no such data folder", file=source)

@@ -49,10 +49,10 @@ def segmentation_pairs(source: str, split: str) -> tuple[list[Pair], list[str] |
     """The (image, mask) pairs of ``split`` in ``source``, and its class names where the source says
     them (VOC's 21, builtin:shapes' 5; a plain folder: none, the model's)."""
     from papers.segment import VOC_CLASSES
-    from papers.shapes import CLASSES, shapes_root
+    from papers.shapes import CLASSES, is_source, source_root
 
-    if source == "builtin:shapes":
-        folder = _voc_folder(shapes_root())
+    if is_source(source):
+        folder = _voc_folder(source_root(source))
         assert folder is not None
         classes: list[str] | None = ["background", *CLASSES]
     else:

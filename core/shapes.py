@@ -18,10 +18,16 @@ drawn from its own random stream (the seed and ``i``), so the same seed gives th
 larger set begins with the images of a smaller one. The set is cached in a folder named by the
 generator's version, the seed and the size parameters (``$PAPERS_CACHE_DIR/data``), written whole
 beside it and renamed into place, so concurrent processes never see half of one.
+
+``--data builtin:shapes`` names the default set (:data:`BUILTIN`: 300 images); other sets of the same
+generator are named by the fields of :class:`ShapesConfig` that differ, as a query:
+``builtin:shapes?images=3000`` (its first 300 images are the default set's, split anew),
+``builtin:shapes?seed=1&max_objects=8``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -75,6 +81,43 @@ class ShapesConfig:
 
 BUILTIN = ShapesConfig()
 """The set ``--data builtin:shapes`` names: seed 0, 300 images of 128 to 200 px a side."""
+
+
+SOURCE = "builtin:shapes"
+
+
+def is_source(source: str) -> bool:
+    """Whether the data source ``source`` names a ``builtin:shapes`` set (with or without a query)."""
+    return source == SOURCE or source.startswith(SOURCE + "?")
+
+
+def source_config(source: str) -> ShapesConfig | None:
+    """The set ``source`` names: ``None`` for plain ``builtin:shapes`` (:data:`BUILTIN`), else
+    :data:`BUILTIN` with the query's fields, each checked (``images=3000&seed=1``)."""
+    if source == SOURCE:
+        return None
+    fields = [field.name for field in dataclasses.fields(ShapesConfig)]
+    values: dict[str, int] = {}
+    for part in source[len(SOURCE) + 1 :].split("&"):
+        key, _, value = part.partition("=")
+        if key not in fields:
+            raise PapersError(f"{SOURCE} takes {', '.join(fields)}; not {key!r}", field="--data")
+        if key in values:
+            raise PapersError(f"{SOURCE} names {key} twice", field="--data")
+        if not value.isdigit():
+            raise PapersError(f"{SOURCE}'s {key} is a whole number, not {value!r}", field="--data")
+        values[key] = int(value)
+    config = dataclasses.replace(BUILTIN, **values)
+    try:
+        config.check()
+    except PapersError as error:
+        raise PapersError(error.message, field="--data") from None
+    return config
+
+
+def source_root(source: str) -> Path:
+    """The folder holding ``VOCdevkit/VOC2007`` of the set the data source ``source`` names."""
+    return shapes_root(source_config(source))
 
 
 def shapes_root(config: ShapesConfig | None = None) -> Path:

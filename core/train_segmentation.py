@@ -2,13 +2,16 @@
 section): pixel-wise cross-entropy with label 255 ignored, scored by one confusion matrix.
 
 No segmentation spec carries a training recipe yet, so the registry's defaults stand in (overridable
-with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r crop=``, ``-r weight_decay=``, ``-r seed=``):
-SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule (lr × (1 − step/steps)^0.9) of
-DeepLab, random crops of ``crop`` pixels with random horizontal flips (masks padded with 255), and
-the auxiliary head's loss weighted 0.5 as torchvision's references do. Evaluation runs each image
-whole, one at a time, the network's scores argmax-ed at the input's resolution; the confusion matrix
-lives on the model's device. A run folder holds ``model.safetensors``, ``recipe.json`` (what was
-trained, on what, with what) and ``metrics.json`` (per epoch: loss and the held-out metrics).
+with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r crop=``, ``-r weight_decay=``, ``-r seed=``,
+``-r scale_min=``, ``-r scale_max=``): SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule
+(lr × (1 − step/steps)^0.9) of DeepLab, each image scaled by a factor drawn uniformly from
+[``scale_min``, ``scale_max``] (default 1, no scaling; DeepLabv3's Section 4.1 draws from 0.5 to 2.0,
+as torchvision's segmentation references do; the mask by nearest neighbour), then random crops of
+``crop`` pixels with random horizontal flips (masks padded with 255), and the auxiliary head's loss
+weighted 0.5 as torchvision's references do. Evaluation runs each image whole, one at a time, the
+network's scores argmax-ed at the input's resolution; the confusion matrix lives on the model's device.
+A run folder holds ``model.safetensors``, ``recipe.json`` (what was trained, on what, with what) and
+``metrics.json`` (per epoch: loss and the held-out metrics).
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from typing import Any
 from papers.errors import PapersError
 from papers.task_runs import TaskRun
 
-DEFAULTS = {"epochs": 10, "batch_size": 8, "lr": 0.01, "weight_decay": 5e-4, "crop": 128, "seed": 0}
+DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 8,
+    "lr": 0.01,
+    "weight_decay": 5e-4,
+    "crop": 128,
+    "seed": 0,
+    "scale_min": 1.0,
+    "scale_max": 1.0,
+}
 """The registry's recipe for segmenters (no segmentation paper's recipe is in a spec yet)."""
 AUX_WEIGHT = 0.5
 POLY_POWER = 0.9
@@ -41,7 +53,12 @@ SegmentationRun = TaskRun
 
 
 def recipe(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    return task_recipe(overrides, DEFAULTS, "a segmenter")
+    made = task_recipe(overrides, DEFAULTS, "a segmenter")
+    if made["scale_min"] > made["scale_max"]:
+        raise PapersError(
+            f"scale_min {made['scale_min']:g} is above scale_max {made['scale_max']:g}", field="-r scale_min"
+        )
+    return made
 
 
 def task_recipe(
@@ -63,7 +80,7 @@ def task_recipe(
                 raise PapersError(f"{key} is {allowed}, not {value!r}", field=f"-r {key}")
             made[name] = value
             continue
-        kind = float if name in ("lr", "weight_decay", "grad_clip") else int
+        kind = float if name in ("lr", "weight_decay", "grad_clip", "scale_min", "scale_max") else int
         try:
             made[name] = kind(value)
         except (TypeError, ValueError):
@@ -83,10 +100,18 @@ def _tensors(image: Any, mask: Any) -> tuple[Any, Any]:
     return (pixels - mean) / std, torch.from_numpy(np.asarray(mask, dtype=np.int64))
 
 
-def _crop(pixels: Any, labels: Any, size: int, generator: Any) -> tuple[Any, Any]:
+def _crop(
+    pixels: Any, labels: Any, size: int, generator: Any, scales: tuple[float, float] = (1.0, 1.0)
+) -> tuple[Any, Any]:
     import torch
     import torch.nn.functional as F
 
+    low, high = scales
+    if high > low or low != 1.0:
+        factor = low + (high - low) * float(torch.rand(1, generator=generator))
+        side = (max(1, round(labels.shape[0] * factor)), max(1, round(labels.shape[1] * factor)))
+        pixels = F.interpolate(pixels[None], size=side, mode="bilinear", align_corners=False)[0]
+        labels = F.interpolate(labels[None, None].float(), size=side, mode="nearest-exact")[0, 0].long()
     height, width = labels.shape
     pad_h, pad_w = max(0, size - height), max(0, size - width)
     if pad_h or pad_w:
@@ -137,7 +162,7 @@ def train_segmenter(
         resumed = task_runs.resume(resume, variant, data, overrides)
         folder: Path | None = resumed.folder
         data, build = resumed.recipe["data"], dict(resumed.recipe["options"])
-        config = {key: resumed.recipe[key] for key in DEFAULTS}
+        config = {key: resumed.recipe.get(key, DEFAULTS[key]) for key in DEFAULTS}
     else:
         if data is None:
             raise PapersError("name the training data with --data", field="--data")
@@ -176,7 +201,7 @@ def train_segmenter(
         order = torch.randperm(len(train_set), generator=generator).tolist()
         for begin in range(0, len(order), config["batch_size"]):
             crops = [
-                _crop(*train_set[i], config["crop"], generator)
+                _crop(*train_set[i], config["crop"], generator, (config["scale_min"], config["scale_max"]))
                 for i in order[begin : begin + config["batch_size"]]
             ]
             pixels = torch.stack([c[0] for c in crops]).to(device)

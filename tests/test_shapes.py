@@ -97,3 +97,31 @@ def test_impossible_parameters_are_refused():
         write("unused", ShapesConfig(images=2))
     with pytest.raises(PapersError, match="min_size"):
         write("unused", ShapesConfig(min_size=300, max_size=200))
+
+
+def test_a_query_names_another_set_of_the_generator(monkeypatch, tmp_path):
+    from papers.shapes import source_config, source_root
+
+    monkeypatch.setenv("PAPERS_CACHE_DIR", str(tmp_path))
+    assert source_config("builtin:shapes") is None  # the default set
+    config = source_config("builtin:shapes?images=12&seed=3")
+    assert config == SMALL
+    assert source_root("builtin:shapes?seed=3&images=12") == shapes_root(SMALL)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("builtin:shapes?image=12", "not 'image'"),
+        ("builtin:shapes?images=many", "whole number"),
+        ("builtin:shapes?images=12&images=13", "names images twice"),
+        ("builtin:shapes?images=2", "at least 5 images"),
+        ("builtin:shapes?min_size=10", "64 <= min_size"),
+    ],
+)
+def test_a_bad_query_is_refused_naming_the_data_option(source, message):
+    from papers.shapes import source_config
+
+    with pytest.raises(PapersError, match=message) as refused:
+        source_config(source)
+    assert refused.value.field == "--data"

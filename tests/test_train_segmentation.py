@@ -156,3 +156,43 @@ def test_a_device_that_is_not_here_is_refused(tmp_path, monkeypatch, device):
     made = CliRunner().invoke(cli, args)
     assert made.exit_code == 2 and "PAPERS_DEVICE" in made.output and repr(device) in made.output
     assert not (tmp_path / "run").exists()
+
+
+def test_random_scaling_draws_factors_within_the_range_and_keeps_labels_aligned():
+    import torch
+
+    from papers.train_segmentation import _crop
+
+    pixels = torch.zeros(3, 40, 60)
+    labels = torch.zeros(40, 60, dtype=torch.long)
+    pixels[:, 10:30, 20:40], labels[10:30, 20:40] = 1.0, 3  # a 20-pixel square of class 3
+    labels[0, 0] = 255
+    generator = torch.Generator().manual_seed(0)
+    sides = set()
+    for _ in range(40):
+        crop_pixels, crop_labels = _crop(pixels, labels, 120, generator, (0.5, 2.0))
+        assert crop_pixels.shape == (3, 120, 120) and crop_labels.shape == (120, 120)
+        assert set(crop_labels.unique().tolist()) <= {0, 3, 255}
+        square = crop_labels == 3
+        side = int(square.any(0).sum())
+        assert 9 <= side <= 41  # 20 pixels scaled by 0.5 to 2.0
+        sides.add(side)
+        # the image is scaled with its mask: the square's pixels are bright where its labels are
+        inside = crop_pixels[0][square]
+        assert float(inside.mean()) > 0.9
+    assert len(sides) > 10  # the factor is drawn, not fixed
+    unscaled = _crop(pixels, labels, 120, torch.Generator().manual_seed(0))[1]
+    assert int((unscaled == 3).sum()) == 400
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [(["scale_min=2", "scale_max=1"], "scale_min 2 is above scale_max 1"), (["scale_min=0"], "positive")],
+)
+def test_an_impossible_scale_range_is_refused(tmp_path, setting, message):
+    args = ["train", "segnet_basic", "--data", str(_plain(tmp_path / "d")), "--out", str(tmp_path / "run")]
+    for value in setting:
+        args += ["-r", value]
+    made = CliRunner().invoke(cli, args)
+    assert made.exit_code == 2 and message in made.output, made.output
+    assert not (tmp_path / "run").exists()
