@@ -4,14 +4,14 @@ benchmarks/proxy_sweep.py [NAME|GLOB ...] [--jobs N] [--limit SECONDS] [--list]`
 Each named setting is a proxy check's network and recipe (``papers_plugins.detection.retinanet``,
 ``.ssd``, ``.yolov3``, ``papers_plugins.segmentation.fcn``, ``.deeplabv3``: ``PROXY_OPTIONS`` and
 ``PROXY_RECIPE``) with a few fields changed: the epochs, the rate, the batch, the crop, SSD's sampling
-(``augment``), the width, the output stride, or the data (``shapes1500``: ``builtin:shapes``' generator
-at 1,500 images, 900 of them for training, written once to a temporary folder). Settings run as separate
-processes, ``--jobs`` at a time (default: the CPU count), each on one intra-op thread and on the GPU
-when there is one (``PAPERS_DEVICE``, :func:`papers.task_runs.device`); a run still going after
-``--limit`` seconds is stopped, its finished epochs kept. For each setting it prints the validation
-curve (VOC07 mAP or mIoU, percent) and seconds per epoch. It searches recipes; the proxy checks
-themselves are what ``papers check PAPER --run`` runs. ``make bench`` leaves it out (hours on two
-cores).
+(``augment``), DeepLab's random scaling, the width, the output stride; and its data, named by each
+setting (``builtin:shapes``, or a larger set of its generator such as ``builtin:shapes?images=1500``,
+900 training scenes; generated once, then cached). Settings run as separate processes, ``--jobs`` at a
+time (default: the CPU count), each on one intra-op thread and on the GPU when there is one
+(``PAPERS_DEVICE``, :func:`papers.task_runs.device`); a run still going after ``--limit`` seconds is
+stopped, its finished epochs kept. For each setting it prints the validation curve (VOC07 mAP or mIoU,
+percent) and seconds per epoch. It searches recipes; the proxy checks themselves are what ``papers
+check PAPER --run`` runs. ``make bench`` leaves it out (hours on two cores).
 """
 
 from __future__ import annotations
@@ -35,57 +35,63 @@ PLUGINS = {
     "dl3": "segmentation.deeplabv3",
 }
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
+SHAPES = "builtin:shapes"
+BIG = "builtin:shapes?images=1500"
 SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     # name: (plugin, option changes (with "variant" to build another variant), recipe changes, data)
-    "yolo_e80": ("yolo", {}, {"epochs": 80}, "shapes"),
-    "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, "shapes"),
-    "yolo_big_e20": ("yolo", {}, {"epochs": 20}, "shapes1500"),
-    "retina_e60": ("retina", {}, {"epochs": 60}, "shapes"),
-    "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, "shapes"),
-    "retina_big_e16": ("retina", {}, {"epochs": 16}, "shapes1500"),
-    "ssd_e80": ("ssd", {}, {"epochs": 80, "lr": 0.01}, "shapes"),
-    "ssd_e80_lr003": ("ssd", {}, {"epochs": 80, "lr": 0.003}, "shapes"),
-    "ssd_big_e24": ("ssd", {}, {"epochs": 24, "lr": 0.01}, "shapes1500"),
-    "ssd_aug": ("ssd", {}, {"augment": "ssd"}, "shapes"),
-    "yolo_aug": ("yolo", {}, {"augment": "ssd"}, "shapes"),
-    "retina_aug": ("retina", {}, {"augment": "ssd"}, "shapes"),
-    "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, "shapes"),
-    "fcn_e40_b2": ("fcn", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, "shapes"),
-    "fcn_e40_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4}, "shapes"),
-    "fcn_e40_b4_c96": ("fcn", {}, {"epochs": 40, "batch_size": 4, "crop": 96}, "shapes"),
-    "fcn_e40_lr1_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4, "lr": 0.1}, "shapes"),
-    "fcn_e60": ("fcn", {}, {"epochs": 60}, "shapes"),
-    "fcn_e60_lr1": ("fcn", {}, {"epochs": 60, "lr": 0.1}, "shapes"),
-    "fcn_e60_lr1_b4": ("fcn", {}, {"epochs": 60, "batch_size": 4, "lr": 0.1}, "shapes"),
-    "fcn_e100": ("fcn", {}, {"epochs": 100}, "shapes"),
-    "fcn_big_e20": ("fcn", {}, {"epochs": 20}, "shapes1500"),
-    "fcn_big_e15_lr02": ("fcn", {}, {"epochs": 15, "lr": 0.02}, "shapes1500"),
-    "dl3_e20_b2": ("dl3", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, "shapes"),
-    "dl3_e40_b2": ("dl3", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, "shapes"),
-    "dl3_e100": ("dl3", {}, {"epochs": 100}, "shapes"),
-    "dl3_big_e20": ("dl3", {}, {"epochs": 20}, "shapes1500"),
-    "dl3_w16_e60": ("dl3", {"width": 16}, {"epochs": 60}, "shapes"),
-    "dl3_w16_big_e15": ("dl3", {"width": 16}, {"epochs": 15}, "shapes1500"),
-    "dl3_os8_e60": ("dl3", DL3_OS8, {"epochs": 60}, "shapes"),
-    "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {"epochs": 60, "lr": 0.02}, "shapes"),
-    "dl3_os8_e40_lr1_b4": ("dl3", DL3_OS8, {"epochs": 40, "batch_size": 4, "lr": 0.1}, "shapes"),
-    "dl3_os8_w16_e60": ("dl3", {**DL3_OS8, "width": 16}, {"epochs": 60}, "shapes"),
+    # Every setting names its data: the proxies' own recipes are the base, not their data.
+    "yolo_e80": ("yolo", {}, {"epochs": 80}, SHAPES),
+    "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, SHAPES),
+    "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
+    "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
+    "retina_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01}, "builtin:shapes?images=3000"),
+    "ssd_3k_e6": ("ssd", {}, {"epochs": 6, "lr": 0.003}, "builtin:shapes?images=3000"),
+    "dl3_5k_e20": ("dl3", {}, {"epochs": 20}, "builtin:shapes?images=5000"),
+    "dl3_3k_e15": ("dl3", {}, {"epochs": 15}, "builtin:shapes?images=3000"),
+    "dl3_scale_e40": ("dl3", {}, {"epochs": 40, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
+    "dl3_scale_e100": ("dl3", {}, {"epochs": 100, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
+    "retina_e60": ("retina", {}, {"epochs": 60}, SHAPES),
+    "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, SHAPES),
+    "retina_big_e16": ("retina", {}, {"epochs": 16}, BIG),
+    "ssd_e80": ("ssd", {}, {"epochs": 80, "lr": 0.01}, SHAPES),
+    "ssd_e80_lr003": ("ssd", {}, {"epochs": 80, "lr": 0.003}, SHAPES),
+    "ssd_big_e24": ("ssd", {}, {"epochs": 24, "lr": 0.01}, BIG),
+    "ssd_aug": ("ssd", {}, {"augment": "ssd"}, SHAPES),
+    "yolo_aug": ("yolo", {}, {"augment": "ssd"}, SHAPES),
+    "retina_aug": ("retina", {}, {"augment": "ssd"}, SHAPES),
+    "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "fcn_e40_b2": ("fcn", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "fcn_e40_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4}, SHAPES),
+    "fcn_e40_b4_c96": ("fcn", {}, {"epochs": 40, "batch_size": 4, "crop": 96}, SHAPES),
+    "fcn_e40_lr1_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4, "lr": 0.1}, SHAPES),
+    "fcn_e60": ("fcn", {}, {"epochs": 60}, SHAPES),
+    "fcn_e60_lr1": ("fcn", {}, {"epochs": 60, "lr": 0.1}, SHAPES),
+    "fcn_e60_lr1_b4": ("fcn", {}, {"epochs": 60, "batch_size": 4, "lr": 0.1}, SHAPES),
+    "fcn_e100": ("fcn", {}, {"epochs": 100}, SHAPES),
+    "fcn_big_e20": ("fcn", {}, {"epochs": 20}, BIG),
+    "fcn_big_e15_lr02": ("fcn", {}, {"epochs": 15, "lr": 0.02}, BIG),
+    "dl3_e20_b2": ("dl3", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "dl3_e40_b2": ("dl3", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "dl3_e100": ("dl3", {}, {"epochs": 100}, SHAPES),
+    "dl3_big_e20": ("dl3", {}, {"epochs": 20}, BIG),
+    "dl3_w16_e60": ("dl3", {"width": 16}, {"epochs": 60}, SHAPES),
+    "dl3_w16_big_e15": ("dl3", {"width": 16}, {"epochs": 15}, BIG),
+    "dl3_os8_e60": ("dl3", DL3_OS8, {"epochs": 60}, SHAPES),
+    "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {"epochs": 60, "lr": 0.02}, SHAPES),
+    "dl3_os8_e40_lr1_b4": ("dl3", DL3_OS8, {"epochs": 40, "batch_size": 4, "lr": 0.1}, SHAPES),
+    "dl3_os8_w16_e60": ("dl3", {**DL3_OS8, "width": 16}, {"epochs": 60}, SHAPES),
     "dl3_os8_w16_e40_lr1_b4": (
         "dl3",
         {**DL3_OS8, "width": 16},
         {"epochs": 40, "batch_size": 4, "lr": 0.1},
-        "shapes",
+        SHAPES,
     ),
-    "dl3_os8_w16_l2_e60": ("dl3", {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]}, {"epochs": 60}, "shapes"),
-    "dl3_os8_big_e15": ("dl3", DL3_OS8, {"epochs": 15}, "shapes1500"),
+    "dl3_os8_w16_l2_e60": ("dl3", {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]}, {"epochs": 60}, SHAPES),
+    "dl3_os8_big_e15": ("dl3", DL3_OS8, {"epochs": 15}, BIG),
 }
 
 
-def _data(name: str, big: Path) -> str:
-    return "builtin:shapes" if name == "shapes" else str(big)
-
-
-def run_one(name: str, big: Path, folder: Path) -> None:
+def run_one(name: str, folder: Path) -> None:
     """Train setting ``name`` into ``folder`` (its metrics.json grows by one row per epoch)."""
     import torch
 
@@ -98,13 +104,11 @@ def run_one(name: str, big: Path, folder: Path) -> None:
     if PLUGINS[plugin].startswith("detection"):
         from papers.train_detection import train_detector
 
-        train_detector(
-            variant, _data(data, big), overrides=overrides, options=options, out=folder, paper_recipe=False
-        )
+        train_detector(variant, data, overrides=overrides, options=options, out=folder, paper_recipe=False)
     else:
         from papers.train_segmentation import train_segmenter
 
-        train_segmenter(variant, _data(data, big), overrides=overrides, options=options, out=folder)
+        train_segmenter(variant, data, overrides=overrides, options=options, out=folder)
 
 
 def _curve(folder: Path) -> tuple[list[float], list[float]]:
@@ -120,28 +124,27 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--limit", type=float, default=3600.0, help="seconds before runs are stopped")
     parser.add_argument("--list", action="store_true", help="print the settings and exit")
-    parser.add_argument("--one", nargs=3, metavar=("NAME", "DATA", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=2, metavar=("NAME", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        run_one(args.one[0], Path(args.one[1]), Path(args.one[2]))
+        run_one(args.one[0], Path(args.one[1]))
         return
     chosen = [s for s in SETTINGS if not args.names or any(fnmatch.fnmatch(s, p) for p in args.names)]
     if args.list or not chosen:
         for name in chosen or SETTINGS:
             print(name, *SETTINGS[name][1:])
         return
-    from papers.shapes import ShapesConfig, shapes_root, write
+    from papers.shapes import source_root
 
     work = Path(tempfile.mkdtemp(prefix="proxy-sweep-"))
-    shapes_root()
-    if any(SETTINGS[name][3] == "shapes1500" for name in chosen):
-        write(work / "shapes1500", ShapesConfig(images=1500))
+    for data in sorted({SETTINGS[name][3] for name in chosen}):
+        source_root(data)  # generated once, before the runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     waiting, running, started = list(chosen), {}, time.time()
     while (waiting or running) and time.time() - started < args.limit:
         while waiting and len(running) < args.jobs:
             name = waiting.pop(0)
-            command = [sys.executable, __file__, "--one", name, str(work / "shapes1500"), str(work / name)]
+            command = [sys.executable, __file__, "--one", name, str(work / BIG), str(work / name)]
             with open(work / f"{name}.log", "w") as log:  # the child keeps its own descriptor
                 running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(2)

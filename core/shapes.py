@@ -115,6 +115,13 @@ def source_config(source: str) -> ShapesConfig | None:
     return config
 
 
+def split_sizes(source: str) -> dict[str, int]:
+    """How many images each split of the set ``source`` names holds, without generating it."""
+    config = source_config(source) or BUILTIN
+    train, val = round(config.images * SPLITS["train"]), round(config.images * SPLITS["val"])
+    return {"train": train, "val": val, "test": config.images - train - val}
+
+
 def source_root(source: str) -> Path:
     """The folder holding ``VOCdevkit/VOC2007`` of the set the data source ``source`` names."""
     return shapes_root(source_config(source))

@@ -297,17 +297,19 @@ def shapes_check(
     proxy: str,
     compares_with: Mapping[str, Any] | None = None,
     max_seconds: float | None = None,
+    data: str = SHAPES,
 ) -> Any:
     """A segmentation paper's proxy check: train ``variant`` built with ``options`` (a narrow network)
-    on ``builtin:shapes``' train split with the registry's recipe changed by ``overrides``; it passes
-    when the mIoU on its val split reaches ``min_miou`` percent. ``papers check PAPER --run`` runs it,
-    beside the paper's figure that ``compares_with`` selects."""
+    on the train split of ``data`` (``builtin:shapes`` or another set of its generator) with the
+    registry's recipe changed by ``overrides``; it passes when the mIoU on its val split reaches
+    ``min_miou`` percent. ``papers check PAPER --run`` runs it, beside the paper's figure that
+    ``compares_with`` selects."""
     from papers.checks import TrainingCheck
 
     def run(progress: bool) -> tuple[float, float]:
         trained = train_segmenter(
             variant,
-            SHAPES,
+            data,
             overrides=overrides,
             options=options,
             log=(lambda line: print(f"{name}: {line}", flush=True)) if progress else None,
@@ -317,7 +319,7 @@ def shapes_check(
     return TrainingCheck(
         name=name,
         variant=variant,
-        data=SHAPES,
+        data=data,
         min_accuracy=min_miou,
         proxy=proxy,
         overrides=dict(overrides),

@@ -10,6 +10,7 @@ import papers
 from papers.checks import proxy_check
 from papers.registry import get_registry
 from papers.segment import voc_palette
+from papers.shapes import is_source, split_sizes
 from papers_plugins.segmentation import deeplabv3, fcn
 
 
@@ -32,10 +33,14 @@ def _tiny_set(root, n=8, size=48):
 
 def test_fcn_and_deeplabv3_register_a_miou_proxy_on_shapes():
     registry = get_registry()
-    for paper, variant in (("fcn", "fcn8s"), ("deeplabv3", deeplabv3.PROXY_VARIANT)):
+    for paper, plugin in (("fcn", fcn), ("deeplabv3", deeplabv3)):
         (check,) = registry.training_checks(paper)
-        assert (check.variant, check.data, check.metric) == (variant, "builtin:shapes", "miou")
-        assert check.min_accuracy == 70.0 and check.runner is not None and "builtin:shapes" in check.proxy
+        assert (check.variant, check.data, check.metric) == (plugin.PROXY_VARIANT, plugin.PROXY_DATA, "miou")
+        assert is_source(check.data)  # builtin:shapes or another set of its generator
+        assert check.min_accuracy == 70.0 and check.runner is not None and check.data in check.proxy
+        sizes = split_sizes(check.data)
+        assert f"{sizes['train']:,} synthetic scenes" in check.proxy and f"{sizes['val']} val" in check.proxy
+        assert check.overrides == plugin.PROXY_RECIPE
 
 
 def test_the_proxy_stands_beside_the_papers_voc_figure_as_measured():

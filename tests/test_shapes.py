@@ -109,6 +109,17 @@ def test_a_query_names_another_set_of_the_generator(monkeypatch, tmp_path):
     assert source_root("builtin:shapes?seed=3&images=12") == shapes_root(SMALL)
 
 
+def test_split_sizes_are_those_the_generator_writes(voc):
+    from papers.shapes import split_sizes
+
+    written = {
+        split: len((voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split())
+        for split in ("train", "val", "test")
+    }
+    assert split_sizes("builtin:shapes?seed=3&images=12") == written
+    assert split_sizes("builtin:shapes") == {"train": 180, "val": 60, "test": 60}
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [

@@ -8,7 +8,7 @@ import pytest
 import papers
 from papers.checks import proxy_check
 from papers.registry import get_registry
-from papers.shapes import ShapesConfig, write
+from papers.shapes import ShapesConfig, is_source, split_sizes, write
 from papers_plugins.detection import retinanet, ssd, yolov3
 
 PROXIES = {"retinanet": retinanet, "ssd": ssd, "yolov3": yolov3}
@@ -27,10 +27,13 @@ def test_each_registers_a_voc07_map_proxy_on_shapes_at_60_percent(paper):
     assert (check.name, check.variant, check.data) == (
         plugin.PROXY_NAME,
         plugin.PROXY_VARIANT,
-        "builtin:shapes",
+        plugin.PROXY_DATA,
     )
+    assert is_source(check.data)  # builtin:shapes or another set of its generator
     assert (check.metric, check.min_accuracy) == ("voc07_map", 60.0)
-    assert check.runner is not None and "builtin:shapes" in check.proxy
+    sizes = split_sizes(check.data)
+    assert check.runner is not None and check.data in check.proxy
+    assert f"{sizes['train']:,} synthetic scenes" in check.proxy and f"{sizes['val']} val" in check.proxy
 
 
 def test_the_ssd_proxy_stands_beside_the_papers_voc_figure_as_measured():

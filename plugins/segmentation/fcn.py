@@ -32,6 +32,7 @@ def papers_ops() -> list:
 
 
 PROXY_VARIANT = "fcn8s"
+PROXY_DATA = "builtin:shapes"
 PROXY_OPTIONS = {"width": 8, "fc_channels": 128}
 """FCN-8s at an eighth of VGG-16's width (8, 16, 32, 64, 64 channels; fc6 and fc7 with 128)."""
 PROXY_RECIPE = {"epochs": 100, "lr": 0.05, "crop": 128}
@@ -42,8 +43,10 @@ one thread of a loaded machine (`papers check fcn --run`); about 14 s an epoch o
 
 @hookimpl
 def papers_checks() -> list:
+    from papers.shapes import split_sizes
     from papers.train_segmentation import shapes_check
 
+    sizes = split_sizes(PROXY_DATA)
     return [
         shapes_check(
             "fcn8s-shapes",
@@ -53,9 +56,11 @@ def papers_checks() -> list:
             min_miou=70.0,
             compares_with={"metric": "miou", "dataset": "PASCAL VOC 2011"},
             max_seconds=1500.0,
+            data=PROXY_DATA,
             proxy="FCN-8s at an eighth of VGG-16's width (stages of 8 to 64 channels, fc6/fc7 of 128), "
-            "trained from scratch on builtin:shapes (180 synthetic scenes of four shape classes, "
-            f"{PROXY_RECIPE['epochs']} epochs of {PROXY_RECIPE['crop']}-pixel crops), scored on its "
-            "60 val scenes, not ImageNet-initialised VGG-16 on VOC 2011; passes at 70% mIoU",
+            f"trained from scratch on {PROXY_DATA} ({sizes['train']:,} synthetic scenes of four shape "
+            f"classes, {PROXY_RECIPE['epochs']} epochs of {PROXY_RECIPE['crop']}-pixel crops), scored "
+            f"on its {sizes['val']} val scenes, not ImageNet-initialised VGG-16 on VOC 2011; passes at "
+            "70% mIoU",
         )
     ]
