@@ -35,6 +35,7 @@ PLUGINS = {
     "dl3": "segmentation.deeplabv3",
 }
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
+DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
 SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
@@ -46,10 +47,11 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "retina_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01}, "builtin:shapes?images=3000"),
     "ssd_3k_e6": ("ssd", {}, {"epochs": 6, "lr": 0.003}, "builtin:shapes?images=3000"),
-    "dl3_5k_e20": ("dl3", {}, {"epochs": 20}, "builtin:shapes?images=5000"),
-    "dl3_3k_e15": ("dl3", {}, {"epochs": 15}, "builtin:shapes?images=3000"),
-    "dl3_scale_e40": ("dl3", {}, {"epochs": 40, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
-    "dl3_scale_e100": ("dl3", {}, {"epochs": 100, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
+    "dl3_5k_e20": ("dl3", DL3_OS16, {"epochs": 20}, "builtin:shapes?images=5000"),
+    "dl3_3k_e15": ("dl3", DL3_OS16, {"epochs": 15}, "builtin:shapes?images=3000"),
+    "dl3_os8_5k_e20": ("dl3", DL3_OS8, {"epochs": 20}, "builtin:shapes?images=5000"),
+    "dl3_scale_e40": ("dl3", DL3_OS16, {"epochs": 40, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
+    "dl3_scale_e100": ("dl3", DL3_OS16, {"epochs": 100, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
     "retina_e60": ("retina", {}, {"epochs": 60}, SHAPES),
     "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, SHAPES),
     "retina_big_e16": ("retina", {}, {"epochs": 16}, BIG),
@@ -70,12 +72,12 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "fcn_e100": ("fcn", {}, {"epochs": 100}, SHAPES),
     "fcn_big_e20": ("fcn", {}, {"epochs": 20}, BIG),
     "fcn_big_e15_lr02": ("fcn", {}, {"epochs": 15, "lr": 0.02}, BIG),
-    "dl3_e20_b2": ("dl3", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
-    "dl3_e40_b2": ("dl3", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
-    "dl3_e100": ("dl3", {}, {"epochs": 100}, SHAPES),
-    "dl3_big_e20": ("dl3", {}, {"epochs": 20}, BIG),
-    "dl3_w16_e60": ("dl3", {"width": 16}, {"epochs": 60}, SHAPES),
-    "dl3_w16_big_e15": ("dl3", {"width": 16}, {"epochs": 15}, BIG),
+    "dl3_e20_b2": ("dl3", DL3_OS16, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "dl3_e40_b2": ("dl3", DL3_OS16, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
+    "dl3_e100": ("dl3", DL3_OS16, {"epochs": 100}, SHAPES),
+    "dl3_big_e20": ("dl3", DL3_OS16, {"epochs": 20}, BIG),
+    "dl3_w16_e60": ("dl3", {**DL3_OS16, "width": 16}, {"epochs": 60}, SHAPES),
+    "dl3_w16_big_e15": ("dl3", {**DL3_OS16, "width": 16}, {"epochs": 15}, BIG),
     "dl3_os8_e60": ("dl3", DL3_OS8, {"epochs": 60}, SHAPES),
     "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {"epochs": 60, "lr": 0.02}, SHAPES),
     "dl3_os8_e40_lr1_b4": ("dl3", DL3_OS8, {"epochs": 40, "batch_size": 4, "lr": 0.1}, SHAPES),
