@@ -14,16 +14,25 @@ def papers_specs() -> list:
     return [files("papers_specs") / "segmentation" / "deeplabv3.yaml"]
 
 
-PROXY_VARIANT = "deeplabv3_resnet101_os16"
+PROXY_VARIANT = "deeplabv3_resnet101_os8"
 PROXY_DATA = "builtin:shapes?images=5000"
 """builtin:shapes' generator at 5,000 images (3,000 training scenes). On the default set's 180 the
 narrow DeepLabv3 is data-limited: 100 epochs end at 24.9% mIoU with the training loss still falling,
 and neither DeepLabv3's random scaling (25.3%) nor a wider or deeper network moves it much
-(``benchmarks/proxy_sweep.py``); on 1,800 scenes 15 epochs reach 60.7%."""
+(``benchmarks/proxy_sweep.py``). Output stride 8 (the paper's build option), not 16: at 16 the
+bilinearly upsampled scores cannot follow these small shapes' outlines (an oracle scoring each 16-pixel
+cell by its labels' shares reaches only 75.5% on the val split, 89.4% at stride 8;
+``benchmarks/segmentation_proxies.py``), and the output-stride-16 proxy on these 3,000 scenes ended at
+65.0% after 20 epochs (its weights after 15, evaluated at stride 8 as Table 6 evaluates the paper's,
+gave 59.3% against 64.9% at 16)."""
 PROXY_OPTIONS = {"layers": [1, 1, 1, 1], "width": 8, "aspp_channels": 32}
-"""DeepLabv3 at output stride 16 with multi-grid (1, 2, 4) on a ResNet of one bottleneck per stage at
+"""DeepLabv3 at output stride 8 with multi-grid (1, 2, 4) on a ResNet of one bottleneck per stage at
 an eighth of the width (bottleneck widths 8 to 64, outputs 32 to 256) and 32-filter ASPP branches."""
 PROXY_RECIPE = {"epochs": 20, "lr": 0.05, "crop": 128}
+"""Val mIoU after each of the 20 epochs on the 3,000 scenes: 26.3, 29.6, 33.6, 39.5, 55.1, 54.5, 66.4,
+71.4, 70.7, 74.9, 74.3, 74.8, 76.2, 74.9, 76.5, 76.7, 75.8, 76.1, 76.1, 75.9% (bar 70;
+``proxy_sweep.py dl3_os8_5k_e20``; 50 min wall on two intra-op threads of a machine shared with up to
+three other runs)."""
 
 
 @hookimpl
@@ -42,7 +51,7 @@ def papers_checks() -> list:
             compares_with={"metric": "miou", "split": "val"},
             max_seconds=900.0,
             data=PROXY_DATA,
-            proxy="DeepLabv3 (output stride 16, multi-grid, ASPP with image pooling) on a ResNet of one "
+            proxy="DeepLabv3 (output stride 8, multi-grid, ASPP with image pooling) on a ResNet of one "
             "bottleneck per stage at an eighth of the width with 32-filter ASPP branches, trained "
             f"from scratch on {PROXY_DATA} ({sizes['train']:,} synthetic scenes of four shape classes, "
             f"{PROXY_RECIPE['epochs']} epochs of {PROXY_RECIPE['crop']}-pixel crops), scored on its "
