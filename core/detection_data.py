@@ -38,7 +38,6 @@ from papers.data import DataError
 if TYPE_CHECKING:
     import torch
 
-SHAPES = "builtin:shapes"
 BACKGROUND = "background"
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

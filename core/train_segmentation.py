@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from papers.errors import PapersError
+from papers.shapes import SOURCE
 from papers.task_runs import TaskRun
 
 DEFAULTS = {
@@ -107,7 +108,7 @@ def _crop(
     import torch.nn.functional as F
 
     low, high = scales
-    if high > low or low != 1.0:
+    if (low, high) != (1.0, 1.0):
         factor = low + (high - low) * float(torch.rand(1, generator=generator))
         side = (max(1, round(labels.shape[0] * factor)), max(1, round(labels.shape[1] * factor)))
         pixels = F.interpolate(pixels[None], size=side, mode="bilinear", align_corners=False)[0]
@@ -284,9 +285,6 @@ def evaluate_segmenter(
     return measured | {"images": len(pairs), "classes": classes, "split": split, "protocol": "whole_image"}
 
 
-SHAPES = "builtin:shapes"
-
-
 def shapes_check(
     name: str,
     variant: str,
@@ -297,7 +295,7 @@ def shapes_check(
     proxy: str,
     compares_with: Mapping[str, Any] | None = None,
     max_seconds: float | None = None,
-    data: str = SHAPES,
+    data: str = SOURCE,
 ) -> Any:
     """A segmentation paper's proxy check: train ``variant`` built with ``options`` (a narrow network)
     on the train split of ``data`` (``builtin:shapes`` or another set of its generator) with the
