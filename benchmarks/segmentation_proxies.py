@@ -1,5 +1,5 @@
 """The segmentation proxies, timed, and the CRF's effect: ``python benchmarks/segmentation_proxies.py
-[--threads N] [--only fcn|deeplabv3] [--band PIXELS]``.
+[--threads N] [--only fcn|deeplabv3] [--band PIXELS] [--crf-of RUN]``.
 
 Trains each proxy check's network as ``papers check fcn --run`` and ``papers check deeplabv3 --run``
 do (``papers_plugins.segmentation.fcn`` and ``.deeplabv3``: a narrow FCN-8s and DeepLabv3 on
@@ -11,7 +11,9 @@ CRF (:func:`papers.crf.dense_crf`, with DeepLab v2's settings, the registry's on
 DeepLabv3 paper runs none) refines the trained DeepLabv3 proxy's val scores, and both mIoU and the
 trimap accuracy (pixel accuracy within ``--band`` pixels of the labels' boundaries,
 :func:`papers.segmentation_metrics.trimap_accuracy`) are printed without and with it. No setting is
-tuned to the result. It reports and never fails.
+tuned to the result. It reports and never fails. ``--crf-of RUN`` measures only the CRF's effect, on
+a finished run's folder (``papers train``'s or a proxy's: its ``recipe.json`` names the variant, the
+build options and the data; ``model.safetensors`` the weights).
 
 First it prints what an output stride alone allows on the val split: the mIoU of an oracle that
 scores each cell of the stride's grid with the log of its labels' pixel shares (the labels
@@ -21,6 +23,7 @@ average-pooled) and upsamples those scores bilinearly to the image, as the netwo
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["fcn", "deeplabv3"], default=None)
     parser.add_argument("--band", type=int, default=3, help="trimap band half-width in pixels")
+    parser.add_argument("--crf-of", type=Path, default=None, help="a finished run's folder: only the CRF")
     args = parser.parse_args()
 
     import torch
@@ -140,6 +144,12 @@ def main() -> None:
     from papers.shapes import source_root
 
     torch.set_num_threads(args.threads)
+    if args.crf_of is not None:
+        recipe = json.loads((args.crf_of / "recipe.json").read_text())
+        variant, options, data = recipe["variant"], recipe["options"], recipe["data"]
+        print(f"{args.crf_of} ({variant}, {data}):")
+        print("\n".join(_crf_effect(variant, options, args.crf_of / "model.safetensors", args.band, data)))
+        return
     papers_to_run = [args.only] if args.only else ["fcn", "deeplabv3"]
     for paper in papers_to_run:
         source_root(_proxy(paper)[4])  # generated once, outside the timed runs

@@ -363,7 +363,7 @@ def expand(
         outputs=outputs,
         features=features,
         classifier=(*expander.classifier, *graph.classifier),
-        init=tuple(_unique([*expander.init, *graph.init])),
+        init=tuple(_unique([*expander.init, *_init_rules(graph.init, env, f"{where}.init")])),
         blocks=expander.instances,
         aliases={
             name: target
@@ -407,6 +407,22 @@ def _evaluate_value(value: Any, env: Mapping[str, Any], where: str) -> Any:
     """``${...}`` templates in a value, resolved; errors located at ``where``."""
     with _located(where):
         return substitute(value, env)
+
+
+def _init_rules(rules: Sequence[InitRule], env: Mapping[str, Any], where: str) -> list[InitRule]:
+    """A graph's init rules with ``${...}`` in their arguments resolved in the graph's bound params (a
+    rule's σ may follow a build option, as RetinaNet's subnets' does)."""
+    return [
+        rule.model_copy(
+            update={
+                "args": {
+                    key: _evaluate_value(value, env, f"{where}[{index}].args.{key}")
+                    for key, value in rule.args.items()
+                }
+            }
+        )
+        for index, rule in enumerate(rules)
+    ]
 
 
 def _evaluate_expression(source: str, env: Mapping[str, Any], where: str) -> Any:
@@ -719,7 +735,7 @@ class _Expander:
             owner=owner,
         )
         outputs = self.graph(graph, body, inner, inputs[0])
-        self.init.extend(graph.init)
+        self.init.extend(_init_rules(graph.init, env, f"graphs.{node.graph}.init"))
         self.classifier.extend(prefix + name for name in graph.classifier)
         items = {**inner.features, **outputs}
         # the inlined nodes, groups and blocks can be read from here: `body.layer1`, or `layer1`

@@ -292,7 +292,7 @@ def train_detector(
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise PapersError(
-                    f"the loss is {float(loss)} at epoch {epoch}; lower the learning rate", field="-r lr"
+                    f"the loss is {loss.item()} at epoch {epoch}; lower the learning rate", field="-r lr"
                 )
             optimizer.zero_grad()
             loss.backward()

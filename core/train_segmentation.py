@@ -213,7 +213,7 @@ def train_segmenter(
                 loss = loss + AUX_WEIGHT * F.cross_entropy(output["aux"], labels, ignore_index=255)
             if not torch.isfinite(loss):
                 raise PapersError(
-                    f"the loss is {float(loss)} at epoch {epoch}; lower the learning rate", field="-r lr"
+                    f"the loss is {loss.item()} at epoch {epoch}; lower the learning rate", field="-r lr"
                 )
             optimizer.zero_grad()
             loss.backward()

@@ -67,6 +67,17 @@ def test_init_rules_apply_after_the_defaults():
     assert model.fc.weight.abs().sum() > 0, "PyTorch's default initialisation for the rest"
 
 
+def test_init_rule_arguments_follow_the_graphs_params():
+    rule = {"op": "conv2d", "param": "weight", "fn": "constant", "args": {"val": "${width / 16}"}}
+    data = minimal_spec(init=[rule])
+    assert torch.all(build(flat_for(data), CATALOGUE).conv.weight == 0.5)
+    assert torch.all(build(flat_for(data, width=4), CATALOGUE).conv.weight == 0.25), "a build option moves it"
+    data["graphs"]["net"]["init"][0]["args"] = {"val": "${depth / 16}"}
+    with pytest.raises(GraphError) as caught:
+        flat_for(data)
+    assert caught.value.field == "graphs.net.init[0].args.val"
+
+
 def test_several_outputs_come_back_as_a_named_tuple():
     data = minimal_spec(
         nodes=[

@@ -116,6 +116,14 @@ def test_the_class_subnet_starts_at_the_prior_and_the_others_at_zero_bias():
     assert 0.008 < float(weight.detach().std()) < 0.012  # N(0, 0.01)
 
 
+def test_the_subnets_sigma_is_a_build_option_for_narrower_subnets():
+    model = papers.build_model("retinanet_r50_fpn", image_size=128, **{**SMALL, "subnet_init_std": 0.02})
+    for name in ("head.regression_head.conv.0.0", "head.classification_head.cls_logits"):
+        assert 0.017 < float(model.get_submodule(name).weight.detach().std()) < 0.023, name
+    bias = model.head.classification_head.cls_logits.bias  # the prior does not move
+    assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.01))
+
+
 def test_nine_anchors_per_location_on_five_levels_with_the_papers_loss_settings():
     model = papers.build_model("retinanet_r50_fpn", device="meta", **SMALL)
     assert model.anchor_generator.num_anchors_per_location() == [9] * 5

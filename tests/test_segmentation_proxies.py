@@ -84,3 +84,30 @@ def test_a_smoke_run_of_both_proxies_lowers_the_loss(tmp_path, monkeypatch):
         losses = [row["train_loss"] for row in run.metrics]
         assert losses[-1] < losses[0], (variant, losses)
         assert {"val_miou", "val_pixel_acc", "val_mean_acc", "val_fwiou"} <= set(run.final)
+
+
+def test_the_crf_effect_is_measured_on_a_finished_run(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from papers.train_segmentation import train_segmenter
+
+    torch.set_num_threads(1)
+    data = str(_tiny_set(tmp_path / "data"))
+    options = {**deeplabv3.PROXY_OPTIONS, "num_classes": 5}
+    overrides = {"epochs": 1, "batch_size": 4, "crop": 32}
+    train_segmenter(deeplabv3.PROXY_VARIANT, data, overrides=overrides, options=options, out=tmp_path / "run")
+    path = Path(__file__).parents[1] / "benchmarks" / "segmentation_proxies.py"
+    spec = importlib.util.spec_from_file_location("segmentation_proxies", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["segmentation_proxies.py", "--threads", "1", "--crf-of", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    printed = capsys.readouterr().out
+    assert f"({deeplabv3.PROXY_VARIANT}, {data})" in printed
+    assert "without CRF  mIoU" in printed and "with CRF     mIoU" in printed and "ms per val image" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"], "it writes nothing"
