@@ -384,7 +384,8 @@ class Output(_Model):
 
 
 class InitRule(_Model):
-    """Initialise one parameter of every module made by ``op`` (after PyTorch's defaults)."""
+    """Initialise one parameter of every module made by ``op`` (after PyTorch's defaults); ``args`` are
+    the function's keywords, where ``${...}`` resolves in the params of the graph that holds the rule."""
 
     op: str
     param: Literal["weight", "bias"]
