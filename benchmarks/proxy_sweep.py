@@ -36,6 +36,7 @@ PLUGINS = {
 }
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
 DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
+SSD_SCALE20 = {"l2norm_scale": 20.0}  # conv4_3's scale before the proxy took 20·√(1/8)
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
 SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
@@ -46,7 +47,11 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "retina_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01}, "builtin:shapes?images=3000"),
-    "ssd_3k_e6": ("ssd", {}, {"epochs": 6, "lr": 0.003}, "builtin:shapes?images=3000"),
+    "ssd_e24": ("ssd", {}, {"epochs": 24}, SHAPES),
+    "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
+    "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),
+    "ssd_scale20_3k_e6": ("ssd", SSD_SCALE20, {"epochs": 6}, "builtin:shapes?images=3000"),
+    "ssd_scale20_3k_e10": ("ssd", SSD_SCALE20, {"epochs": 10}, "builtin:shapes?images=3000"),
     "dl3_5k_e20": ("dl3", DL3_OS16, {"epochs": 20}, "builtin:shapes?images=5000"),
     "dl3_3k_e15": ("dl3", DL3_OS16, {"epochs": 15}, "builtin:shapes?images=3000"),
     "dl3_os8_5k_e20": ("dl3", DL3_OS8, {"epochs": 20}, "builtin:shapes?images=5000"),
@@ -55,10 +60,10 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "retina_e60": ("retina", {}, {"epochs": 60}, SHAPES),
     "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, SHAPES),
     "retina_big_e16": ("retina", {}, {"epochs": 16}, BIG),
-    "ssd_e80": ("ssd", {}, {"epochs": 80, "lr": 0.01}, SHAPES),
-    "ssd_e80_lr003": ("ssd", {}, {"epochs": 80, "lr": 0.003}, SHAPES),
-    "ssd_big_e24": ("ssd", {}, {"epochs": 24, "lr": 0.01}, BIG),
-    "ssd_aug": ("ssd", {}, {"augment": "ssd"}, SHAPES),
+    "ssd_scale20_e80": ("ssd", SSD_SCALE20, {"epochs": 80, "lr": 0.01}, SHAPES),
+    "ssd_scale20_e80_lr003": ("ssd", SSD_SCALE20, {"epochs": 80, "lr": 0.003}, SHAPES),
+    "ssd_scale20_big_e24": ("ssd", SSD_SCALE20, {"epochs": 24, "lr": 0.01}, BIG),
+    "ssd_scale20_aug": ("ssd", SSD_SCALE20, {"augment": "ssd", "lr": 0.01}, SHAPES),
     "yolo_aug": ("yolo", {}, {"augment": "ssd"}, SHAPES),
     "retina_aug": ("retina", {}, {"augment": "ssd"}, SHAPES),
     "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),

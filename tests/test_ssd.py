@@ -129,6 +129,13 @@ def test_conv4_3_is_l2_normalised_with_a_learned_scale_of_20():
     assert torch.allclose(norms, torch.full_like(norms, 20.0), rtol=1e-5)
 
 
+def test_conv4_3s_initial_scale_is_a_build_option():
+    model = papers.build_model("ssd300", image_size=300, widths=[8, 16, 32, 64, 64], l2norm_scale=7.0)
+    assert torch.equal(model.backbone.scale_weight, torch.full((64,), 7.0))
+    norms = model.backbone(torch.randn(1, 64, 4, 4)).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, 7.0), rtol=1e-5)
+
+
 def test_the_papers_default_box_scales_and_task_settings():
     task = papers.build_model("ssd300", device="meta").task
     assert task.default_boxes.scales[:2] == [0.1, 0.2] and task.default_boxes.scales[5] == 0.9
