@@ -37,8 +37,10 @@ PLUGINS = {
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
 DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
 SSD_SCALE20 = {"l2norm_scale": 20.0}  # conv4_3's scale before the proxy took 20·√(1/8)
+RETINA_STD = {"subnet_init_std": 0.02}  # the paper's per-layer gain in 64-channel subnets
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
+THREE_K = "builtin:shapes?images=3000"
 SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     # name: (plugin, option changes (with "variant" to build another variant), recipe changes, data)
     # Every setting names its data: the proxies' own recipes are the base, not their data.
@@ -47,6 +49,9 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "retina_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01}, "builtin:shapes?images=3000"),
+    "retina_std_3k_e6": ("retina", RETINA_STD, {"epochs": 6, "lr": 0.01}, THREE_K),
+    "retina_gn_3k_e6": ("retina", {"subnet_groups": 32}, {"epochs": 6, "lr": 0.01}, THREE_K),
+    "retina_std_e16_lr003": ("retina", RETINA_STD, {"lr": 0.003}, SHAPES),
     "ssd_e24": ("ssd", {}, {"epochs": 24}, SHAPES),
     "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),

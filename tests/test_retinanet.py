@@ -124,6 +124,17 @@ def test_the_subnets_sigma_is_a_build_option_for_narrower_subnets():
     assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.01))
 
 
+def test_group_norms_in_the_subnets_are_a_build_option_and_the_paper_has_none():
+    plain = papers.build_model("retinanet_r50_fpn", device="meta", **SMALL)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    normed = papers.build_model("retinanet_r50_fpn", device="meta", **SMALL, subnet_groups=32)
+    for subnet in ("classification_head", "regression_head"):
+        for i in range(4):  # conv, norm, ReLU: torchvision's Conv2dNormActivation's names
+            norm = normed.get_submodule(f"head.{subnet}.conv.{i}.1")
+            assert isinstance(norm, torch.nn.GroupNorm) and (norm.num_groups, norm.num_channels) == (32, 256)
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in normed.modules()) == 8, "shared over the levels"
+
+
 def test_nine_anchors_per_location_on_five_levels_with_the_papers_loss_settings():
     model = papers.build_model("retinanet_r50_fpn", device="meta", **SMALL)
     assert model.anchor_generator.num_anchors_per_location() == [9] * 5
