@@ -23,7 +23,6 @@ average-pooled) and upsamples those scores bilinearly to the image, as the netwo
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -145,10 +144,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.crf_of is not None:
-        recipe = json.loads((args.crf_of / "recipe.json").read_text())
-        variant, options, data = recipe["variant"], recipe["options"], recipe["data"]
-        print(f"{args.crf_of} ({variant}, {data}):")
-        print("\n".join(_crf_effect(variant, options, args.crf_of / "model.safetensors", args.band, data)))
+        from papers.task_runs import task_record
+
+        record = task_record(args.crf_of / "recipe.json")
+        if record is None:
+            raise SystemExit(f"{args.crf_of}: not a run folder (no readable recipe.json)")
+        print(f"{args.crf_of} ({record.variant}, {record.data}):")
+        weights = args.crf_of / "model.safetensors"
+        print("\n".join(_crf_effect(record.variant, record.options, weights, args.band, record.data)))
         return
     papers_to_run = [args.only] if args.only else ["fcn", "deeplabv3"]
     for paper in papers_to_run:

@@ -421,6 +421,8 @@ def _init_rules(rules: Sequence[InitRule], env: Mapping[str, Any], where: str) -
                 }
             }
         )
+        if "${" in repr(rule.args)
+        else rule
         for index, rule in enumerate(rules)
     ]
 
