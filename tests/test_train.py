@@ -225,11 +225,14 @@ def test_two_processes_match_one(tmp_path):
     overrides = ["-r", "batch_size=32", "-r", "optimizer.momentum=0.9", "--epochs", "2"]
     command = ["-m", "papers", "train", "lenet5", "--data", "builtin:digits", *overrides]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = tmp_path / "logs"  # each rank's own output, so that a rank's failure says why
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun += ["--log-dir", str(logs), "--redirects", "3"]
     two = subprocess.run(
         [*torchrun, *command, "--out", str(tmp_path / "two")], env=environment, capture_output=True, text=True
     )
-    assert two.returncode == 0, two.stderr[-2000:]
+    ranks = "\n".join(f"{f}:\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("*.log")))
+    assert two.returncode == 0, two.stderr[-2000:] + "\n" + ranks
     one = train("lenet5", "builtin:digits", overrides=SHARED, out=tmp_path / "one", log=lambda _: None)
     assert json.loads((tmp_path / "two" / "recipe.json").read_text())["world_size"] == 2
     two_metrics = without_time(json.loads((tmp_path / "two" / "metrics.json").read_text()))
