@@ -37,7 +37,8 @@ PLUGINS = {
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
 DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
 SSD_SCALE20 = {"l2norm_scale": 20.0}  # conv4_3's scale before the proxy took 20·√(1/8)
-RETINA_STD = {"subnet_init_std": 0.02}  # the paper's per-layer gain in 64-channel subnets
+RETINA_OLD = {"subnet_init_std": 0.01}  # the paper's σ, before the proxy took 0.02
+RETINA_OLD_RECIPE = {"lr": 0.015, "grad_clip": 0.0}  # the proxy's recipe before lr 0.03, clipping at 5
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
 THREE_K = "builtin:shapes?images=3000"
@@ -48,10 +49,23 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, SHAPES),
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
-    "retina_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01}, "builtin:shapes?images=3000"),
-    "retina_std_3k_e6": ("retina", RETINA_STD, {"epochs": 6, "lr": 0.01}, THREE_K),
-    "retina_gn_3k_e6": ("retina", {"subnet_groups": 32}, {"epochs": 6, "lr": 0.01}, THREE_K),
-    "retina_std_e16_lr003": ("retina", RETINA_STD, {"lr": 0.003}, SHAPES),
+    "retina_3k_e6": ("retina", {}, {"epochs": 6}, THREE_K),
+    "retina_3k_e8": ("retina", {}, {"epochs": 8}, THREE_K),
+    "retina_sigma01_3k_e6": ("retina", RETINA_OLD, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
+    "retina_bce_3k_e6": (
+        "retina",
+        {"focal_gamma": 0.0, "focal_alpha": 0.75},
+        {"epochs": 6, "lr": 0.01},
+        THREE_K,
+    ),
+    "retina_noclip_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
+    "retina_gn_3k_e6": (
+        "retina",
+        {**RETINA_OLD, "subnet_groups": 32},
+        {"epochs": 6, "lr": 0.01, "grad_clip": 0.0},
+        THREE_K,
+    ),
+    "retina_std_e16_lr003": ("retina", {}, {"epochs": 16, "lr": 0.003, "grad_clip": 0.0}, SHAPES),
     "ssd_e24": ("ssd", {}, {"epochs": 24}, SHAPES),
     "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),
@@ -62,15 +76,20 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "dl3_os8_5k_e20": ("dl3", DL3_OS8, {"epochs": 20}, "builtin:shapes?images=5000"),
     "dl3_scale_e40": ("dl3", DL3_OS16, {"epochs": 40, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
     "dl3_scale_e100": ("dl3", DL3_OS16, {"epochs": 100, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
-    "retina_e60": ("retina", {}, {"epochs": 60}, SHAPES),
-    "retina_e60_lr01": ("retina", {}, {"epochs": 60, "lr": 0.01}, SHAPES),
-    "retina_big_e16": ("retina", {}, {"epochs": 16}, BIG),
+    "retina_sigma01_e60": ("retina", RETINA_OLD, {**RETINA_OLD_RECIPE, "epochs": 60}, SHAPES),
+    "retina_sigma01_e60_lr01": ("retina", RETINA_OLD, {"epochs": 60, "lr": 0.01, "grad_clip": 0.0}, SHAPES),
+    "retina_sigma01_big_e16": ("retina", RETINA_OLD, {**RETINA_OLD_RECIPE, "epochs": 16}, BIG),
     "ssd_scale20_e80": ("ssd", SSD_SCALE20, {"epochs": 80, "lr": 0.01}, SHAPES),
     "ssd_scale20_e80_lr003": ("ssd", SSD_SCALE20, {"epochs": 80, "lr": 0.003}, SHAPES),
     "ssd_scale20_big_e24": ("ssd", SSD_SCALE20, {"epochs": 24, "lr": 0.01}, BIG),
     "ssd_scale20_aug": ("ssd", SSD_SCALE20, {"augment": "ssd", "lr": 0.01}, SHAPES),
     "yolo_aug": ("yolo", {}, {"augment": "ssd"}, SHAPES),
-    "retina_aug": ("retina", {}, {"augment": "ssd"}, SHAPES),
+    "retina_sigma01_aug": (
+        "retina",
+        RETINA_OLD,
+        {**RETINA_OLD_RECIPE, "epochs": 16, "augment": "ssd"},
+        SHAPES,
+    ),
     "fcn_e20_b2": ("fcn", {}, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
     "fcn_e40_b2": ("fcn", {}, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
     "fcn_e40_b4": ("fcn", {}, {"epochs": 40, "batch_size": 4}, SHAPES),

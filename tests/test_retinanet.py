@@ -135,6 +135,26 @@ def test_group_norms_in_the_subnets_are_a_build_option_and_the_paper_has_none():
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in normed.modules()) == 8, "shared over the levels"
 
 
+def test_the_focal_losss_alpha_and_gamma_are_build_options_as_in_table_1a():
+    from papers.errors import GraphError
+
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]]), "labels": torch.tensor([2])}]
+    losses = {}
+    for name, options in (("paper", {}), ("cross entropy", {"focal_gamma": 0.0, "focal_alpha": 0.75})):
+        torch.manual_seed(0)
+        model = papers.build_model("retinanet_r50_fpn", num_classes=4, **SMALL, **options).train()
+        with torch.no_grad():
+            losses[name] = model(_images()[:1], targets)
+    assert model.task.focal_gamma == 0.0 and model.task.focal_alpha == 0.75
+    paper, balanced = losses["paper"], losses["cross entropy"]
+    assert torch.equal(paper["bbox_regression"], balanced["bbox_regression"])
+    # at the prior π = 0.01 the positives dominate: α 0.75 against 0.25 weighs them 3 times, and the
+    # negatives' π^γ factor (1e-4) is gone, so the cross entropy is more than 3 times the focal loss
+    assert float(balanced["classification"]) > 3 * float(paper["classification"])
+    with pytest.raises(GraphError, match="focal_alpha"):
+        papers.build_model("retinanet_r50_fpn", device="meta", **SMALL, focal_alpha=1.5)
+
+
 def test_nine_anchors_per_location_on_five_levels_with_the_papers_loss_settings():
     model = papers.build_model("retinanet_r50_fpn", device="meta", **SMALL)
     assert model.anchor_generator.num_anchors_per_location() == [9] * 5

@@ -49,7 +49,7 @@ def test_the_retinanet_proxy_stands_alone_as_the_paper_reports_no_voc_figure():
     (check,) = get_registry().training_checks("retinanet")
     made = proxy_check(papers.get_spec("retinanet"), check, 61.5, 200.0)
     assert (made.metric, made.reported, made.measured, made.status) == ("voc07_map", 60.0, 61.5, "pass")
-    assert made.dataset == "builtin:shapes" and made.proxy == check.proxy
+    assert made.dataset == check.data and made.proxy == check.proxy
 
 
 def test_the_narrow_retinanet_is_narrow_and_the_paper_keeps_its_widths():

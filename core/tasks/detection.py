@@ -34,8 +34,12 @@ OPTIONS = (
     "topk_candidates",
     "fg_iou_thresh",
     "bg_iou_thresh",
+    "focal_alpha",
+    "focal_gamma",
 )
-"""Build options that change the task layer, with torchvision's keyword names (as RetinaNet's)."""
+"""Build options that change the task layer, with torchvision's keyword names (as RetinaNet's); the
+focal loss's α and γ as the spec names them (the paper's Table 1a varies both; γ = 0 is the
+α-balanced cross entropy)."""
 TRANSFORM_OPTIONS = ("min_size", "max_size", "image_mean", "image_std")
 SSD_OPTIONS = (
     "score_thresh",
