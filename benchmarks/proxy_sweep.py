@@ -50,7 +50,6 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "retina_3k_e6": ("retina", {}, {"epochs": 6}, THREE_K),
-    "retina_3k_e8": ("retina", {}, {"epochs": 8}, THREE_K),
     "retina_sigma01_3k_e6": ("retina", RETINA_OLD, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
     "retina_bce_3k_e6": (
         "retina",
