@@ -145,6 +145,8 @@ def test_schema_is_json_schema(run):
         (["build", "vgg16", "-o", "depth=3"], "no parameter 'depth'"),
         (["build", "vgg16", "-o", "num_classes"], "not KEY=VALUE"),
         (["build", "vgg16", "-o", "num_classes=ten"], "num_classes"),
+        (["build", "retinanet_r50_fpn", "-o", "focal_alpha=1.5"], "focal_alpha"),
+        (["build", "retinanet_r50_fpn", "-o", "score_thresh=2"], "score_thresh"),
         (["build", "vgg16", "--out", "weights.pt"], ".safetensors"),
         (["check"], "name a paper or variant, or pass --all"),
         (
