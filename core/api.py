@@ -147,10 +147,15 @@ def build_model(
 
 
 def measure(variant_id: str, **options: Any) -> Measurement:
-    """Parameters, multiply-adds and shapes of a variant, computed on the meta device."""
+    """Parameters, multiply-adds and shapes of a variant, computed on the meta device. Options of its
+    task layer do not change the graph; they are checked by building the model on the meta device."""
+    from papers.tasks import task_options
+
     registry = get_registry()
     entry, _ = registry.variant(variant_id)
     flat = expand_variant(variant_id, **options)
+    if set(options) & set(task_options(flat.task)):
+        build_model(variant_id, device="meta", **options)
     try:
         return measure_graph(variant_id, flat, registry.catalogue)
     except PapersError as error:

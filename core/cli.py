@@ -220,8 +220,6 @@ def build(variant: str, pairs: tuple[str, ...], as_json: bool, out: str | None, 
     if out is not None:
         _check_weights_out(out, force)
     options = _options(pairs)
-    if out is None:  # the measurement reads the graph only: the task layer's options are checked here
-        build_model(variant, device="meta", **options)
     measurement = measure(variant, **options)
     if out is not None:
         _save(build_model(variant, **options), out, force=force)
