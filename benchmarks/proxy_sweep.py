@@ -118,6 +118,8 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     ),
     "dl3_os8_w16_l2_e60": ("dl3", {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]}, {"epochs": 60}, SHAPES),
     "dl3_os8_big_e15": ("dl3", DL3_OS8, {"epochs": 15}, BIG),
+    "dl3_os8_5k_e8": ("dl3", DL3_OS8, {"epochs": 8}, "builtin:shapes?images=5000"),
+    "fcn_bn_e20": ("fcn", {"batch_norm": True}, {"epochs": 20}, SHAPES),
 }
 
 
@@ -148,14 +150,23 @@ def _curve(folder: Path) -> tuple[list[float], list[float]]:
     return scores, [r["seconds"] for r in rows]
 
 
-def main() -> None:
+def child_command(name: str, folder: Path) -> list[str]:
+    """The command line of the process that trains setting ``name`` into ``folder``."""
+    return [sys.executable, __file__, "--one", name, str(folder)]
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="settings or glob patterns (default: all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--limit", type=float, default=3600.0, help="seconds before runs are stopped")
     parser.add_argument("--list", action="store_true", help="print the settings and exit")
     parser.add_argument("--one", nargs=2, metavar=("NAME", "FOLDER"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.one:
         run_one(args.one[0], Path(args.one[1]))
         return
@@ -174,7 +185,7 @@ def main() -> None:
     while (waiting or running) and time.time() - started < args.limit:
         while waiting and len(running) < args.jobs:
             name = waiting.pop(0)
-            command = [sys.executable, __file__, "--one", name, str(work / BIG), str(work / name)]
+            command = child_command(name, work / name)
             with open(work / f"{name}.log", "w") as log:  # the child keeps its own descriptor
                 running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(2)
