@@ -38,6 +38,7 @@ DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
 DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
 SSD_SCALE20 = {"l2norm_scale": 20.0}  # conv4_3's scale before the proxy took 20·√(1/8)
 RETINA_OLD = {"subnet_init_std": 0.01}  # the paper's σ, before the proxy took 0.02
+DL3_OLD_RECIPE = {"batch_size": 8}  # the registry's batch, before the proxy took 4
 RETINA_OLD_RECIPE = {"lr": 0.015, "grad_clip": 0.0}  # the proxy's recipe before lr 0.03, clipping at 5
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
@@ -70,11 +71,21 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),
     "ssd_scale20_3k_e6": ("ssd", SSD_SCALE20, {"epochs": 6}, "builtin:shapes?images=3000"),
     "ssd_scale20_3k_e10": ("ssd", SSD_SCALE20, {"epochs": 10}, "builtin:shapes?images=3000"),
-    "dl3_5k_e20": ("dl3", DL3_OS16, {"epochs": 20}, "builtin:shapes?images=5000"),
-    "dl3_3k_e15": ("dl3", DL3_OS16, {"epochs": 15}, "builtin:shapes?images=3000"),
-    "dl3_os8_5k_e20": ("dl3", DL3_OS8, {"epochs": 20}, "builtin:shapes?images=5000"),
-    "dl3_scale_e40": ("dl3", DL3_OS16, {"epochs": 40, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
-    "dl3_scale_e100": ("dl3", DL3_OS16, {"epochs": 100, "scale_min": 0.5, "scale_max": 2.0}, SHAPES),
+    "dl3_5k_e20": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 20}, "builtin:shapes?images=5000"),
+    "dl3_3k_e15": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 15}, "builtin:shapes?images=3000"),
+    "dl3_os8_5k_e20": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 20}, "builtin:shapes?images=5000"),
+    "dl3_scale_e40": (
+        "dl3",
+        DL3_OS16,
+        {**DL3_OLD_RECIPE, "epochs": 40, "scale_min": 0.5, "scale_max": 2.0},
+        SHAPES,
+    ),
+    "dl3_scale_e100": (
+        "dl3",
+        DL3_OS16,
+        {**DL3_OLD_RECIPE, "epochs": 100, "scale_min": 0.5, "scale_max": 2.0},
+        SHAPES,
+    ),
     "retina_sigma01_e60": ("retina", RETINA_OLD, {**RETINA_OLD_RECIPE, "epochs": 60}, SHAPES),
     "retina_sigma01_e60_lr01": ("retina", RETINA_OLD, {"epochs": 60, "lr": 0.01, "grad_clip": 0.0}, SHAPES),
     "retina_sigma01_big_e16": ("retina", RETINA_OLD, {**RETINA_OLD_RECIPE, "epochs": 16}, BIG),
@@ -102,24 +113,39 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "fcn_big_e15_lr02": ("fcn", {}, {"epochs": 15, "lr": 0.02}, BIG),
     "dl3_e20_b2": ("dl3", DL3_OS16, {"epochs": 20, "batch_size": 2, "lr": 0.02}, SHAPES),
     "dl3_e40_b2": ("dl3", DL3_OS16, {"epochs": 40, "batch_size": 2, "lr": 0.02}, SHAPES),
-    "dl3_e100": ("dl3", DL3_OS16, {"epochs": 100}, SHAPES),
-    "dl3_big_e20": ("dl3", DL3_OS16, {"epochs": 20}, BIG),
-    "dl3_w16_e60": ("dl3", {**DL3_OS16, "width": 16}, {"epochs": 60}, SHAPES),
-    "dl3_w16_big_e15": ("dl3", {**DL3_OS16, "width": 16}, {"epochs": 15}, BIG),
-    "dl3_os8_e60": ("dl3", DL3_OS8, {"epochs": 60}, SHAPES),
-    "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {"epochs": 60, "lr": 0.02}, SHAPES),
+    "dl3_e100": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 100}, SHAPES),
+    "dl3_big_e20": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 20}, BIG),
+    "dl3_w16_e60": ("dl3", {**DL3_OS16, "width": 16}, {**DL3_OLD_RECIPE, "epochs": 60}, SHAPES),
+    "dl3_w16_big_e15": ("dl3", {**DL3_OS16, "width": 16}, {**DL3_OLD_RECIPE, "epochs": 15}, BIG),
+    "dl3_os8_e60": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 60}, SHAPES),
+    "dl3_os8_e60_lr02": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 60, "lr": 0.02}, SHAPES),
     "dl3_os8_e40_lr1_b4": ("dl3", DL3_OS8, {"epochs": 40, "batch_size": 4, "lr": 0.1}, SHAPES),
-    "dl3_os8_w16_e60": ("dl3", {**DL3_OS8, "width": 16}, {"epochs": 60}, SHAPES),
+    "dl3_os8_w16_e60": ("dl3", {**DL3_OS8, "width": 16}, {**DL3_OLD_RECIPE, "epochs": 60}, SHAPES),
     "dl3_os8_w16_e40_lr1_b4": (
         "dl3",
         {**DL3_OS8, "width": 16},
         {"epochs": 40, "batch_size": 4, "lr": 0.1},
         SHAPES,
     ),
-    "dl3_os8_w16_l2_e60": ("dl3", {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]}, {"epochs": 60}, SHAPES),
-    "dl3_os8_big_e15": ("dl3", DL3_OS8, {"epochs": 15}, BIG),
-    "dl3_os8_5k_e8": ("dl3", DL3_OS8, {"epochs": 8}, "builtin:shapes?images=5000"),
+    "dl3_os8_w16_l2_e60": (
+        "dl3",
+        {**DL3_OS8, "width": 16, "layers": [2, 2, 2, 2]},
+        {**DL3_OLD_RECIPE, "epochs": 60},
+        SHAPES,
+    ),
+    "dl3_os8_big_e15": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 15}, BIG),
+    "dl3_os8_5k_e8": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 8}, "builtin:shapes?images=5000"),
+    "dl3_os8_5k_e8_lr1": (
+        "dl3",
+        DL3_OS8,
+        {**DL3_OLD_RECIPE, "epochs": 8, "lr": 0.1},
+        "builtin:shapes?images=5000",
+    ),
+    "dl3_os8_5k_e8_b4": ("dl3", DL3_OS8, {"epochs": 8, "batch_size": 4}, "builtin:shapes?images=5000"),
+    "dl3_os8_5k_e5_b4": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 4}, "builtin:shapes?images=5000"),
+    "dl3_os8_5k_e5_b2": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 2}, "builtin:shapes?images=5000"),
     "fcn_bn_e20": ("fcn", {"batch_norm": True}, {"epochs": 20}, SHAPES),
+    "fcn_e50_b4": ("fcn", {}, {"epochs": 50, "batch_size": 4}, SHAPES),
 }
 
 

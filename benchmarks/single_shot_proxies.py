@@ -1,5 +1,5 @@
 """RetinaNet's, SSD's and YOLOv3's proxy checks, timed: ``python benchmarks/single_shot_proxies.py
-[--threads N]``.
+[--threads N] [--only retinanet|ssd|yolov3]``.
 
 Runs ``papers check retinanet --run``, ``papers check ssd --run`` and ``papers check yolov3 --run``,
 each in a fresh process (a narrow detector trained on a set of ``builtin:shapes``' generator, its
@@ -54,13 +54,15 @@ def _timed(paper: str, threads: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=list(PROXIES), default=None)
     args = parser.parse_args()
+    chosen = [args.only] if args.only else list(PROXIES)
 
     from papers.shapes import source_root
 
-    for paper in PROXIES:
+    for paper in chosen:
         source_root(_data(paper))  # generated once, outside the timed runs
-    for paper in PROXIES:
+    for paper in chosen:
         print(_timed(paper, args.threads), flush=True)
 
 
