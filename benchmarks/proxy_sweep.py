@@ -37,9 +37,19 @@ PLUGINS = {
 DL3_OS8 = {"variant": "deeplabv3_resnet101_os8"}
 DL3_OS16 = {"variant": "deeplabv3_resnet101_os16"}
 SSD_SCALE20 = {"l2norm_scale": 20.0}  # conv4_3's scale before the proxy took 20·√(1/8)
-RETINA_OLD = {"subnet_init_std": 0.01}  # the paper's σ, before the proxy took 0.02
+RETINA_256 = {"min_size": 256}  # the shorter side before the proxy took 192
+RETINA_OLD = {**RETINA_256, "subnet_init_std": 0.01}  # the paper's σ, before the proxy took 0.02
 DL3_OLD_RECIPE = {"batch_size": 8}  # the registry's batch, before the proxy took 4
 RETINA_OLD_RECIPE = {"lr": 0.015, "grad_clip": 0.0}  # the proxy's recipe before lr 0.03, clipping at 5
+YOLO_COCO_ANCHORS = (
+    [[116, 90], [156, 198], [373, 326]],
+    [[30, 61], [62, 45], [59, 119]],
+    [[10, 13], [16, 30], [33, 23]],
+)
+YOLO_192 = {  # 192-pixel inputs, the paper's anchors scaled from 416 to 192
+    "image_size": 192,
+    "anchors": [[[round(w * 192 / 416), round(h * 192 / 416)] for w, h in s] for s in YOLO_COCO_ANCHORS],
+}
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
 THREE_K = "builtin:shapes?images=3000"
@@ -50,22 +60,24 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, SHAPES),
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
     "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
-    "retina_3k_e6": ("retina", {}, {"epochs": 6}, THREE_K),
+    "yolo_3k_e6_s192": ("yolo", YOLO_192, {"epochs": 6}, THREE_K),
+    "retina_3k_e6": ("retina", RETINA_256, {"epochs": 6}, THREE_K),
+    "retina_3k_e6_s192": ("retina", {}, {"epochs": 6}, THREE_K),
     "retina_sigma01_3k_e6": ("retina", RETINA_OLD, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
     "retina_bce_3k_e6": (
         "retina",
-        {"focal_gamma": 0.0, "focal_alpha": 0.75},
+        {**RETINA_256, "focal_gamma": 0.0, "focal_alpha": 0.75},
         {"epochs": 6, "lr": 0.01},
         THREE_K,
     ),
-    "retina_noclip_3k_e6": ("retina", {}, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
+    "retina_noclip_3k_e6": ("retina", RETINA_256, {"epochs": 6, "lr": 0.01, "grad_clip": 0.0}, THREE_K),
     "retina_gn_3k_e6": (
         "retina",
         {**RETINA_OLD, "subnet_groups": 32},
         {"epochs": 6, "lr": 0.01, "grad_clip": 0.0},
         THREE_K,
     ),
-    "retina_std_e16_lr003": ("retina", {}, {"epochs": 16, "lr": 0.003, "grad_clip": 0.0}, SHAPES),
+    "retina_std_e16_lr003": ("retina", RETINA_256, {"epochs": 16, "lr": 0.003, "grad_clip": 0.0}, SHAPES),
     "ssd_e24": ("ssd", {}, {"epochs": 24}, SHAPES),
     "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
     "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),
