@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from papers_plugins.detection.yolov3 import anchors_at
+
 PLUGINS = {
     "retina": "detection.retinanet",
     "ssd": "detection.ssd",
@@ -41,25 +43,18 @@ RETINA_256 = {"min_size": 256}  # the shorter side before the proxy took 192
 RETINA_OLD = {**RETINA_256, "subnet_init_std": 0.01}  # the paper's σ, before the proxy took 0.02
 DL3_OLD_RECIPE = {"batch_size": 8}  # the registry's batch, before the proxy took 4
 RETINA_OLD_RECIPE = {"lr": 0.015, "grad_clip": 0.0}  # the proxy's recipe before lr 0.03, clipping at 5
-YOLO_COCO_ANCHORS = (
-    [[116, 90], [156, 198], [373, 326]],
-    [[30, 61], [62, 45], [59, 119]],
-    [[10, 13], [16, 30], [33, 23]],
-)
-YOLO_192 = {  # 192-pixel inputs, the paper's anchors scaled from 416 to 192
-    "image_size": 192,
-    "anchors": [[[round(w * 192 / 416), round(h * 192 / 416)] for w, h in s] for s in YOLO_COCO_ANCHORS],
-}
+YOLO_192 = {"image_size": 192, "anchors": anchors_at(192)}  # the paper's anchors scaled to 192 pixels
 SHAPES = "builtin:shapes"
 BIG = "builtin:shapes?images=1500"
 THREE_K = "builtin:shapes?images=3000"
+FIVE_K = "builtin:shapes?images=5000"
 SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     # name: (plugin, option changes (with "variant" to build another variant), recipe changes, data)
     # Every setting names its data: the proxies' own recipes are the base, not their data.
     "yolo_e80": ("yolo", {}, {"epochs": 80}, SHAPES),
     "yolo_e80_lr001": ("yolo", {}, {"epochs": 80, "lr": 0.001}, SHAPES),
     "yolo_big_e20": ("yolo", {}, {"epochs": 20}, BIG),
-    "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
+    "yolo_3k_e6": ("yolo", {}, {"epochs": 6}, THREE_K),
     "yolo_3k_e6_s192": ("yolo", YOLO_192, {"epochs": 6}, THREE_K),
     "retina_3k_e6": ("retina", RETINA_256, {"epochs": 6}, THREE_K),
     "retina_3k_e6_s192": ("retina", {}, {"epochs": 6}, THREE_K),
@@ -79,13 +74,13 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
     ),
     "retina_std_e16_lr003": ("retina", RETINA_256, {"epochs": 16, "lr": 0.003, "grad_clip": 0.0}, SHAPES),
     "ssd_e24": ("ssd", {}, {"epochs": 24}, SHAPES),
-    "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, "builtin:shapes?images=3000"),
+    "ssd_3k_e6": ("ssd", {}, {"epochs": 6}, THREE_K),
     "ssd_scale20_e24": ("ssd", SSD_SCALE20, {"epochs": 24}, SHAPES),
-    "ssd_scale20_3k_e6": ("ssd", SSD_SCALE20, {"epochs": 6}, "builtin:shapes?images=3000"),
-    "ssd_scale20_3k_e10": ("ssd", SSD_SCALE20, {"epochs": 10}, "builtin:shapes?images=3000"),
-    "dl3_5k_e20": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 20}, "builtin:shapes?images=5000"),
-    "dl3_3k_e15": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 15}, "builtin:shapes?images=3000"),
-    "dl3_os8_5k_e20": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 20}, "builtin:shapes?images=5000"),
+    "ssd_scale20_3k_e6": ("ssd", SSD_SCALE20, {"epochs": 6}, THREE_K),
+    "ssd_scale20_3k_e10": ("ssd", SSD_SCALE20, {"epochs": 10}, THREE_K),
+    "dl3_5k_e20": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 20}, FIVE_K),
+    "dl3_3k_e15": ("dl3", DL3_OS16, {**DL3_OLD_RECIPE, "epochs": 15}, THREE_K),
+    "dl3_os8_5k_e20": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 20}, FIVE_K),
     "dl3_scale_e40": (
         "dl3",
         DL3_OS16,
@@ -146,16 +141,16 @@ SETTINGS: dict[str, tuple[str, dict, dict, str]] = {
         SHAPES,
     ),
     "dl3_os8_big_e15": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 15}, BIG),
-    "dl3_os8_5k_e8": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 8}, "builtin:shapes?images=5000"),
+    "dl3_os8_5k_e8": ("dl3", DL3_OS8, {**DL3_OLD_RECIPE, "epochs": 8}, FIVE_K),
     "dl3_os8_5k_e8_lr1": (
         "dl3",
         DL3_OS8,
         {**DL3_OLD_RECIPE, "epochs": 8, "lr": 0.1},
-        "builtin:shapes?images=5000",
+        FIVE_K,
     ),
-    "dl3_os8_5k_e8_b4": ("dl3", DL3_OS8, {"epochs": 8, "batch_size": 4}, "builtin:shapes?images=5000"),
-    "dl3_os8_5k_e5_b4": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 4}, "builtin:shapes?images=5000"),
-    "dl3_os8_5k_e5_b2": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 2}, "builtin:shapes?images=5000"),
+    "dl3_os8_5k_e8_b4": ("dl3", DL3_OS8, {"epochs": 8, "batch_size": 4}, FIVE_K),
+    "dl3_os8_5k_e5_b4": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 4}, FIVE_K),
+    "dl3_os8_5k_e5_b2": ("dl3", DL3_OS8, {"epochs": 5, "batch_size": 2}, FIVE_K),
     "fcn_bn_e20": ("fcn", {"batch_norm": True}, {"epochs": 20}, SHAPES),
     "fcn_e50_b4": ("fcn", {}, {"epochs": 50, "batch_size": 4}, SHAPES),
 }

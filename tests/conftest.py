@@ -16,6 +16,18 @@ from papers.cli import cli
 from papers.registry import reset_registry
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def benchmark(name: str) -> Any:
+    """The script ``benchmarks/NAME.py`` imported as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 VGG_SPEC = REPO / "specs" / "classification" / "vgg.yaml"
 
 

@@ -1,19 +1,12 @@
 """benchmarks/proxy_sweep.py: each setting's process trains into that setting's own folder."""
 
-import importlib.util
 from pathlib import Path
 
-
-def _sweep():
-    path = Path(__file__).parents[1] / "benchmarks" / "proxy_sweep.py"
-    spec = importlib.util.spec_from_file_location("proxy_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import benchmark
 
 
 def test_each_setting_runs_in_its_own_folder(tmp_path):
-    sweep = _sweep()
+    sweep = benchmark("proxy_sweep")
     folders = {}
     for name in ("dl3_os8_5k_e8", "fcn_e100"):
         args = sweep.parser().parse_args(sweep.child_command(name, tmp_path / name)[2:])
@@ -23,7 +16,7 @@ def test_each_setting_runs_in_its_own_folder(tmp_path):
 
 
 def test_every_setting_names_a_plugin_and_its_data():
-    sweep = _sweep()
+    sweep = benchmark("proxy_sweep")
     for name, (plugin, changes, recipe, data) in sweep.SETTINGS.items():
         assert plugin in sweep.PLUGINS, name
         assert data.startswith("builtin:shapes"), name

@@ -12,6 +12,7 @@ from papers.registry import get_registry
 from papers.segment import voc_palette
 from papers.shapes import is_source, split_sizes
 from papers_plugins.segmentation import deeplabv3, fcn
+from tests.conftest import benchmark
 
 
 def _tiny_set(root, n=8, size=48):
@@ -87,9 +88,7 @@ def test_a_smoke_run_of_both_proxies_lowers_the_loss(tmp_path, monkeypatch):
 
 
 def test_the_crf_effect_is_measured_on_a_finished_run(tmp_path, monkeypatch, capsys):
-    import importlib.util
     import sys
-    from pathlib import Path
 
     import torch
 
@@ -100,10 +99,7 @@ def test_the_crf_effect_is_measured_on_a_finished_run(tmp_path, monkeypatch, cap
     options = {**deeplabv3.PROXY_OPTIONS, "num_classes": 5}
     overrides = {"epochs": 1, "batch_size": 4, "crop": 32}
     train_segmenter(deeplabv3.PROXY_VARIANT, data, overrides=overrides, options=options, out=tmp_path / "run")
-    path = Path(__file__).parents[1] / "benchmarks" / "segmentation_proxies.py"
-    spec = importlib.util.spec_from_file_location("segmentation_proxies", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark("segmentation_proxies")
     argv = ["segmentation_proxies.py", "--threads", "1", "--crf-of", str(tmp_path / "run")]
     monkeypatch.setattr(sys, "argv", argv)
     module.main()

@@ -35,19 +35,24 @@ PROXY_VARIANT = "yolov3_416"
 PROXY_DATA = "builtin:shapes?images=3000"
 """builtin:shapes' generator at 3,000 images (1,800 training scenes): on the default set's 180, 80
 epochs plateau at about 22% (``benchmarks/proxy_sweep.py yolo_e80``); the proxy is data-limited."""
-_SCALE = 256 / 416
+COCO_ANCHORS = (
+    [[116, 90], [156, 198], [373, 326]],
+    [[30, 61], [62, 45], [59, 119]],
+    [[10, 13], [16, 30], [33, 23]],
+)
+"""The paper's nine anchors at 416 pixels, by scale from the coarsest."""
+
+
+def anchors_at(size: int) -> list[list[list[int]]]:
+    """:data:`COCO_ANCHORS` scaled from 416-pixel inputs to ``size``-pixel ones, rounded."""
+    return [[[round(w * size / 416), round(h * size / 416)] for w, h in scale] for scale in COCO_ANCHORS]
+
+
 PROXY_OPTIONS: Mapping[str, Any] = {
     "widths": [16, 32, 64, 128, 256],
     "blocks": [1, 1, 2, 2, 1],
     "image_size": 256,
-    "anchors": [
-        [[round(w * _SCALE), round(h * _SCALE)] for w, h in scale]
-        for scale in (
-            [[116, 90], [156, 198], [373, 326]],
-            [[30, 61], [62, 45], [59, 119]],
-            [[10, 13], [16, 30], [33, 23]],
-        )
-    ],
+    "anchors": anchors_at(256),
 }
 """A Darknet-53 at a quarter of its widths (16 to 256 channels) with 1, 1, 2, 2, 1 residual blocks per
 stage, the head's widths following, on 256 × 256 inputs; the paper's nine COCO anchors scaled from
