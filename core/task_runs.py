@@ -214,6 +214,21 @@ def device() -> Any:
     return chosen
 
 
+def place(model: Any, channels_last: bool = False) -> Any:
+    """Move ``model`` to :func:`device`, its 4-d weights in the ``channels_last`` (NHWC) layout where
+    asked (``-r channels_last=true``, as classification runs and timm's ``--channels-last``), which the
+    convolutions' activations then follow. Only the layout changes, so the arithmetic is the same up
+    to rounding; oneDNN's CPU convolutions run faster on NHWC (``benchmarks/memory_format.py``).
+    Returns the device."""
+    import torch
+
+    chosen = device()
+    model.to(chosen)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return chosen
+
+
 def state_of(optimizer: Any, schedule: Any, generator: Any) -> dict[str, Any]:
     """What :meth:`TaskRun.save` keeps besides the weights."""
     import torch
@@ -232,6 +247,7 @@ __all__ = [
     "TaskRun",
     "device",
     "new_folder",
+    "place",
     "restore",
     "resume",
     "start_weights",

@@ -47,9 +47,11 @@ DEFAULTS = {
     "grad_clip": 0.0,
     "seed": 0,
     "augment": "flip",
+    "channels_last": False,
 }
 """The registry's recipe for detectors whose spec gives none (``grad_clip``: the gradients' global norm
-is clipped at it; 0, none; ``augment``: :data:`AUGMENTS`)."""
+is clipped at it; 0, none; ``augment``: :data:`AUGMENTS`; ``channels_last``:
+:func:`papers.task_runs.place`)."""
 AUGMENTS = ("flip", "ssd")
 """``-r augment=``: ``flip``, random horizontal flips only; ``ssd``, SSD's sampling before the flip
 (Liu et al. 2016: photometric distortions and patches sampled by their IoU with the objects, Section
@@ -248,8 +250,7 @@ def train_detector(
         network = model.network  # the run's weights are the network's, as papers detect loads them
     if weights is not None:
         task_runs.start_weights(network, weights, variant)
-    device = task_runs.device()
-    model.to(device)
+    device = task_runs.place(model, bool(config.get("channels_last", False)))
     batch = config["batch_size"]
     per_epoch = -(-len(train_set.dataset) // batch)
     if resumed is None:

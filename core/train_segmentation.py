@@ -3,8 +3,9 @@ section): pixel-wise cross-entropy with label 255 ignored, scored by one confusi
 
 No segmentation spec carries a training recipe yet, so the registry's defaults stand in (overridable
 with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r crop=``, ``-r weight_decay=``, ``-r seed=``,
-``-r scale_min=``, ``-r scale_max=``): SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule
-(lr × (1 − step/steps)^0.9) of DeepLab, each image scaled by a factor drawn uniformly from
+``-r scale_min=``, ``-r scale_max=``, ``-r channels_last=true``, :func:`papers.task_runs.place`):
+SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule (lr × (1 − step/steps)^0.9) of
+DeepLab, each image scaled by a factor drawn uniformly from
 [``scale_min``, ``scale_max``] (default 1, no scaling; DeepLabv3's Section 4.1 draws from 0.5 to 2.0,
 as torchvision's segmentation references do; the mask by nearest neighbour), then random crops of
 ``crop`` pixels with random horizontal flips (masks padded with 255), and the auxiliary head's loss
@@ -34,6 +35,7 @@ DEFAULTS = {
     "seed": 0,
     "scale_min": 1.0,
     "scale_max": 1.0,
+    "channels_last": False,
 }
 """The registry's recipe for segmenters (no segmentation paper's recipe is in a spec yet)."""
 AUX_WEIGHT = 0.5
@@ -79,6 +81,11 @@ def task_recipe(
             if value not in choices[name]:
                 allowed = " or ".join(choices[name])
                 raise PapersError(f"{key} is {allowed}, not {value!r}", field=f"-r {key}")
+            made[name] = value
+            continue
+        if isinstance(defaults[name], bool):
+            if not isinstance(value, bool):
+                raise PapersError(f"{key} is true or false, not {value!r}", field=f"-r {key}")
             made[name] = value
             continue
         kind = float if name in ("lr", "weight_decay", "grad_clip", "scale_min", "scale_max") else int
@@ -176,8 +183,7 @@ def train_segmenter(
     model = papers.build_model(variant, **build)
     if weights is not None:
         task_runs.start_weights(model, weights, variant)
-    device = task_runs.device()
-    model.to(device)
+    device = task_runs.place(model, config["channels_last"])
     classes = _classes(model, build)
     if names is not None and classes != len(names):
         raise PapersError(f"{variant} scores {classes} classes and {data} has {len(names)}", field="--data")

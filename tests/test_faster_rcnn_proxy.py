@@ -55,7 +55,7 @@ def test_papers_check_run_trains_the_proxy_end_to_end(ten_scenes, monkeypatch):
 
     torch.set_num_threads(1)
     monkeypatch.setattr(faster_rcnn, "PROXY_DATA", ten_scenes)
-    monkeypatch.setattr(faster_rcnn, "PROXY_RECIPE", {"epochs": 1})
+    monkeypatch.setattr(faster_rcnn, "PROXY_RECIPE", {**faster_rcnn.PROXY_RECIPE, "epochs": 1})
     checks = papers.check("faster_rcnn", run=True)
     (made,) = [c for c in checks if c.proxy is not None]
     assert made.metric == "voc07_map" and made.reported == 73.2

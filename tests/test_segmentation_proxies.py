@@ -72,14 +72,14 @@ def test_a_smoke_run_of_both_proxies_lowers_the_loss(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     data = str(_tiny_set(tmp_path / "data"))
-    for variant, options in (
-        ("fcn8s", fcn.PROXY_OPTIONS),
-        (deeplabv3.PROXY_VARIANT, deeplabv3.PROXY_OPTIONS),
+    for variant, options, recipe in (
+        ("fcn8s", fcn.PROXY_OPTIONS, fcn.PROXY_RECIPE),
+        (deeplabv3.PROXY_VARIANT, deeplabv3.PROXY_OPTIONS, deeplabv3.PROXY_RECIPE),
     ):
         run = train_segmenter(
             variant,
             data,
-            overrides={"epochs": 3, "batch_size": 4, "crop": 32, "lr": 0.05},
+            overrides={**recipe, "epochs": 3, "batch_size": 4, "crop": 32, "lr": 0.05},  # its layout too
             options={**options, "num_classes": 5},
         )
         losses = [row["train_loss"] for row in run.metrics]

@@ -92,7 +92,7 @@ def test_papers_check_run_trains_the_proxy_end_to_end(paper, ten_scenes, monkeyp
     torch.set_num_threads(1)
     plugin = PROXIES[paper]
     monkeypatch.setattr(plugin, "PROXY_DATA", ten_scenes)
-    monkeypatch.setattr(plugin, "PROXY_RECIPE", {"epochs": 1})
+    monkeypatch.setattr(plugin, "PROXY_RECIPE", {**plugin.PROXY_RECIPE, "epochs": 1})  # its layout too
     checks = papers.check(paper, run=True)
     (made,) = [c for c in checks if c.proxy is not None]
     assert made.metric == "voc07_map"

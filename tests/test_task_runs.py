@@ -124,6 +124,7 @@ def test_a_detector_without_a_recipe_trains_with_the_registrys(plain, run, shape
         "grad_clip": 0.0,
         "seed": 0,
         "augment": "flip",
+        "channels_last": False,
     }
 
 
@@ -156,6 +157,29 @@ def test_ssds_sampling_trains_and_keeps_every_box_inside_its_image(plain, run, s
     assert refused.exit_code == 2 and "-r augment" in refused.stderr and "flip or ssd" in refused.stderr
 
 
+def _losses(folder: Path) -> list[float]:
+    return [m["train_loss"] for m in json.loads((folder / "metrics.json").read_text())]
+
+
+@pytest.mark.parametrize("recipe", ["registry", "paper"])
+def test_a_detector_trains_channels_last_to_the_same_numbers_up_to_rounding(
+    request, recipe, run, shapes, tmp_path
+):
+    request.getfixturevalue("plain" if recipe == "registry" else "paper")
+    args = ("train", VARIANT, "--data", str(shapes), "--epochs", "2", "-r", "lr=0.005")
+    assert run(*args, "--out", str(tmp_path / "nchw")).exit_code == 0
+    made = run(*args, "-r", "channels_last=true", "--out", str(tmp_path / "nhwc"))
+    assert made.exit_code == 0, made.stderr
+    recorded = json.loads((tmp_path / "nhwc" / "recipe.json").read_text())
+    assert recorded["channels_last"] is True and recorded["recipe"] == recipe
+    assert _losses(tmp_path / "nhwc") == pytest.approx(_losses(tmp_path / "nchw"), rel=1e-4)
+    saved = load_file(str(tmp_path / "nhwc" / "model.safetensors"))  # written in the default layout
+    assert all(t.is_contiguous() for t in saved.values())
+    refused = run(*args, "--dry-run", "-r", "channels_last=nhwc")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "-r channels_last" in refused.stderr and "nhwc" in refused.stderr
+
+
 def test_a_stopped_detector_run_resumed_ends_as_an_uninterrupted_one(plain, run, shapes, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = ("--data", str(shapes), "--epochs", "2", "-r", "lr=0.005")
@@ -181,6 +205,25 @@ def test_a_stopped_segmenter_run_resumed_ends_as_an_uninterrupted_one(run, tmp_p
     extended = run("train", "segnet_basic", "--resume", str(stopped))
     assert extended.exit_code == 0, extended.stderr
     assert _same_weights(straight / "model.safetensors", stopped / "model.safetensors")
+
+
+def test_a_segmenter_trains_and_resumes_channels_last_to_the_same_numbers_up_to_rounding(
+    run, tmp_path, one_thread
+):
+    data = _plain(tmp_path / "data")
+    nchw, nhwc = tmp_path / "nchw", tmp_path / "nhwc"
+    args = ("--data", str(data), "--epochs", "2", "--batch-size", "3", "-r", "crop=32")
+    assert run("train", "segnet_basic", *args, "--out", str(nchw)).exit_code == 0
+    layout = ("-r", "channels_last=true")
+    assert (
+        run("train", "segnet_basic", *args, *layout, "--out", str(nhwc), "--stop-after", "1").exit_code == 0
+    )
+    resumed = run("train", "segnet_basic", "--resume", str(nhwc))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads((nhwc / "recipe.json").read_text())["channels_last"] is True
+    assert _losses(nhwc) == pytest.approx(_losses(nchw), rel=1e-4)
+    ours, theirs = (load_file(str(f / "model.safetensors")) for f in (nhwc, nchw))
+    assert all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in theirs)
 
 
 def test_a_resumed_run_keeps_its_recipe_variant_and_data(plain, run, shapes, tmp_path):
