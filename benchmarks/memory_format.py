@@ -28,6 +28,7 @@ PROXIES = {
     "yolov3": "detection.yolov3",
     "faster_rcnn": "detection.faster_rcnn",
 }
+SEGMENTERS = ("fcn", "deeplabv3")
 SHAPE_CLASSES = 5
 """builtin:shapes' four shape classes and the background."""
 
@@ -80,8 +81,7 @@ def compare(name: str, steps: int) -> str:
 
     plugin = importlib.import_module(f"papers_plugins.{PROXIES[name]}")
     torch.manual_seed(0)
-    made = _segmenter(plugin) if PROXIES[name].startswith("segmentation") else _detector(plugin)
-    contiguous, loss = made
+    contiguous, loss = _segmenter(plugin) if name in SEGMENTERS else _detector(plugin)
     nhwc = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     models = {"contiguous": contiguous, "channels_last": nhwc}

@@ -141,6 +141,8 @@ class _Distributed:
         return tensor.tolist()
 
     def close(self) -> None:
+        if self.world == 1:
+            return
         import torch.distributed as dist
 
         if self.sums is not None:
