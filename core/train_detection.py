@@ -1,11 +1,11 @@
 """``papers train`` for detectors (variants whose graph has a ``detection`` section): the model's own
 losses (``model(images, targets)`` in train mode, torchvision's contract), summed.
 
-The data are :mod:`papers.detection_data`'s (a PASCAL VOC folder, a COCO folder or
-``builtin:shapes``): the ``train`` split trains, the ``val`` split is scored after each epoch with
-VOC 2007's 11-point mAP (``voc07_map``, percent). Batches are lists of images of different sizes;
-the detector's transform resizes them (its ``min_size`` / ``max_size`` build options). Random
-horizontal flips move the boxes with the image.
+The data are :mod:`papers.detection_data`'s (a PASCAL VOC folder, a COCO folder or ``builtin:shapes``):
+the ``train`` split trains, the ``val`` split is scored after each epoch (or every ``-r val_interval=``
+epochs and after the last) with VOC 2007's 11-point mAP (``voc07_map``, percent). Batches are lists of
+images of different sizes; the detector's transform resizes them (its ``min_size`` / ``max_size`` build
+options). Random horizontal flips move the boxes with the image.
 
 The recipe is the paper's where its spec gives one (``hyperparameters``: optimizer, rate and
 momentum, weight decay, batch, schedule, and length in epochs or iterations), resolved as a
@@ -37,7 +37,7 @@ from typing import Any
 
 from papers.errors import PapersError
 from papers.train_segmentation import SegmentationRun as DetectionRun
-from papers.train_segmentation import task_recipe
+from papers.train_segmentation import scores_after, task_recipe
 
 DEFAULTS = {
     "epochs": 10,
@@ -48,10 +48,12 @@ DEFAULTS = {
     "seed": 0,
     "augment": "flip",
     "channels_last": False,
+    "val_interval": 1,
 }
 """The registry's recipe for detectors whose spec gives none (``grad_clip``: the gradients' global norm
 is clipped at it; 0, none; ``augment``: :data:`AUGMENTS`; ``channels_last``:
-:func:`papers.task_runs.place`)."""
+:func:`papers.task_runs.place`; ``val_interval``: :func:`papers.train_segmentation.scores_after`).
+``augment`` and ``val_interval`` apply to a paper's recipe too."""
 AUGMENTS = ("flip", "ssd")
 """``-r augment=``: ``flip``, random horizontal flips only; ``ssd``, SSD's sampling before the flip
 (Liu et al. 2016: photometric distortions and patches sampled by their IoU with the objects, Section
@@ -80,7 +82,8 @@ def recipe(
     from papers.recipe import RecipeError, check_length, resolve
 
     overrides = dict(overrides or {})
-    augment = task_recipe({"augment": overrides.pop("augment", "flip")}, DEFAULTS, "a detector", choices)
+    loop = {key: overrides.pop(key) for key in ("augment", "val_interval") if key in overrides}
+    augment = task_recipe(loop, DEFAULTS, "a detector", choices)
     dotted = {_SHORT.get(key, key): value for key, value in overrides.items()}
     if "epochs" in dotted and "iterations" not in dotted:
         dotted["iterations"] = None  # the epochs asked replace the paper's length in steps
@@ -107,6 +110,7 @@ def recipe(
         "source": hyperparameters.source,
         **made,
         "augment": augment["augment"],
+        "val_interval": augment["val_interval"],
         "deviations": deviations,
     }
 
@@ -186,7 +190,8 @@ def train_detector(
     stop_after: int | None = None,
     paper_recipe: bool = True,
 ) -> DetectionRun:
-    """Train ``variant`` on ``data``'s train split; score VOC07 mAP on its val split after each epoch.
+    """Train ``variant`` on ``data``'s train split; score VOC07 mAP on its val split after each epoch
+    (or each ``val_interval``-th and the last).
 
     ``paper_recipe=False`` trains with the registry's recipe even where the spec gives the paper's
     (the proxy checks'); ``resume``, ``weights`` and ``stop_after`` as in
@@ -305,25 +310,22 @@ def train_detector(
             step, total, batches = step + 1, total + loss.item(), batches + 1
         if not per_step and schedule is not None:
             schedule.step()
-        model.eval()
-        detections, truths = [], []
-        with torch.inference_mode(), readable(data):
-            for index in range(len(val_set.dataset)):
-                image, target = val_set.dataset[index]
-                detections.append({k: v.cpu() for k, v in model([image.to(device)])[0].items()})
-                truths.append(as_objects(target) if agnostic else target)
-        voc07, _ = voc_map(detections, truths, use_07_metric=True)
-        row = {
-            "epoch": epoch,
-            "train_loss": total / max(batches, 1),
-            "val_voc07_map": 100.0 * voc07,
-            "seconds": time.perf_counter() - started,
-        }
+        row = {"epoch": epoch, "train_loss": total / max(batches, 1)}
+        if scores_after(epoch, config):
+            model.eval()
+            detections, truths = [], []
+            with torch.inference_mode(), readable(data):
+                for index in range(len(val_set.dataset)):
+                    image, target = val_set.dataset[index]
+                    detections.append({k: v.cpu() for k, v in model([image.to(device)])[0].items()})
+                    truths.append(as_objects(target) if agnostic else target)
+            row["val_voc07_map"] = 100.0 * voc_map(detections, truths, use_07_metric=True)[0]
+        row["seconds"] = time.perf_counter() - started
         run.metrics.append(row)
         run.save(network, epoch, {**task_runs.state_of(optimizer, schedule, generator), "step": step})
         say(
-            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
-            f"VOC07 mAP {row['val_voc07_map']:.2f}%"
+            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}"
+            + (f"  VOC07 mAP {row['val_voc07_map']:.2f}%" if "val_voc07_map" in row else "")
         )
         if stop_after is not None and epoch - first + 1 >= stop_after and epoch < config["epochs"]:
             run.finished = False

@@ -3,7 +3,8 @@ section): pixel-wise cross-entropy with label 255 ignored, scored by one confusi
 
 No segmentation spec carries a training recipe yet, so the registry's defaults stand in (overridable
 with ``--epochs``, ``--batch-size`` and ``-r lr=``, ``-r crop=``, ``-r weight_decay=``, ``-r seed=``,
-``-r scale_min=``, ``-r scale_max=``, ``-r channels_last=true``, :func:`papers.task_runs.place`):
+``-r scale_min=``, ``-r scale_max=``, ``-r channels_last=true``, :func:`papers.task_runs.place`,
+``-r val_interval=``, :func:`scores_after`):
 SGD with momentum 0.9 and weight decay 5e-4, the "poly" schedule (lr × (1 − step/steps)^0.9) of
 DeepLab, each image scaled by a factor drawn uniformly from
 [``scale_min``, ``scale_max``] (default 1, no scaling; DeepLabv3's Section 4.1 draws from 0.5 to 2.0,
@@ -36,6 +37,7 @@ DEFAULTS = {
     "scale_min": 1.0,
     "scale_max": 1.0,
     "channels_last": False,
+    "val_interval": 1,
 }
 """The registry's recipe for segmenters (no segmentation paper's recipe is in a spec yet)."""
 AUX_WEIGHT = 0.5
@@ -154,7 +156,8 @@ def train_segmenter(
     weights: str | Path | None = None,
     stop_after: int | None = None,
 ) -> SegmentationRun:
-    """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch.
+    """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch (or
+    each ``val_interval``-th and the last, :func:`scores_after`).
 
     ``resume`` continues a run folder from its last epoch (:mod:`papers.task_runs`); ``weights`` are
     the starting weights of a new run; ``stop_after`` ends this call after that many epochs."""
@@ -226,19 +229,27 @@ def train_segmenter(
             optimizer.step()
             schedule.step()
             total, seen = total + loss.item() * len(crops), seen + len(crops)
-        scored = score(model, val_set, classes)
+        scored = score(model, val_set, classes) if scores_after(epoch, config) else {}
         row = {"epoch": epoch, "train_loss": total / seen, "seconds": time.perf_counter() - started}
         row.update({f"val_{k}": v for k, v in scored.items()})
         run.metrics.append(row)
         run.save(model, epoch, task_runs.state_of(optimizer, schedule, generator))
         say(
-            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}  "
-            f"mIoU {100 * scored['miou']:.2f}%"
+            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}"
+            + (f"  mIoU {100 * scored['miou']:.2f}%" if scored else "")
         )
         if stop_after is not None and epoch - first + 1 >= stop_after and epoch < config["epochs"]:
             run.finished = False
             break
     return run
+
+
+def scores_after(epoch: int, config: Mapping[str, Any]) -> bool:
+    """Whether a task loop scores the val split after ``epoch``: after every ``val_interval``-th epoch
+    (``-r val_interval=N``, OpenMMLab's ``train_cfg.val_interval``; default 1) and after the last. The
+    epochs between keep their loss and time only. Scoring changes nothing the training draws or
+    updates, so the last epoch's metrics are the same at any interval."""
+    return epoch % config.get("val_interval", 1) == 0 or epoch == config["epochs"]
 
 
 def _classes(model: Any, options: Mapping[str, Any]) -> int:

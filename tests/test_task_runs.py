@@ -125,6 +125,7 @@ def test_a_detector_without_a_recipe_trains_with_the_registrys(plain, run, shape
         "seed": 0,
         "augment": "flip",
         "channels_last": False,
+        "val_interval": 1,
     }
 
 
@@ -180,6 +181,28 @@ def test_a_detector_trains_channels_last_to_the_same_numbers_up_to_rounding(
     assert "-r channels_last" in refused.stderr and "nhwc" in refused.stderr
 
 
+@pytest.mark.parametrize("recipe", ["registry", "paper"])
+def test_a_detector_scores_every_val_interval_epochs_and_the_last_to_the_same_numbers(
+    request, recipe, run, shapes, tmp_path
+):
+    request.getfixturevalue("plain" if recipe == "registry" else "paper")
+    args = ("train", VARIANT, "--data", str(shapes), "--epochs", "3", "-r", "lr=0.005")
+    assert run(*args, "--out", str(tmp_path / "every")).exit_code == 0
+    made = run(*args, "-r", "val_interval=2", "--out", str(tmp_path / "second"))
+    assert made.exit_code == 0, made.stderr
+    assert json.loads((tmp_path / "second" / "recipe.json").read_text())["val_interval"] == 2
+    every, second = (json.loads((tmp_path / f / "metrics.json").read_text()) for f in ("every", "second"))
+    assert ["val_voc07_map" in row for row in second] == [False, True, True]
+    for ours, theirs in zip(second, every, strict=True):  # scoring changes nothing the training does
+        assert ours["train_loss"] == theirs["train_loss"]
+        assert ours.get("val_voc07_map", theirs["val_voc07_map"]) == theirs["val_voc07_map"]
+    assert _same_weights(tmp_path / "every" / "model.safetensors", tmp_path / "second" / "model.safetensors")
+    for value in ("0", "two"):
+        refused = run(*args, "--dry-run", "-r", f"val_interval={value}")
+        assert refused.exit_code == 2 and refused.stdout == ""
+        assert "-r val_interval" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_a_stopped_detector_run_resumed_ends_as_an_uninterrupted_one(plain, run, shapes, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = ("--data", str(shapes), "--epochs", "2", "-r", "lr=0.005")
@@ -224,6 +247,22 @@ def test_a_segmenter_trains_and_resumes_channels_last_to_the_same_numbers_up_to_
     assert _losses(nhwc) == pytest.approx(_losses(nchw), rel=1e-4)
     ours, theirs = (load_file(str(f / "model.safetensors")) for f in (nhwc, nchw))
     assert all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in theirs)
+
+
+def test_a_segmenter_scores_only_after_the_last_epoch_when_the_interval_is_longer(
+    run, tmp_path, one_thread
+):
+    data = _plain(tmp_path / "data")
+    args = ("--data", str(data), "--epochs", "2", "--batch-size", "3", "-r", "crop=32")
+    assert run("train", "segnet_basic", *args, "--out", str(tmp_path / "every")).exit_code == 0
+    made = run("train", "segnet_basic", *args, "-r", "val_interval=5", "--out", str(tmp_path / "last"))
+    assert made.exit_code == 0, made.stderr
+    every, last = (json.loads((tmp_path / f / "metrics.json").read_text()) for f in ("every", "last"))
+    assert not any(key.startswith("val_") for key in last[0])
+    assert {k: v for k, v in last[1].items() if k != "seconds"} == {
+        k: v for k, v in every[1].items() if k != "seconds"
+    }
+    assert "mIoU" in made.stdout  # the final line reports the last epoch's scores
 
 
 def test_a_resumed_run_keeps_its_recipe_variant_and_data(plain, run, shapes, tmp_path):

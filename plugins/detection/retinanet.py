@@ -77,6 +77,7 @@ PROXY_RECIPE: Mapping[str, Any] = {
     "lr": 0.03,
     "grad_clip": 5.0,
     "channels_last": True,
+    "val_interval": 6,
 }
 """The registry's detector recipe (SGD, momentum 0.9, batch 2, warm-up and poly decay) changed so:
 lr 0.03 with the gradient's norm clipped at 5 (unclipped, lr 0.02 with σ = 0.01 and lr 0.015 with σ =

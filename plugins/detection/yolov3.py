@@ -63,6 +63,7 @@ PROXY_RECIPE: Mapping[str, Any] = {
     "lr": 0.003,
     "grad_clip": 10.0,
     "channels_last": True,
+    "val_interval": 6,
 }
 """The registry's detector recipe (SGD, momentum 0.9, batch 2, warm-up and poly decay) changed so; the
 loss is a sum over every prediction, and without clipping lr 0.003 and 0.01 diverge in the first two

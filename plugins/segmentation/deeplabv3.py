@@ -34,6 +34,7 @@ PROXY_RECIPE = {
     "crop": 128,
     "batch_size": 4,
     "channels_last": True,
+    "val_interval": 8,
 }
 """The registry's segmenter recipe (SGD with momentum 0.9, the poly schedule, random crops and flips) at
 batch 4 for 8 epochs. Val mIoU after each epoch on the 3,000 scenes: 26.5, 33.3, 41.1, 61.2, 70.2, 74.3,
