@@ -585,7 +585,10 @@ def _task_recipe(variant: str, overrides: dict[str, Any]) -> dict[str, Any] | No
     "--dataset", help="The dataset's name as the paper's results write it: 'ImageNet (ILSVRC-2012)'."
 )
 @click.option(
-    "--split", type=click.Choice(["train", "val", "test", "test-dev"]), help="Which split DIR holds."
+    "--split",
+    type=click.Choice(["train", "val", "test", "test-dev"]),
+    help="Which split DIR holds; of a detector's or segmenter's data, the split scored [default: a "
+    "segmenter's val; a detector's VOC test where there is one, else val].",
 )
 @click.option(
     "--condition",
@@ -640,6 +643,7 @@ def eval_command(
             workers=workers,
             threads=threads,
             options=options,
+            split=split,
         )
     if data in ("builtin:digits", "builtin:mnist5k"):
         dataset, split = dataset or data, split or "test"

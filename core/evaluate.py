@@ -150,8 +150,10 @@ def evaluate(
     threads: int | None = None,
     options: Mapping[str, Any] | None = None,
     normalize: Mapping[str, Sequence[float]] | str | None = "auto",
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """Top-1 and top-5 accuracy (percent) of ``variant`` with ``weights`` on ``data``.
+    """Top-1 and top-5 accuracy (percent) of ``variant`` with ``weights`` on ``data``; a detector's
+    mAP (:func:`papers.detect.evaluate_detector`) on ``data``'s ``split`` (none: its default).
 
     ``normalize`` is the per-channel ``mean`` and ``std`` inputs are normalised with; ``"auto"``
     takes ImageNet's for a torchvision / timm checkpoint and the run's for weights in a run folder.
@@ -161,7 +163,7 @@ def evaluate(
 
     with intra_op_threads(threads):
         measured = _evaluate(
-            variant, weights, data, protocol, resize, batch_size, workers, options, normalize
+            variant, weights, data, protocol, resize, batch_size, workers, options, normalize, split
         )
     import torch
 
@@ -178,6 +180,7 @@ def _evaluate(
     workers: int,
     options: Mapping[str, Any] | None,
     normalize: Mapping[str, Sequence[float]] | str | None,
+    split: str | None,
 ) -> dict[str, Any]:
     import torch
 
@@ -191,7 +194,7 @@ def _evaluate(
     # mAP on VOC / COCO / builtin:shapes (papers.detect), of a task layer's detector or a plugin's (YOLO)
     if is_detector(variant) or class_detector(variant) is not None:
         return evaluate_detector(
-            variant, weights, data, batch_size=batch_size, workers=workers, options=options
+            variant, weights, data, batch_size=batch_size, workers=workers, options=options, split=split
         )
     check_source(data)
     from papers.pretrained import is_library_weights, library_state_dict

@@ -214,15 +214,65 @@ def device() -> Any:
     return chosen
 
 
-def place(model: Any, channels_last: bool = False) -> Any:
-    """Move ``model`` to :func:`device`, its 4-d weights in the ``channels_last`` (NHWC) layout where
-    asked (``-r channels_last=true``, as classification runs and timm's ``--channels-last``), which the
+class OneProcess:
+    """A run in one process, as :class:`papers.train._Distributed` describes torchrun's processes: its
+    sums and gathers are the value itself."""
+
+    world, rank, main = 1, 0, True
+
+    def total(self, values: list[float]) -> list[float]:
+        return values
+
+    def gather(self, value: Any) -> list[Any]:
+        return [value]
+
+    def same_as_main(self, module: Any) -> None:
+        return None
+
+
+def share(batch_size: int, processes: Any) -> None:
+    """Refuse a global batch that does not split evenly over torchrun's processes (each takes every
+    ``world``-th image of each batch, as classification runs split theirs)."""
+    if batch_size % processes.world:
+        raise PapersError(
+            f"batch_size {batch_size} does not split evenly over {processes.world} processes",
+            field="-r batch_size",
+        )
+
+
+def parallel(model: Any, processes: Any) -> Any:
+    """``model`` in DistributedDataParallel where the run has several processes (its gradients averaged
+    over them after each backward pass; gloo on CPUs, nccl on GPUs), else ``model`` itself."""
+    if processes.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    chosen = processes.device
+    return DistributedDataParallel(model, device_ids=[chosen.index] if chosen.type == "cuda" else None)
+
+
+def seed_epoch(seed: int, epoch: int, processes: Any) -> None:
+    """Under several processes, seed torch's generator (dropout, SSD's sampling) by (seed, epoch, rank)
+    at the start of each epoch, as classification runs do, so the processes draw differently and a
+    resumed run draws as an uninterrupted one. One process keeps one stream, saved in the checkpoint."""
+    if processes.world > 1:
+        import torch
+
+        from papers.train import _epoch_seed
+
+        torch.manual_seed(_epoch_seed(seed, epoch, processes.rank))
+
+
+def place(model: Any, channels_last: bool = False, processes: Any = None) -> Any:
+    """Move ``model`` to :func:`device` (under torchrun, the process's own: ``cuda:LOCAL_RANK`` where
+    there are GPUs), its 4-d weights in the ``channels_last`` (NHWC) layout where asked
+    (``-r channels_last=true``, as classification runs and timm's ``--channels-last``), which the
     convolutions' activations then follow. Only the layout changes, so the arithmetic is the same up
     to rounding; oneDNN's CPU convolutions run faster on NHWC (``benchmarks/memory_format.py``).
     Returns the device."""
     import torch
 
-    chosen = device()
+    chosen = device() if processes is None or processes.world == 1 else processes.device
     model.to(chosen)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -242,14 +292,18 @@ def state_of(optimizer: Any, schedule: Any, generator: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "OneProcess",
     "Resumed",
     "TaskRecord",
     "TaskRun",
     "device",
     "new_folder",
+    "parallel",
     "place",
     "restore",
     "resume",
+    "seed_epoch",
+    "share",
     "start_weights",
     "state_of",
     "task_record",

@@ -140,6 +140,27 @@ class _Distributed:
         dist.all_reduce(tensor, group=self.sums)
         return tensor.tolist()
 
+    def same_as_main(self, module: Any) -> None:
+        """Copy rank 0's buffers (batch norm's running statistics) into every process's ``module``:
+        each process updates its own from its share of the batch, and scoring in shares must score
+        the weights rank 0 saves."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0, group=self.sums)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (any picklable object), in rank order, in every process."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, value, group=self.sums)
+        return gathered
+
     def close(self) -> None:
         if self.world == 1:
             return
@@ -195,17 +216,22 @@ def train(
         if options and resume is not None:
             raise RunError("a resumed run keeps its build options", field="--option")
         with intra_op_threads(threads):
-            return task_loop(  # type: ignore[return-value]
-                variant,
-                data,
-                overrides=overrides,
-                out=out,
-                log=log,
-                resume=resume,
-                weights=weights,
-                stop_after=stop_after,
-                options=options,
-            )
+            processes = _Distributed()  # under torchrun, data-parallel as classification runs are
+            try:
+                return task_loop(  # type: ignore[return-value]
+                    variant,
+                    data,
+                    overrides=overrides,
+                    out=out,
+                    log=log,
+                    resume=resume,
+                    weights=weights,
+                    stop_after=stop_after,
+                    options=options,
+                    processes=processes,
+                )
+            finally:
+                processes.close()
     if options:
         raise RunError(
             "a classifier's build options come from its recipe (-r input_size=, -r dropout=)",

@@ -189,12 +189,14 @@ def train_detector(
     weights: str | Path | None = None,
     stop_after: int | None = None,
     paper_recipe: bool = True,
+    processes: Any = None,
 ) -> DetectionRun:
     """Train ``variant`` on ``data``'s train split; score VOC07 mAP on its val split after each epoch
     (or each ``val_interval``-th and the last).
 
     ``paper_recipe=False`` trains with the registry's recipe even where the spec gives the paper's
-    (the proxy checks'); ``resume``, ``weights`` and ``stop_after`` as in
+    (the proxy checks'); ``resume``, ``weights``, ``stop_after`` and ``processes`` (data-parallel under
+    torchrun; the val split's detections gathered from every process) as in
     :func:`papers.train_segmentation.train_segmenter`."""
     import torch
 
@@ -212,6 +214,7 @@ def train_detector(
     from papers.detection_data import detection_split, is_detection_source
     from papers.detection_metrics import voc_map
 
+    processes = processes or task_runs.OneProcess()
     resumed = None
     if resume is not None:
         resumed = task_runs.resume(resume, variant, data, overrides)
@@ -226,7 +229,7 @@ def train_detector(
             "a detector trains on builtin:shapes, a PASCAL VOC folder or a COCO folder", file=data
         )
     if resumed is None:
-        folder = task_runs.new_folder(out)
+        folder = task_runs.new_folder(out) if processes.main else None  # only rank 0 asks and writes
     with readable(data):
         train_set, val_set = detection_split(data, "train"), detection_split(data, "val")
     own = None if is_detector(variant) else class_detector(variant)
@@ -255,8 +258,9 @@ def train_detector(
         network = model.network  # the run's weights are the network's, as papers detect loads them
     if weights is not None:
         task_runs.start_weights(network, weights, variant)
-    device = task_runs.place(model, bool(config.get("channels_last", False)))
+    device = task_runs.place(model, bool(config.get("channels_last", False)), processes)
     batch = config["batch_size"]
+    task_runs.share(batch, processes)
     per_epoch = -(-len(train_set.dataset) // batch)
     if resumed is None:
         if config.get("iterations") is not None:  # the paper's length in steps, as whole epochs
@@ -266,35 +270,45 @@ def train_detector(
             config["evaluation"] = AGNOSTIC_EVALUATION
     optimizer, schedule, per_step = _optimization(config, model, per_epoch)
     generator = torch.Generator().manual_seed(config.get("seed", 0))
-    run = DetectionRun(folder, config)
+    run = DetectionRun(folder if processes.main else None, config)
     first, step = 1, 0
     if resumed is not None:
         task_runs.restore(resumed, network, optimizer, schedule, generator)
         run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
         step = resumed.state.get("step", (first - 1) * per_epoch)
-    say = log or (lambda line: None)
+    say = (log if processes.main else None) or (lambda line: None)
     clip, last = config.get("grad_clip") or None, config.get("iterations")
     sampling = _ssd_sampling() if config.get("augment", "flip") == "ssd" else None
+    trained = task_runs.parallel(model, processes)
+    world, rank = processes.world, processes.rank
     for epoch in range(first, config["epochs"] + 1):
+        task_runs.seed_epoch(config.get("seed", 0), epoch, processes)
         model.train()
         started, total, batches = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(train_set.dataset), generator=generator).tolist()
         for begin in range(0, len(order), batch):
             if last is not None and step >= last:
                 break
+            if len(order[begin : begin + batch]) < world:  # too small to share: skipped by every process
+                break
             images, targets = [], []
             with readable(data):
-                for index in order[begin : begin + batch]:
+                for position, index in enumerate(order[begin : begin + batch]):
+                    # every process draws every image's flip, so their generators stay in step,
+                    # and loads every world-th image
+                    flip = bool(torch.rand(1, generator=generator) < 0.5)
+                    if position % world != rank:
+                        continue
                     image, target = train_set.dataset[index]
                     target = {"boxes": target["boxes"], "labels": target["labels"]}
                     target = as_objects(target) if agnostic else target
                     if sampling is not None:
                         image, target = _sampled(sampling, image, target)
-                    if bool(torch.rand(1, generator=generator) < 0.5):
+                    if flip:
                         image, target = _flipped(image, target)
                     images.append(image.to(device))
                     targets.append({k: v.to(device) for k, v in target.items()})
-            losses = model(images, targets)
+            losses = trained(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise PapersError(
@@ -310,15 +324,20 @@ def train_detector(
             step, total, batches = step + 1, total + loss.item(), batches + 1
         if not per_step and schedule is not None:
             schedule.step()
+        total, batches = processes.total([total, batches])
         row = {"epoch": epoch, "train_loss": total / max(batches, 1)}
+        processes.same_as_main(model)  # the running statistics rank 0 saves
         if scores_after(epoch, config):
             model.eval()
             detections, truths = [], []
             with torch.inference_mode(), readable(data):
-                for index in range(len(val_set.dataset)):
+                for index in range(rank, len(val_set.dataset), world):
                     image, target = val_set.dataset[index]
                     detections.append({k: v.cpu() for k, v in model([image.to(device)])[0].items()})
                     truths.append(as_objects(target) if agnostic else target)
+            shares = processes.gather((detections, truths))
+            detections = [one for share in shares for one in share[0]]
+            truths = [one for share in shares for one in share[1]]
             row["val_voc07_map"] = 100.0 * voc_map(detections, truths, use_07_metric=True)[0]
         row["seconds"] = time.perf_counter() - started
         run.metrics.append(row)

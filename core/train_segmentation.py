@@ -155,12 +155,17 @@ def train_segmenter(
     resume: str | Path | None = None,
     weights: str | Path | None = None,
     stop_after: int | None = None,
+    processes: Any = None,
 ) -> SegmentationRun:
     """Train ``variant`` on ``data``'s train split and score it on its val split after each epoch (or
     each ``val_interval``-th and the last, :func:`scores_after`).
 
     ``resume`` continues a run folder from its last epoch (:mod:`papers.task_runs`); ``weights`` are
-    the starting weights of a new run; ``stop_after`` ends this call after that many epochs."""
+    the starting weights of a new run; ``stop_after`` ends this call after that many epochs.
+    ``processes`` (:class:`papers.train._Distributed`, under torchrun) trains data-parallel: every
+    process draws the same batches and crops, takes every ``world``-th image of each, and their
+    gradients are averaged (DistributedDataParallel; batch norm's statistics stay each process's
+    own); the val split is scored in shares and their confusion matrices summed; only rank 0 writes."""
     import torch
     import torch.nn.functional as F
 
@@ -168,6 +173,7 @@ def train_segmenter(
     from papers import task_runs
     from papers.segmentation_data import segmentation_pairs
 
+    processes = processes or task_runs.OneProcess()
     resumed = None
     if resume is not None:
         resumed = task_runs.resume(resume, variant, data, overrides)
@@ -177,7 +183,9 @@ def train_segmenter(
     else:
         if data is None:
             raise PapersError("name the training data with --data", field="--data")
-        config, folder, build = recipe(overrides), task_runs.new_folder(out), dict(options or {})
+        config, build = recipe(overrides), dict(options or {})
+        folder = task_runs.new_folder(out) if processes.main else None  # only rank 0 asks and writes
+    task_runs.share(config["batch_size"], processes)
     train_pairs, names = segmentation_pairs(data, "train")
     val_pairs, _ = segmentation_pairs(data, "val")
     if names is not None:
@@ -186,7 +194,7 @@ def train_segmenter(
     model = papers.build_model(variant, **build)
     if weights is not None:
         task_runs.start_weights(model, weights, variant)
-    device = task_runs.place(model, config["channels_last"])
+    device = task_runs.place(model, config["channels_last"], processes)
     classes = _classes(model, build)
     if names is not None and classes != len(names):
         raise PapersError(f"{variant} scores {classes} classes and {data} has {len(names)}", field="--data")
@@ -199,24 +207,32 @@ def train_segmenter(
         optimizer, lambda step: max(0.0, 1 - step / steps) ** POLY_POWER
     )
     generator = torch.Generator().manual_seed(config["seed"])
-    run = SegmentationRun(folder, {"variant": variant, "data": data, "options": build, **config})
+    run = SegmentationRun(
+        folder if processes.main else None, {"variant": variant, "data": data, "options": build, **config}
+    )
     first = 1
     if resumed is not None:
         task_runs.restore(resumed, model, optimizer, schedule, generator)
         run.metrics, first = list(resumed.metrics), resumed.state["epoch"] + 1
-    say = log or (lambda line: None)
+    say = (log if processes.main else None) or (lambda line: None)
+    network = task_runs.parallel(model, processes)
+    world, rank = processes.world, processes.rank
     for epoch in range(first, config["epochs"] + 1):
+        task_runs.seed_epoch(config["seed"], epoch, processes)
         model.train()
         started, total, seen = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(train_set), generator=generator).tolist()
         for begin in range(0, len(order), config["batch_size"]):
-            crops = [
+            batch = order[begin : begin + config["batch_size"]]
+            if len(batch) < world:  # a last batch too small to share: skipped by every process
+                break
+            crops = [  # every process crops the whole batch, so their generators stay in step
                 _crop(*train_set[i], config["crop"], generator, (config["scale_min"], config["scale_max"]))
-                for i in order[begin : begin + config["batch_size"]]
-            ]
+                for i in batch
+            ][rank::world]
             pixels = torch.stack([c[0] for c in crops]).to(device)
             labels = torch.stack([c[1] for c in crops]).to(device)
-            output = model(pixels)
+            output = network(pixels)
             loss = F.cross_entropy(output["out"], labels, ignore_index=255)
             if "aux" in output:
                 loss = loss + AUX_WEIGHT * F.cross_entropy(output["aux"], labels, ignore_index=255)
@@ -229,7 +245,9 @@ def train_segmenter(
             optimizer.step()
             schedule.step()
             total, seen = total + loss.item() * len(crops), seen + len(crops)
-        scored = score(model, val_set, classes) if scores_after(epoch, config) else {}
+        total, seen = processes.total([total, seen])
+        processes.same_as_main(model)
+        scored = score(model, val_set, classes, processes) if scores_after(epoch, config) else {}
         row = {"epoch": epoch, "train_loss": total / seen, "seconds": time.perf_counter() - started}
         row.update({f"val_{k}": v for k, v in scored.items()})
         run.metrics.append(row)
@@ -261,19 +279,24 @@ def _classes(model: Any, options: Mapping[str, Any]) -> int:
     return int(probe.shape[1])
 
 
-def score(model: Any, pairs: list[tuple[Any, Any]], classes: int) -> dict[str, Any]:
-    """miou, pixel_acc, mean_acc, fwiou (fractions) and per-class IoU of ``model`` on whole images."""
+def score(model: Any, pairs: list[tuple[Any, Any]], classes: int, processes: Any = None) -> dict[str, Any]:
+    """miou, pixel_acc, mean_acc, fwiou (fractions) and per-class IoU of ``model`` on whole images
+    (``processes``: each scores every ``world``-th image, their confusion matrices summed)."""
     import torch
 
     from papers.segmentation_metrics import confusion_matrix, scores
 
+    world, rank = (1, 0) if processes is None else (processes.world, processes.rank)
     device = next(model.parameters()).device
     model.eval()
     confusion = torch.zeros(classes, classes, dtype=torch.long, device=device)
     with torch.no_grad():
-        for pixels, labels in pairs:
+        for pixels, labels in pairs[rank::world]:
             predicted = model(pixels[None].to(device))["out"][0].argmax(0)
             confusion += confusion_matrix(predicted, labels.to(device), classes)
+    if world > 1:
+        summed = processes.total(confusion.flatten().tolist())
+        confusion = torch.tensor(summed, dtype=torch.float64).round().long().view(classes, classes)
     return scores(confusion)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 import papers
 import papers.registry
 from papers import hookspecs
+from papers.detection_data import detection_split
 from papers.plugins import PluginInfo, PluginManager
 from papers.registry import Registry
 from papers.shapes import ShapesConfig, write
@@ -283,6 +284,13 @@ def test_a_detector_trains_on_shapes_and_its_weights_evaluate(registry, run, sha
     )
     assert scored.exit_code == 0, scored.stderr
     assert {"voc07_map", "voc_map", "coco_ap", "ap50"} <= set(json.loads(scored.stdout))
+    assert json.loads(scored.stdout)["split"] == "test"  # VOC's default
+    val = run(
+        "eval", VARIANT, "--weights", str(out / "model.safetensors"), "--data", str(shapes), "--split", "val"
+    )
+    assert val.exit_code == 0, val.stderr
+    assert f"({len(detection_split(str(shapes), 'val').dataset)} images, val split)" in val.stdout
+    assert f"voc07_map {metrics[-1]['val_voc07_map']:.2f}%" in val.stdout  # what the run reported
 
 
 def test_a_detectors_recipe_and_classes_are_checked_before_training(registry, run, shapes, tmp_path):

@@ -249,9 +249,7 @@ def test_a_segmenter_trains_and_resumes_channels_last_to_the_same_numbers_up_to_
     assert all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in theirs)
 
 
-def test_a_segmenter_scores_only_after_the_last_epoch_when_the_interval_is_longer(
-    run, tmp_path, one_thread
-):
+def test_a_segmenter_scores_only_after_the_last_epoch_when_the_interval_is_longer(run, tmp_path, one_thread):
     data = _plain(tmp_path / "data")
     args = ("--data", str(data), "--epochs", "2", "--batch-size", "3", "-r", "crop=32")
     assert run("train", "segnet_basic", *args, "--out", str(tmp_path / "every")).exit_code == 0
