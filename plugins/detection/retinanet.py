@@ -65,7 +65,7 @@ subnets 64 channels; images scaled so the shorter side is 192 pixels (builtin:sh
 scenes, so its 16–72-pixel objects become about 15–110 pixels; the anchors stay the paper's 32² to
 812²). At 256 pixels it reached 88.2% (below) in about twice the time; at 192, 83.4% in 1,033 s
 (``benchmarks/proxy_sweep.py retina_3k_e6_s192``: 10.1, 18.6, 25.6, 45.8, 74.6, 83.4% after each
-epoch, one loaded thread), and ``papers check retinanet --run`` on two idle threads 86.4% in 717 s
+epoch, one loaded thread), and ``papers check retinanet --run`` on two idle threads 86.4% in 702 s
 channels-last (85.6% in 779 s in NCHW; ``python benchmarks/single_shot_proxies.py --only
 retinanet``). The subnets' weights
 start at σ = 0.02, not the paper's 0.01: σ = 0.01 suits 256-channel subnets, and at 64 channels its

@@ -69,7 +69,7 @@ PROXY_RECIPE: Mapping[str, Any] = {
 loss is a sum over every prediction, and without clipping lr 0.003 and 0.01 diverge in the first two
 epochs. Six epochs of the 1,800 scenes: 20.2, 39.1, 60.5, 69.1, 81.7 and 85.3% VOC07 mAP after each
 (one intra-op thread of a loaded two-core machine: 42 min wall, 28 min of CPU); ``papers check yolov3
---run`` on two idle threads, channels-last: 85.4% in 652 s (``python benchmarks/single_shot_proxies.py
+--run`` on two idle threads, channels-last: 85.4% in 656 s (``python benchmarks/single_shot_proxies.py
 --only yolov3``). At 192 × 192 (the
 anchors scaled from 416 to 192; ``benchmarks/proxy_sweep.py yolo_3k_e6_s192``): 12.5, 24.9, 38.4,
 47.0, 58.9, 65.5% in 691 s on one loaded thread, a pass by too thin a margin for a check whose own

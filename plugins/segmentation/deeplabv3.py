@@ -40,7 +40,8 @@ PROXY_RECIPE = {
 batch 4 for 8 epochs. Val mIoU after each epoch on the 3,000 scenes: 26.5, 33.3, 41.1, 61.2, 70.2, 74.3,
 77.3, 77.8% (bar 70; ``benchmarks/proxy_sweep.py dl3_os8_5k_e8_b4``, about 80 s an epoch on one intra-op
 thread of a loaded two-core machine); ``python benchmarks/segmentation_proxies.py --only deeplabv3`` on
-two idle threads: 77.1% in 388 s channels-last (75.6% in 558 s in NCHW). Twice the steps per epoch is
+two idle threads: 77.1% in 281 s channels-last, the val split scored after the last epoch only (388 s
+scoring after each; 75.6% in 558 s in NCHW). Twice the steps per epoch is
 what it needed: at the registry's batch of 8 the same 8 epochs ended at 60.2% (``dl3_os8_5k_e8``), 20
 epochs at 75.9% (``dl3_os8_5k_e20``: 26.3, 29.6, 33.6, 39.5, 55.1, 54.5, 66.4, 71.4, 70.7, 74.9, 74.3,
 74.8, 76.2, 74.9, 76.5, 76.7, 75.8, 76.1, 76.1, 75.9%), and 8 epochs at lr 0.1 at 77.4%

@@ -41,7 +41,7 @@ epochs and climbs slowly; 20 epochs ended at 22% and 60 at 63% (one run each, NC
 74.2%, 2,695 s on one thread of a loaded machine (`papers check fcn --run`), about 14 s an epoch on two
 idle threads. Channels-last on two idle threads (``python benchmarks/segmentation_proxies.py --only
 fcn``): 100 epochs 71.2% in 646 s, too thin a pass for a check whose rounding differs by machine, so 120:
-74.4% in 853 s. Tried to shorten it, neither faster (``benchmarks/proxy_sweep.py``, one thread each):
+74.4% in 839 s. Tried to shorten it, neither faster (``benchmarks/proxy_sweep.py``, one thread each):
 batch norm after each convolution (``-o batch_norm=true``, ``fcn_bn_e20``) still sat at 18% for 6 epochs
 and reached 24.8% after 14 of 20 (stopped); batch 4 for 50 epochs (as many steps as 100 at batch 8, half
 the images; ``fcn_e50_b4``) ended at 62.9%, 16 s an epoch."""
